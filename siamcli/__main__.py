@@ -1,0 +1,3 @@
+from siamcli.cli.app import main
+
+main()

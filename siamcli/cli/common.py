@@ -1,0 +1,77 @@
+"""Shared CLI plumbing: consoles, one-line errors with exit codes, JSON output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from typing import Any, Iterator, NoReturn
+
+import typer
+from rich.console import Console
+
+# Human-facing output (tables, progress) goes to stderr when --json owns stdout.
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print `error: message` as a single stderr line (never wrapped) and exit."""
+    sys.stderr.write(f"error: {one_line(message)}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"warning: {one_line(message)}\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Map engine exceptions to exit codes: UserError → 2, Ctrl-C → 130, anything else → 1."""
+    from siamcli.errors import UserError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except UserError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; artifacts written so far are intact", EXIT_INTERRUPTED)
+    except Exception as exc:  # an unexpected failure: one line, traceback on request
+        if os.environ.get("SIAMCLI_DEBUG"):
+            raise
+        fail(f"unexpected {type(exc).__name__}: {exc} (set SIAMCLI_DEBUG=1 to see the traceback)", EXIT_FAILURE)
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout and nothing else."""
+    sys.stdout.write(json.dumps(document, indent=2, default=_default) + "\n")
+    sys.stdout.flush()
+
+
+def _default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "–" if value != value else f"{value:.{digits}f}"
+    return str(value)

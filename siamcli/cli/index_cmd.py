@@ -1,0 +1,8 @@
+"""Placeholder while the command is being built; replaced by the real module."""
+
+import typer
+
+
+def index() -> None:
+    """Not built yet."""
+    raise typer.Exit(1)

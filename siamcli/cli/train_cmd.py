@@ -1,0 +1,126 @@
+"""siamcli train DATA_DIR"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from siamcli.cli.common import engine_errors, fmt, print_json, stderr, stdout, warn
+
+
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per identity.")],
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/TIMESTAMP); `latest` beside it will point at it.")] = None,
+    image_size: Annotated[int, typer.Option(help="Side of the square images the network sees (≥ 32).")] = 224,
+    embedding_dim: Annotated[int, typer.Option(help="Length of the L2-normalised embedding.")] = 256,
+    weights: Annotated[str, typer.Option(help="Backbone start: imagenet, none (from scratch), or PATH to a ResNet50 weights file.")] = "imagenet",
+    frozen_epochs: Annotated[int, typer.Option(help="Epochs with the backbone frozen (head trained on cached features).")] = 5,
+    finetune_epochs: Annotated[int, typer.Option(help="Epochs with the backbone trainable from --finetune-from on.")] = 5,
+    finetune_from: Annotated[Optional[str], typer.Option(help="First ResNet50 layer to fine-tune, or 'all' (default: conv5_block1_out; all with --weights none).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Global batch: P identities × K images, split across replicas.")] = 32,
+    images_per_identity: Annotated[int, typer.Option(help="K: images of each identity in a batch.")] = 4,
+    steps_per_epoch: Annotated[Optional[int], typer.Option(help="Batches per epoch (default: one pass over the training images).")] = None,
+    margin: Annotated[float, typer.Option(help="Triplet margin on squared distances between unit vectors (0–4).")] = 0.2,
+    mining: Annotated[str, typer.Option(help="In-batch triplet selection: all, hard, semi-hard or random.")] = "all",
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the frozen phase (default: 1e-3).")] = None,
+    finetune_lr: Annotated[Optional[float], typer.Option(help="Learning rate of fine-tuning (default: 1e-5 pretrained; 3e-4 from scratch).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of identities held out for validation (never trained on).")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed for the split, sampling, augmentation and initialisation.")] = 0,
+    strategy: Annotated[str, typer.Option(help="tf.distribute strategy: auto, default, mirrored or multi-worker.")] = "auto",
+    precision: Annotated[str, typer.Option(help="float32, mixed_bfloat16 or mixed_float16.")] = "float32",
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flip/shift/brightness augmentation when fine-tuning.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory at --out.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")] = False,
+) -> None:
+    """Train a Siamese embedding network with triplet loss on DATA_DIR (one sub-folder per identity).
+
+    Phase 1 trains the embedding head on a frozen ResNet50; phase 2 fine-tunes the backbone.
+    Writes model.keras, config.json, split.json, history.csv, loss.png and checkpoints/ to the
+    run directory.
+    """
+    with engine_errors():
+        from siamcli.training.config import TrainConfig
+        from siamcli.training.trainer import train as run_training
+
+        config = TrainConfig(
+            data_dir=str(data_dir), image_size=image_size, embedding_dim=embedding_dim, weights=weights,
+            frozen_epochs=frozen_epochs, finetune_epochs=finetune_epochs, finetune_from=finetune_from,
+            batch_size=batch_size, images_per_identity=images_per_identity, steps_per_epoch=steps_per_epoch,
+            margin=margin, mining=mining, lr=lr, finetune_lr=finetune_lr, val_fraction=val_fraction, seed=seed,
+            strategy=strategy, precision=precision, augment=augment,
+        )
+        with _ProgressDisplay() as display:
+            result = run_training(config, out=str(out) if out else None, force=force, events=display)
+    if json_output:
+        print_json(result.summary())
+    else:
+        _print_summary(result)
+
+
+class _ProgressDisplay:
+    """Rich progress on stderr: phase, epoch, step, loss, images/s, last validation scores."""
+
+    def __enter__(self):
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=False,
+        )
+        self.progress.__enter__()
+        self.task = None
+        self.last_val = ""
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def message(self, text: str) -> None:
+        self.progress.stop()
+        warn(text)
+        self.progress.start()
+
+    def loading(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("decoding images", total=total, info="")
+        self.progress.update(self.task, completed=done)
+
+    def phase_started(self, phase: str, epochs: int, steps: int) -> None:
+        self.phase, self.steps = phase, steps
+
+    def step_done(self, phase: str, epoch: int, step: int, loss: float, images_per_second: float) -> None:
+        if step == 1:
+            self.task = self.progress.add_task(f"{phase:8s} epoch {epoch:3d}", total=self.steps, info="")
+        self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}  {images_per_second:6.1f} img/s {self.last_val}")
+
+    def epoch_done(self, row: dict) -> None:
+        self.last_val = f" val P@1 {fmt(row['precision_at_1'])} MAP@R {fmt(row['map_at_r'])}"
+        self.progress.update(
+            self.task, info=f"loss {row['loss']:.4f}  {row['images_per_second']:6.1f} img/s {self.last_val}"
+        )
+
+
+def _print_summary(result) -> None:
+    table = Table(title=f"Training finished: {result.run_dir}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    summary = result.summary()
+    table.add_row("model", summary["model"])
+    table.add_row("identities (train / held out)", f"{summary['train_identities']} / {summary['val_identities']}")
+    table.add_row("images (train / held out / skipped)", f"{summary['train_images']} / {summary['val_images']} / {summary['skipped_files']}")
+    table.add_row("epochs", str(summary["epochs"]))
+    best = summary["best"]
+    if best:
+        table.add_row("best epoch", f"{summary['best_epoch']} ({best.get('phase')})")
+        table.add_row("val precision@1", fmt(best.get("precision_at_1")))
+        table.add_row("val MAP@R", fmt(best.get("map_at_r")))
+    for phase, speed in summary["images_per_second"].items():
+        table.add_row(f"images/s ({phase})", f"{speed:.1f}")
+    stdout.print(table)

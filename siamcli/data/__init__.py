@@ -1,0 +1,1 @@
+"""Finding images on disk, decoding them, splitting identities, and tf.data pipelines."""

@@ -1,0 +1,1 @@
+"""Retrieval, classification and verification metrics (pure numpy/FAISS), reports and plots."""

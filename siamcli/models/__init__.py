@@ -1,0 +1,1 @@
+"""The embedding network (ResNet50 backbone + head) and the triplet loss."""

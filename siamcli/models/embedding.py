@@ -1,0 +1,122 @@
+"""Building, assembling, freezing and loading the embedding network.
+
+    image (any size, RGB 0–255) → Resizing(S) → ResNetPreprocess → ResNet50 → global average pool
+        → head: BatchNorm → Dense(embedding_dim) → L2-normalise → embedding (unit length)
+
+The backbone (everything up to the pooled 2048-d features) and the head are separate
+sub-models so the frozen phase can train the head on cached backbone features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from siamcli.errors import CorruptArtifactError, UserError
+from siamcli.models.backbone_weights import WeightsChoice
+from siamcli.models.layers import ResNetPreprocess
+from siamcli.tf_runtime import import_tensorflow
+
+import_tensorflow()
+import keras  # noqa: E402
+
+MIN_IMAGE_SIZE = 32  # ResNet50 refuses smaller inputs
+FEATURE_DIM = 2048  # ResNet50's pooled output
+WHOLE_NETWORK = "all"  # --finetune-from value: every backbone layer trains
+
+
+def build_backbone(image_size: int, weights: WeightsChoice) -> keras.Model:
+    """(batch, S, S, 3) pixels in [0, 255] → (batch, 2048) pooled ResNet50 features."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE} (ResNet50's smallest input), got {image_size}")
+    resnet = keras.applications.ResNet50(
+        include_top=False,
+        weights="imagenet" if weights.kind == "imagenet" else None,
+        input_shape=(image_size, image_size, 3),
+    )
+    if weights.kind == "file":
+        try:
+            resnet.load_weights(weights.path)
+        except Exception as exc:  # Keras raises many types for a wrong file
+            raise UserError(
+                f"cannot load ResNet50 weights from {weights.path} ({str(exc).splitlines()[0][:160]}); "
+                "give a Keras weights file (.weights.h5) saved from ResNet50(include_top=False)"
+            ) from exc
+    pixels = keras.Input((image_size, image_size, 3), name="pixels")
+    features = resnet(ResNetPreprocess(name="resnet_preprocess")(pixels))
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    return keras.Model(pixels, features, name="backbone")
+
+
+def build_head(embedding_dim: int, feature_dim: int = FEATURE_DIM) -> keras.Model:
+    """(batch, feature_dim) → (batch, embedding_dim) unit-length embeddings, always float32."""
+    features = keras.Input((feature_dim,), name="features")
+    # Normalising the features first keeps the head stable whatever their scale (a random
+    # backbone's features are far from ImageNet's).
+    x = keras.layers.BatchNormalization(name="feature_norm")(features)
+    x = keras.layers.Dense(embedding_dim, name="projection", dtype="float32")(x)
+    embedding = keras.layers.UnitNormalization(name="l2_normalize", dtype="float32")(x)
+    return keras.Model(features, embedding, name="head")
+
+
+def assemble(backbone: keras.Model, head: keras.Model, image_size: int) -> keras.Model:
+    """The saved model: images of any size in, embeddings out; resizing lives inside."""
+    images = keras.Input((None, None, 3), name="image")
+    resized = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True, name="resize")(images)
+    return keras.Model(images, head(backbone(resized)), name="siamcli_embedding")
+
+
+def resnet_of(backbone: keras.Model) -> keras.Model:
+    return backbone.get_layer("resnet50")
+
+
+def set_backbone_trainable(backbone: keras.Model, finetune_from: str | None, train_batchnorm: bool) -> None:
+    """Freeze the backbone (finetune_from=None) or unfreeze it from layer `finetune_from` on.
+
+    BatchNorm layers stay frozen, and so in inference mode, unless `train_batchnorm`: their
+    statistics come from the pretrained weights and small triplet batches would spoil them.
+    """
+    resnet = resnet_of(backbone)
+    names = [layer.name for layer in resnet.layers]
+    if finetune_from is None:
+        backbone.trainable = False
+        return
+    backbone.trainable = True
+    if finetune_from == WHOLE_NETWORK:
+        start = 0
+    elif finetune_from in names:
+        start = names.index(finetune_from)
+    else:
+        close = [n for n in names if n.endswith("_out")][-6:]
+        raise UserError(
+            f"--finetune-from {finetune_from!r} is not a ResNet50 layer; use '{WHOLE_NETWORK}' or a layer "
+            f"name such as {', '.join(close)}"
+        )
+    for position, layer in enumerate(resnet.layers):
+        trainable = position >= start
+        if isinstance(layer, keras.layers.BatchNormalization) and not train_batchnorm:
+            trainable = False
+        layer.trainable = trainable
+
+
+def load_embedding_model(path: str | Path) -> keras.Model:
+    """Load a saved `model.keras` with safe_mode (no arbitrary code), or explain why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model {path} not found; train one with `siamcli train DATA_DIR` or pass --model RUN_DIR")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:
+        raise CorruptArtifactError(
+            f"cannot load model {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+            "it is damaged or not a siamcli model: retrain or restore it"
+        ) from exc
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes: ties an index or a report to the exact model it came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

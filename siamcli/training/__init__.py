@@ -1,0 +1,1 @@
+"""Training: options, strategy choice, the two-phase trainer and the run directory."""

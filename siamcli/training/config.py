@@ -1,0 +1,105 @@
+"""Training options as a typed, frozen dataclass, saved with every run (config.json).
+
+Options left as None are filled by `resolve()` from the regime: fine-tuning ImageNet (or
+other pretrained) weights wants small learning rates, frozen BatchNorm and only the top of the
+network unfrozen; training from scratch (`--weights none`) wants the whole network trainable,
+BatchNorm learning its statistics, and larger learning rates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from siamcli.errors import UserError
+
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+MINING_MODES = ("all", "hard", "semi-hard", "random")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclass(frozen=True)
+class RegimeDefaults:
+    finetune_from: str
+    lr: float
+    finetune_lr: float
+    train_batchnorm: bool
+
+
+PRETRAINED = RegimeDefaults(finetune_from="conv5_block1_out", lr=1e-3, finetune_lr=1e-5, train_batchnorm=False)
+FROM_SCRATCH = RegimeDefaults(finetune_from="all", lr=1e-3, finetune_lr=3e-4, train_batchnorm=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data_dir: str  # one sub-folder per identity
+    image_size: int = 224  # side of the square the model resizes to
+    embedding_dim: int = 256  # length of the L2-normalised embedding
+    weights: str = "imagenet"  # imagenet | none | PATH to a ResNet50 weights file
+    frozen_epochs: int = 5  # phase 1: backbone frozen, head trained on cached features
+    finetune_epochs: int = 5  # phase 2: backbone trainable from finetune_from on
+    finetune_from: str | None = None  # ResNet50 layer name, or "all"; None → regime default
+    batch_size: int = 32  # global batch (P identities × K images), split across replicas
+    images_per_identity: int = 4  # K of the P×K batches
+    steps_per_epoch: int | None = None  # None → one pass over the training images
+    margin: float = 0.2  # triplet margin on squared distances between unit vectors (0…4)
+    mining: str = "all"  # in-batch triplet selection: all | hard | semi-hard | random
+    lr: float | None = None  # phase-1 learning rate; None → regime default
+    finetune_lr: float | None = None  # phase-2 learning rate; None → regime default
+    val_fraction: float = 0.2  # share of identities held out for validation
+    seed: int = 0  # split, sampling, augmentation and initialisation
+    strategy: str = "auto"  # auto | default | mirrored | multi-worker
+    precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
+    augment: bool = True  # flips, shifts, brightness in the fine-tune phase
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.image_size >= 32, f"--image-size must be at least 32 (ResNet50's smallest input), got {self.image_size}"),
+            (self.embedding_dim >= 2, f"--embedding-dim must be at least 2, got {self.embedding_dim}"),
+            (self.frozen_epochs >= 0, f"--frozen-epochs must be 0 or more, got {self.frozen_epochs}"),
+            (self.finetune_epochs >= 0, f"--finetune-epochs must be 0 or more, got {self.finetune_epochs}"),
+            (self.frozen_epochs + self.finetune_epochs > 0, "--frozen-epochs and --finetune-epochs are both 0: nothing to train"),
+            (self.images_per_identity >= 2, f"--images-per-identity must be at least 2, got {self.images_per_identity}"),
+            (self.batch_size >= 2 * self.images_per_identity,
+             f"--batch-size must hold at least 2 identities × {self.images_per_identity} images, got {self.batch_size}"),
+            (self.batch_size % self.images_per_identity == 0,
+             f"--batch-size ({self.batch_size}) must be a multiple of --images-per-identity ({self.images_per_identity})"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}"),
+            (self.margin > 0, f"--margin must be positive, got {self.margin}"),
+            (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.finetune_lr is None or self.finetune_lr > 0, f"--finetune-lr must be positive, got {self.finetune_lr}"),
+            (0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}"),
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"),
+            (self.mining in MINING_MODES, f"--mining must be one of {', '.join(MINING_MODES)}, got {self.mining!r}"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights.strip().lower() != "none"
+
+    @property
+    def regime(self) -> RegimeDefaults:
+        return PRETRAINED if self.pretrained else FROM_SCRATCH
+
+    def resolve(self) -> "TrainConfig":
+        """Fill regime-dependent options left as None; the result is what the run records."""
+        regime = self.regime
+        return dataclasses.replace(
+            self,
+            finetune_from=self.finetune_from or regime.finetune_from,
+            lr=self.lr if self.lr is not None else regime.lr,
+            finetune_lr=self.finetune_lr if self.finetune_lr is not None else regime.finetune_lr,
+        )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,108 @@
+"""The run directory: where a training run leaves its artifacts, and how later commands find it.
+
+    <run>/model.keras    image in, unit-length embedding out (best validation epoch)
+    <run>/config.json    resolved options, library versions, what the data held
+    <run>/split.json     {"train": [...], "val": [...]} identity names
+    <run>/history.csv    one row per epoch
+    <run>/loss.png       loss and validation curves, phase boundary marked
+    <run>/checkpoints/   last complete epoch (weights and trainer state)
+
+`latest` (a symlink beside the run, so `runs/latest` for the default `runs/<timestamp>`) points
+at the newest run; `index`, `query` and `evaluate` default to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from siamcli.errors import CorruptArtifactError, UserError
+
+DEFAULT_RUNS_ROOT = Path("runs")
+LATEST = "latest"
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.json"
+HISTORY_FILE = "history.csv"
+LOSS_PLOT = "loss.png"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_dir: Path
+    model: Path
+
+    @property
+    def config(self) -> Path:
+        return self.run_dir / CONFIG_FILE
+
+    @property
+    def split(self) -> Path:
+        return self.run_dir / SPLIT_FILE
+
+
+def new_run_dir(out: str | None, force: bool) -> Path:
+    """Create the run directory; an existing, non-empty one is only replaced with force."""
+    run_dir = Path(out) if out else DEFAULT_RUNS_ROOT / time.strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file; give a folder for the run")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not force:
+            raise UserError(f"{run_dir} already holds a run; choose another --out or pass --force to replace it")
+        shutil.rmtree(run_dir)
+    try:
+        (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {run_dir}: {exc.strerror}; choose a writable --out") from exc
+    return run_dir
+
+
+def point_latest_at(run_dir: Path) -> Path:
+    """Atomically make `<parent>/latest` a relative symlink to `run_dir`."""
+    link = run_dir.parent / LATEST
+    temporary = run_dir.parent / f".{LATEST}.{os.getpid()}"
+    if temporary.is_symlink() or temporary.exists():
+        temporary.unlink()
+    os.symlink(run_dir.name, temporary)
+    os.replace(temporary, link)
+    return link
+
+
+def find_run(model: str | None) -> RunPaths:
+    """Resolve --model: a run directory, a model.keras file, or (None) runs/latest."""
+    target = Path(model) if model else DEFAULT_RUNS_ROOT / LATEST
+    if not target.exists():
+        if model is None:
+            raise UserError("no trained model found at runs/latest; run `siamcli train DATA_DIR` first or pass --model RUN_DIR")
+        raise UserError(f"--model {model} not found; give a run directory or its model.keras")
+    if target.is_file():
+        return RunPaths(run_dir=target.resolve().parent, model=target.resolve())
+    run_dir = target.resolve()
+    model_path = run_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise UserError(f"{run_dir} has no {MODEL_FILE}; is it a finished siamcli run?")
+    return RunPaths(run_dir=run_dir, model=model_path)
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CorruptArtifactError(f"{what} {path} is missing; the run is incomplete") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptArtifactError(f"{what} {path} is not valid JSON; the file is damaged") from exc
+    if not isinstance(data, dict):
+        raise CorruptArtifactError(f"{what} {path} does not hold a JSON object; the file is damaged")
+    return data
+
+
+def read_split(run: RunPaths) -> dict:
+    data = read_json(run.split, "split file")
+    if not all(isinstance(data.get(key), list) for key in ("train", "val")):
+        raise CorruptArtifactError(f"split file {run.split} lacks the 'train' and 'val' lists; the file is damaged")
+    return data
