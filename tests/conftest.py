@@ -1,0 +1,107 @@
+"""Shared fixtures: real image files in tmp_path, the att_faces dataset, and a tiny real run.
+
+Everything is real and small: PNG/JPEG files written with Pillow, a ResNet50 built with
+weights=None at 32 px, and a run directory in the exact format `siamcli train` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+ATT_FACES = Path(os.environ.get("SIAMCLI_ATT_FACES", REPO.parent / "shared" / "datasets" / "att_faces"))
+SAMPLE_DATA = REPO / "sample_data"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def identity_pattern(identity: int, size: int = 48) -> np.ndarray:
+    """A fixed random picture per identity: its photos are noisy variants of it."""
+    rng = np.random.default_rng(1000 + identity)
+    coarse = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR), np.float32)
+
+
+def write_identity_folders(root: Path, identities: int = 4, per_identity: int = 5, size: int = 48, seed: int = 0, ext: str = ".png") -> Path:
+    """root/id_<i>/img_<j><ext>: images that cluster by identity (noise around a pattern)."""
+    rng = np.random.default_rng(seed)
+    for identity in range(identities):
+        folder = root / f"id_{identity}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = identity_pattern(identity, size)
+        for j in range(per_identity):
+            noisy = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(folder / f"img_{j}{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folders(tmp_path):
+    """Factory: make_folders(name, identities, per_identity, size) → Path."""
+
+    def make(name: str = "data", identities: int = 4, per_identity: int = 5, size: int = 48, seed: int = 0, ext: str = ".png") -> Path:
+        return write_identity_folders(tmp_path / name, identities, per_identity, size, seed, ext)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def att_faces() -> Path:
+    if not (ATT_FACES / "s1").is_dir():
+        pytest.fail(f"att_faces not found at {ATT_FACES}; set SIAMCLI_ATT_FACES or place shared/ beside the repo")
+    return ATT_FACES
+
+
+def build_untrained_run(run_dir: Path, data_dir: Path, val: list[str], train: list[str], image_size: int = 32, embedding_dim: int = 16, seed: int = 0) -> Path:
+    """A run directory exactly as `siamcli train` writes it, with an untrained model.
+
+    Much faster than training; for tests of commands that consume a run (index, query, evaluate).
+    """
+    from siamcli.atomic import write_json
+    from siamcli.models import embedding as nets
+    from siamcli.models.backbone_weights import WeightsChoice
+    from siamcli.training.config import TrainConfig
+    from siamcli.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    backbone = nets.build_backbone(image_size, WeightsChoice("none", None))
+    head = nets.build_head(embedding_dim)
+    model = nets.assemble(backbone, head, image_size)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.keras")
+    config = TrainConfig(data_dir=str(data_dir), image_size=image_size, embedding_dim=embedding_dim, weights="none").resolve()
+    write_json(run_dir / "config.json", config.to_json())
+    write_json(run_dir / "split.json", {"train": train, "val": val})
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """Session-wide: a labelled folder (6 identities × 5 images) and an untrained 32 px run on it.
+
+    Returns the run directory; its config.json names the data folder, split.json holds
+    id_4 and id_5 out. Tests must not modify it (copy it first).
+    """
+    base = tmp_path_factory.mktemp("tiny")
+    data = write_identity_folders(base / "data", identities=6, per_identity=5, size=40)
+    return build_untrained_run(base / "runs" / "tiny", data, val=["id_4", "id_5"], train=[f"id_{i}" for i in range(4)])
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """Run the real `siamcli` entry point in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "siamcli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
