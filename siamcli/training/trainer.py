@@ -155,6 +155,11 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
         backbone = nets.build_backbone(config.image_size, weights)
         head = nets.build_head(config.embedding_dim)
         model = nets.assemble(backbone, head, config.image_size)
+    if replicas > 1:
+        # Batch statistics over the global batch, not each replica's slice: training then
+        # computes the same function whatever the number of replicas.
+        for layer in _batchnorm_layers(model):
+            layer.synchronized = True
 
     session = _Session(config, strategy, backbone, head, model, train_data, val_data, run_dir, events)
     try:
@@ -176,6 +181,12 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
         warnings=warnings + session.warnings,
     )
     return result
+
+
+def _batchnorm_layers(model):
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            yield layer
 
 
 def _load(scan, split: IdentitySplit, image_size: int, events: TrainingEvents):

@@ -1,0 +1,188 @@
+"""Training end to end: phases, weights, the CLI, the run directory, reloading, strategies."""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def _resnet_weights_file(tmp_path, image_size=32):
+    from siamcli.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(123)
+    resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    path = tmp_path / "backbone.weights.h5"
+    resnet.save_weights(path)
+    return path, {w.path: w.numpy().copy() for w in resnet.weights}
+
+
+def _train(tmp_path, data, **options):
+    from siamcli.training.config import TrainConfig
+    from siamcli.training.trainer import train
+
+    defaults = dict(data_dir=str(data), image_size=32, embedding_dim=8, batch_size=8, images_per_identity=2,
+                    steps_per_epoch=2, val_fraction=0.25)
+    defaults.update(options)
+    return train(TrainConfig(**defaults), out=str(tmp_path / "run"), force=True)
+
+
+def _resnet_weights(run_dir):
+    from siamcli.models.embedding import load_embedding_model
+
+    model = load_embedding_model(run_dir / "model.keras")
+    resnet = model.get_layer("backbone").get_layer("resnet50")
+    head = model.get_layer("head")
+    return {w.path: w.numpy() for w in resnet.weights}, {w.path: w.numpy() for w in head.weights}
+
+
+def test_frozen_phase_trains_the_head_only_and_loads_a_weights_file(tmp_path, image_folders):
+    data = image_folders(identities=4, per_identity=4, size=32)
+    path, start = _resnet_weights_file(tmp_path)
+    result = _train(tmp_path, data, weights=str(path), frozen_epochs=1, finetune_epochs=0, lr=1e-2, margin=2.0)
+    backbone, head = _resnet_weights(result.run_dir)
+    assert backbone.keys() == start.keys()
+    assert all(np.array_equal(backbone[name], start[name]) for name in start)  # --weights PATH loaded, untouched
+    # Both start at exactly zero; training the head moves them.
+    assert np.abs(head["projection/bias"]).max() > 0
+    assert np.abs(head["feature_norm/moving_mean"]).max() > 0
+    assert list(result.history["phase"]) == ["frozen"]
+
+
+def test_finetuning_pretrained_weights_trains_from_the_named_layer_with_batchnorm_frozen(tmp_path, image_folders):
+    data = image_folders(identities=4, per_identity=4, size=32)
+    path, start = _resnet_weights_file(tmp_path)
+    result = _train(tmp_path, data, weights=str(path), frozen_epochs=0, finetune_epochs=1,
+                    finetune_from="conv5_block1_out", finetune_lr=1e-2, margin=2.0)
+    backbone, _ = _resnet_weights(result.run_dir)
+    changed = {name for name in start if not np.array_equal(backbone[name], start[name])}
+    assert "conv5_block3_3_conv/kernel" in changed
+    assert not any(name.startswith(("conv1_", "conv4_", "conv5_block1_")) for name in changed)
+    assert not any("_bn/" in name for name in changed)  # BatchNorm stays in inference mode
+
+
+def test_from_scratch_regime_trains_the_whole_network_and_batchnorm(tmp_path, image_folders):
+    data = image_folders(identities=4, per_identity=4, size=32)
+    result = _train(tmp_path, data, weights="none", frozen_epochs=0, finetune_epochs=1)
+    assert result.config.finetune_from == "all" and result.config.finetune_lr == pytest.approx(3e-4)
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["finetune_from"] == "all" and "tensorflow" in config["versions"]
+
+
+def test_cli_train_writes_the_run_and_the_model_reloads_identically_in_a_new_process(tmp_path, image_folders):
+    from siamcli.cli.app import app
+    from siamcli.data.scan import scan_folder
+    from siamcli.models.embed import embed_paths
+    from siamcli.models.embedding import load_embedding_model
+
+    data = image_folders(identities=5, per_identity=4, size=40)
+    run = tmp_path / "runs" / "first"
+    result = runner.invoke(app, ["train", str(data), "--out", str(run), "--image-size", "32", "--weights", "none",
+                                 "--frozen-epochs", "1", "--finetune-epochs", "1", "--embedding-dim", "8",
+                                 "--batch-size", "8", "--images-per-identity", "2", "--steps-per-epoch", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["epochs"] == 2 and summary["val_identities"] == 1
+    for name in ("model.keras", "config.json", "split.json", "history.csv", "loss.png", "checkpoints"):
+        assert (run / name).exists(), name
+    assert (tmp_path / "runs" / "latest").resolve() == run.resolve()
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["phase"]) == ["frozen", "finetune"] and list(history["epoch"]) == [1, 2]
+    assert {"loss", "seconds", "precision_at_1", "map_at_r", "active_fraction", "distance_gap"} <= set(history.columns)
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val"]) == 1 and not set(split["val"]) & set(split["train"])
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    paths = [item.path for item in scan_folder(data).items]
+    here = embed_paths(load_embedding_model(run / "model.keras"), paths, batch_size=8).embeddings
+    script = (
+        "import sys, numpy as np\n"
+        "from siamcli.models.embedding import load_embedding_model\n"
+        "from siamcli.models.embed import embed_paths\n"
+        "paths = sys.argv[2:]\n"
+        "e = embed_paths(load_embedding_model(sys.argv[1]), paths, batch_size=8).embeddings\n"
+        "np.save(sys.stdout.buffer, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(run / "model.keras"), *paths], capture_output=True, check=True)
+    import io
+
+    there = np.load(io.BytesIO(out.stdout))
+    assert np.allclose(np.linalg.norm(there, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(here, there, atol=1e-5)
+
+    again = runner.invoke(app, ["train", str(data), "--out", str(run), "--weights", "none", "--image-size", "32"])
+    assert again.exit_code == 2 and "--force" in again.stderr
+
+
+def test_offline_imagenet_fails_fast_with_advice(tmp_path, image_folders):
+    data = image_folders(identities=3, per_identity=3, size=32)
+    started = time.monotonic()
+    proc = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--image-size", "32",
+                   env={"KERAS_HOME": str(tmp_path / "keras_home")}, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--weights none" in lines[0] and "--weights PATH" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_help_and_version_do_not_import_tensorflow():
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from siamcli.cli.app import app\n"
+        "r = CliRunner()\n"
+        "assert r.invoke(app, ['--help']).exit_code == 0\n"
+        "assert r.invoke(app, ['train', '--help']).exit_code == 0\n"
+        "assert r.invoke(app, ['--version']).exit_code == 0\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+MIRRORED_SCRIPT = r"""
+import json, sys
+from siamcli.tf_runtime import import_tensorflow
+tf = import_tensorflow()
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from siamcli.training.config import TrainConfig
+from siamcli.training.trainer import train
+# Pretrained regime (BatchNorm frozen in the backbone) from a weights file made here.
+weights = sys.argv[2] + "/start.weights.h5"
+keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+out = {}
+for strategy in ("default", "mirrored"):
+    config = TrainConfig(data_dir=sys.argv[1], image_size=32, embedding_dim=8, weights=weights, batch_size=8,
+                         images_per_identity=2, steps_per_epoch=2, frozen_epochs=1, finetune_epochs=1,
+                         finetune_from="conv4_block1_out", finetune_lr=1e-3, strategy=strategy, seed=5, augment=False)
+    result = train(config, out=sys.argv[2] + "/" + strategy, force=True)
+    out[strategy] = {"loss": result.history["loss"].tolist(),
+                     "replicas": json.load(open(sys.argv[2] + "/" + strategy + "/config.json"))["replicas"]}
+print(json.dumps(out))
+"""
+
+
+def test_mirrored_strategy_on_two_cpu_devices_matches_the_default_strategy(tmp_path, image_folders):
+    data = image_folders(identities=4, per_identity=4, size=32)
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(data), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["default"]["replicas"] == 1 and result["mirrored"]["replicas"] == 2
+    # Same seed, same global batches: each replica mines against the gathered global batch,
+    # so the losses agree up to float summation order.
+    np.testing.assert_allclose(result["mirrored"]["loss"], result["default"]["loss"], rtol=2e-3, atol=1e-4)

@@ -1,0 +1,92 @@
+"""The in-batch triplet loss against a plain numpy reference, triplet by triplet."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+from siamcli.models.triplet_loss import triplet_loss  # noqa: E402
+
+
+def _batch(seed=0, n_ids=4, k=3, dim=8):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_ids * k, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(n_ids), k).astype(np.int32)
+    image_ids = np.arange(n_ids * k, dtype=np.int32)
+    return x, labels, image_ids
+
+
+def _valid_triplets(labels, image_ids):
+    n = len(labels)
+    for a, p, q in itertools.product(range(n), repeat=3):
+        if labels[a] == labels[p] and image_ids[a] != image_ids[p] and labels[q] != labels[a]:
+            yield a, p, q
+
+
+def _reference(x, labels, image_ids, margin, mining):
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    n = len(labels)
+    if mining == "all":
+        losses = [max(d[a, p] - d[a, q] + margin, 0) for a, p, q in _valid_triplets(labels, image_ids)]
+        active = [v for v in losses if v > 1e-6]
+        return sum(active) / max(len(active), 1)
+    if mining == "hard":
+        terms = []
+        for a in range(n):
+            pos = [d[a, p] for p in range(n) if labels[p] == labels[a] and image_ids[p] != image_ids[a]]
+            neg = [d[a, q] for q in range(n) if labels[q] != labels[a]]
+            if pos and neg:
+                terms.append(max(max(pos) - min(neg) + margin, 0))
+        return sum(terms) / len(terms)
+    if mining == "semi-hard":
+        terms = []
+        for a in range(n):
+            for p in range(n):
+                if labels[p] != labels[a] or image_ids[p] == image_ids[a]:
+                    continue
+                neg = [d[a, q] for q in range(n) if labels[q] != labels[a]]
+                beyond = [v for v in neg if v > d[a, p]]
+                chosen = min(beyond) if beyond else max(neg)
+                terms.append(max(d[a, p] - chosen + margin, 0))
+        return sum(terms) / len(terms)
+    raise AssertionError(mining)
+
+
+@pytest.mark.parametrize("mining", ["all", "hard", "semi-hard"])
+def test_loss_matches_the_numpy_reference(mining):
+    x, labels, ids = _batch(seed=1)
+    loss, stats = triplet_loss(tf.constant(x), tf.constant(labels), tf.constant(ids), 0.5, mining)
+    assert float(loss) == pytest.approx(_reference(x, labels, ids, 0.5, mining), rel=1e-5, abs=1e-6)
+    n_valid = sum(1 for _ in _valid_triplets(labels, ids))
+    assert float(stats.valid_triplets) == n_valid
+
+
+def test_random_mining_picks_only_valid_negatives():
+    # With one negative identity placed far away and the rest identical, every valid
+    # (a, p, n) has a known loss: any invalid pick (a same-identity "negative") would change it.
+    x, labels, ids = _batch(seed=2, n_ids=2, k=4)
+    for seed in range(10):
+        loss, stats = triplet_loss(tf.constant(x), tf.constant(labels), tf.constant(ids), 0.3, "random",
+                                   random_seed=tf.constant([seed, 7]))
+        d = ((x[:, None] - x[None]) ** 2).sum(-1)
+        lo = np.mean([max(d[a, p] - d[a].max() + 0.3, 0) for a, p, _ in _valid_triplets(labels, ids)]) - 1e-6
+        hi = np.mean([max(d[a, p] - min(d[a, q] for q in range(8) if labels[q] != labels[a]) + 0.3, 0)
+                      for a, p, _ in _valid_triplets(labels, ids)]) + 1e-6
+        assert lo <= float(loss) <= hi
+        assert float(stats.loss_count) == 8 * 3  # one term per anchor–positive pair
+
+
+def test_copies_of_one_image_are_never_positives():
+    x, labels, ids = _batch(seed=3, n_ids=3, k=2)
+    ids_with_copy = ids.copy()
+    ids_with_copy[1] = ids_with_copy[0]  # rows 0 and 1 are the same image
+    _, stats = triplet_loss(tf.constant(x), tf.constant(labels), tf.constant(ids_with_copy), 0.2, "all")
+    assert float(stats.positive_pairs) == 4  # identity 0 lost both of its (ordered) pairs
+
+
+def test_loss_is_float32_and_finite_for_bfloat16_embeddings():
+    x, labels, ids = _batch(seed=4)
+    loss, _ = triplet_loss(tf.constant(x, tf.bfloat16), tf.constant(labels), tf.constant(ids), 0.2, "hard")
+    assert loss.dtype == tf.float32 and np.isfinite(float(loss))
