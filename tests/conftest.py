@@ -73,13 +73,13 @@ def build_untrained_run(run_dir: Path, data_dir: Path, val: list[str], train: li
     import_tensorflow()
     import keras
 
+    config = TrainConfig(data_dir=str(data_dir), image_size=image_size, embedding_dim=embedding_dim, weights="none").resolve()
     keras.utils.set_random_seed(seed)
-    backbone = nets.build_backbone(image_size, WeightsChoice("none", None))
-    head = nets.build_head(embedding_dim)
+    backbone = nets.build_backbone(image_size, WeightsChoice("none", None), config.feature_layer, config.pooling)
+    head = nets.build_head(embedding_dim, int(backbone.output_shape[-1]), config.dropout)
     model = nets.assemble(backbone, head, image_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "model.keras")
-    config = TrainConfig(data_dir=str(data_dir), image_size=image_size, embedding_dim=embedding_dim, weights="none").resolve()
     write_json(run_dir / "config.json", config.to_json())
     write_json(run_dir / "split.json", {"train": train, "val": val})
     return run_dir

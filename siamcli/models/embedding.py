@@ -1,10 +1,14 @@
 """Building, assembling, freezing and loading the embedding network.
 
-    image (any size, RGB 0–255) → Resizing(S) → ResNetPreprocess → ResNet50 → global average pool
-        → head: BatchNorm → Dense(embedding_dim) → L2-normalise → embedding (unit length)
+    image (any size, RGB 0–255) → Resizing(S) → ResNetPreprocess → ResNet50 up to `feature_layer`
+        → pooling (global average, or an N×N grid of averages that keeps coarse layout)
+        → head: BatchNorm → Dropout → Dense(embedding_dim) → L2-normalise → embedding (unit length)
 
-The backbone (everything up to the pooled 2048-d features) and the head are separate
-sub-models so the frozen phase can train the head on cached backbone features.
+The backbone (everything up to the pooled features) and the head are separate sub-models so
+the frozen phase can train the head on cached backbone features. With ImageNet weights the
+whole ResNet50 and global average pooling are the right default; with random weights
+(`--weights none`) the deep, globally pooled features carry little, and an earlier layer
+with grid pooling is what measured best (docs/training.md).
 """
 
 from __future__ import annotations
@@ -21,14 +25,25 @@ import_tensorflow()
 import keras  # noqa: E402
 
 MIN_IMAGE_SIZE = 32  # ResNet50 refuses smaller inputs
-FEATURE_DIM = 2048  # ResNet50's pooled output
 WHOLE_NETWORK = "all"  # --finetune-from value: every backbone layer trains
+LAST_LAYER = "conv5_block3_out"  # ResNet50's final feature map
+POOLINGS = ("avg", "grid2", "grid3", "grid4")
 
 
-def build_backbone(image_size: int, weights: WeightsChoice) -> keras.Model:
-    """(batch, S, S, 3) pixels in [0, 255] → (batch, 2048) pooled ResNet50 features."""
+def stage_outputs() -> list[str]:
+    """ResNet50 layers a backbone may end at: the output of every residual block."""
+    blocks = {2: 3, 3: 4, 4: 6, 5: 3}
+    return [f"conv{stage}_block{block}_out" for stage, count in blocks.items() for block in range(1, count + 1)]
+
+
+def build_backbone(image_size: int, weights: WeightsChoice, feature_layer: str = LAST_LAYER, pooling: str = "avg") -> keras.Model:
+    """(batch, S, S, 3) pixels in [0, 255] → (batch, features) pooled ResNet50 features."""
     if image_size < MIN_IMAGE_SIZE:
         raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE} (ResNet50's smallest input), got {image_size}")
+    if feature_layer not in stage_outputs():
+        raise UserError(f"--feature-layer {feature_layer!r} is not a ResNet50 block output; use one of {', '.join(stage_outputs())}")
+    if pooling not in POOLINGS:
+        raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     resnet = keras.applications.ResNet50(
         include_top=False,
         weights="imagenet" if weights.kind == "imagenet" else None,
@@ -42,18 +57,27 @@ def build_backbone(image_size: int, weights: WeightsChoice) -> keras.Model:
                 f"cannot load ResNet50 weights from {weights.path} ({str(exc).splitlines()[0][:160]}); "
                 "give a Keras weights file (.weights.h5) saved from ResNet50(include_top=False)"
             ) from exc
+    if feature_layer != LAST_LAYER:
+        resnet = keras.Model(resnet.input, resnet.get_layer(feature_layer).output, name="resnet50")
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
     features = resnet(ResNetPreprocess(name="resnet_preprocess")(pixels))
-    features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    if pooling == "avg":
+        features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    else:
+        cells = int(pooling[len("grid"):])
+        features = keras.layers.AdaptiveAveragePooling2D((cells, cells), name="pool")(features)
+        features = keras.layers.Flatten(name="flatten")(features)
     return keras.Model(pixels, features, name="backbone")
 
 
-def build_head(embedding_dim: int, feature_dim: int = FEATURE_DIM) -> keras.Model:
+def build_head(embedding_dim: int, feature_dim: int, dropout: float = 0.0) -> keras.Model:
     """(batch, feature_dim) → (batch, embedding_dim) unit-length embeddings, always float32."""
     features = keras.Input((feature_dim,), name="features")
     # Normalising the features first keeps the head stable whatever their scale (a random
     # backbone's features are far from ImageNet's).
     x = keras.layers.BatchNormalization(name="feature_norm")(features)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
     x = keras.layers.Dense(embedding_dim, name="projection", dtype="float32")(x)
     embedding = keras.layers.UnitNormalization(name="l2_normalize", dtype="float32")(x)
     return keras.Model(features, embedding, name="head")

@@ -20,14 +20,29 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 @dataclass(frozen=True)
 class RegimeDefaults:
+    feature_layer: str  # where the backbone ends
+    pooling: str  # how its feature map becomes a vector
+    dropout: float  # on the features, in the head
+    margin: float
     finetune_from: str
     lr: float
     finetune_lr: float
     train_batchnorm: bool
 
 
-PRETRAINED = RegimeDefaults(finetune_from="conv5_block1_out", lr=1e-3, finetune_lr=1e-5, train_batchnorm=False)
-FROM_SCRATCH = RegimeDefaults(finetune_from="all", lr=1e-3, finetune_lr=3e-4, train_batchnorm=True)
+# ImageNet features are strong and general: the whole ResNet50, pooled globally; fine-tune the
+# last stage gently with BatchNorm frozen.
+PRETRAINED = RegimeDefaults(
+    feature_layer="conv5_block3_out", pooling="avg", dropout=0.0, margin=0.2,
+    finetune_from="conv5_block1_out", lr=1e-3, finetune_lr=1e-5, train_batchnorm=False,
+)
+# Random weights: measured on att_faces (docs/training.md), a shallower cut with coarse spatial
+# pooling and a regularised head beats the full network; the whole cut network fine-tunes.
+FROM_SCRATCH = RegimeDefaults(
+    feature_layer="conv3_block4_out", pooling="grid3", dropout=0.3, margin=0.5,
+    finetune_from="all", lr=3e-4, finetune_lr=1e-4, train_batchnorm=True,
+)
+MIN_STEPS_PER_EPOCH = 100  # P×K sampling has no natural epoch; tiny datasets still get real epochs
 
 
 @dataclass(frozen=True)
@@ -39,10 +54,13 @@ class TrainConfig:
     frozen_epochs: int = 5  # phase 1: backbone frozen, head trained on cached features
     finetune_epochs: int = 5  # phase 2: backbone trainable from finetune_from on
     finetune_from: str | None = None  # ResNet50 layer name, or "all"; None → regime default
+    feature_layer: str | None = None  # ResNet50 block output the backbone ends at; None → regime default
+    pooling: str | None = None  # avg | grid2 | grid3 | grid4; None → regime default
+    dropout: float | None = None  # head dropout on the features; None → regime default
     batch_size: int = 32  # global batch (P identities × K images), split across replicas
     images_per_identity: int = 4  # K of the P×K batches
-    steps_per_epoch: int | None = None  # None → one pass over the training images
-    margin: float = 0.2  # triplet margin on squared distances between unit vectors (0…4)
+    steps_per_epoch: int | None = None  # None → one pass over the training images, at least 100 batches
+    margin: float | None = None  # triplet margin on squared distances between unit vectors (0…4); None → regime default
     mining: str = "all"  # in-batch triplet selection: all | hard | semi-hard | random
     lr: float | None = None  # phase-1 learning rate; None → regime default
     finetune_lr: float | None = None  # phase-2 learning rate; None → regime default
@@ -65,7 +83,8 @@ class TrainConfig:
             (self.batch_size % self.images_per_identity == 0,
              f"--batch-size ({self.batch_size}) must be a multiple of --images-per-identity ({self.images_per_identity})"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}"),
-            (self.margin > 0, f"--margin must be positive, got {self.margin}"),
+            (self.margin is None or self.margin > 0, f"--margin must be positive, got {self.margin}"),
+            (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.finetune_lr is None or self.finetune_lr > 0, f"--finetune-lr must be positive, got {self.finetune_lr}"),
             (0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}"),
@@ -92,6 +111,10 @@ class TrainConfig:
         return dataclasses.replace(
             self,
             finetune_from=self.finetune_from or regime.finetune_from,
+            feature_layer=self.feature_layer or regime.feature_layer,
+            pooling=self.pooling or regime.pooling,
+            dropout=self.dropout if self.dropout is not None else regime.dropout,
+            margin=self.margin if self.margin is not None else regime.margin,
             lr=self.lr if self.lr is not None else regime.lr,
             finetune_lr=self.finetune_lr if self.finetune_lr is not None else regime.finetune_lr,
         )

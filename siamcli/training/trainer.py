@@ -31,7 +31,7 @@ from siamcli.errors import UserError
 from siamcli.evaluation.metrics import retrieval_metrics
 from siamcli.models.backbone_weights import resolve_weights
 from siamcli.training import rundir
-from siamcli.training.config import TrainConfig
+from siamcli.training.config import MIN_STEPS_PER_EPOCH, TrainConfig
 from siamcli.training.plots import plot_history
 from siamcli.training.strategy import choose_strategy
 from siamcli.tf_runtime import import_tensorflow
@@ -152,8 +152,8 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
     write_json(run_dir / rundir.SPLIT_FILE, split.to_json())
 
     with strategy.scope():
-        backbone = nets.build_backbone(config.image_size, weights)
-        head = nets.build_head(config.embedding_dim)
+        backbone = nets.build_backbone(config.image_size, weights, config.feature_layer, config.pooling)
+        head = nets.build_head(config.embedding_dim, int(backbone.output_shape[-1]), config.dropout)
         model = nets.assemble(backbone, head, config.image_size)
     if replicas > 1:
         # Batch statistics over the global batch, not each replica's slice: training then
@@ -217,6 +217,29 @@ def _load(scan, split: IdentitySplit, image_size: int, events: TrainingEvents):
     return subset(split.train), subset(split.val), skipped
 
 
+def make_train_step(net, optimizer, strategy, margin: float, mining: str):
+    """A compiled step: embed a P×K batch on every replica, mine, apply gradients, return stats."""
+
+    def replica_step(inputs, labels, image_ids, seed):
+        with tf.GradientTape() as tape:
+            embeddings = net(inputs, training=True)
+            loss, stats = triplet_loss(embeddings, labels, image_ids, margin, mining, seed)
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        variables = net.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(gradients, variables))
+        return stats
+
+    @tf.function
+    def step(batch, seed):
+        inputs, labels, image_ids = batch
+        stats = strategy.run(replica_step, args=(inputs, labels, image_ids, seed))
+        # Stats are already global sums on every replica; read replica 0's copy.
+        return tf.nest.map_structure(lambda value: strategy.experimental_local_results(value)[0], stats)
+
+    return step
+
+
 class _Session:
     """One training run's state: models, optimizers, history, best epoch."""
 
@@ -240,7 +263,7 @@ class _Session:
                 f"only {self.sampler.p} training identities: batches hold {self.sampler.batch_size} images, not {config.batch_size}"
             )
             events.message(self.warnings[-1])
-        self.steps = config.steps_per_epoch or max(1, len(train_data.labels) // self.sampler.batch_size)
+        self.steps = config.steps_per_epoch or max(MIN_STEPS_PER_EPOCH, len(train_data.labels) // self.sampler.batch_size)
         if self.sampler.batch_size % strategy.num_replicas_in_sync:
             raise UserError(
                 f"batches of {self.sampler.batch_size} images cannot be split across {strategy.num_replicas_in_sync} replicas"
@@ -301,26 +324,7 @@ class _Session:
 
     # ---- steps --------------------------------------------------------------------------
     def _make_step(self, net, optimizer):
-        config, strategy = self.config, self.strategy
-
-        def replica_step(inputs, labels, image_ids, seed):
-            with tf.GradientTape() as tape:
-                embeddings = net(inputs, training=True)
-                loss, stats = triplet_loss(embeddings, labels, image_ids, config.margin, config.mining, seed)
-                scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-            variables = net.trainable_variables
-            gradients = tape.gradient(scaled, variables)
-            optimizer.apply_gradients(zip(gradients, variables))
-            return stats
-
-        @tf.function
-        def step(batch, seed):
-            inputs, labels, image_ids = batch
-            stats = strategy.run(replica_step, args=(inputs, labels, image_ids, seed))
-            # Stats are already global sums on every replica; read replica 0's copy.
-            return tf.nest.map_structure(lambda value: strategy.experimental_local_results(value)[0], stats)
-
-        return step
+        return make_train_step(net, optimizer, self.strategy, self.config.margin, self.config.mining)
 
     def _epoch(self, phase: str, step, dataset, extra_seconds: float = 0.0) -> dict:
         totals = dict.fromkeys(
@@ -361,7 +365,7 @@ class _Session:
             return self.backbone(batch, training=False)
 
         chunks = [forward(tf.cast(images[i : i + 64], tf.float32)).numpy() for i in range(0, len(images), 64)]
-        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, nets.FEATURE_DIM), np.float32)
+        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, self.backbone.output_shape[-1]), np.float32)
 
     def _embed_images(self, images: np.ndarray) -> np.ndarray:
         chunks = [self.model(tf.cast(images[i : i + 64], tf.float32), training=False).numpy() for i in range(0, len(images), 64)]
