@@ -1,8 +1,190 @@
-"""Placeholder while the command is being built; replaced by the real module."""
+"""siamcli evaluate [DATA_DIR]"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from siamcli.cli.common import engine_errors, fail, fmt, print_json, stderr, stdout, warn
+
+CONFUSION_TABLE_LIMIT = 20  # identities; more and the confusion matrix is only in the files
 
 
-def evaluate() -> None:
-    """Not built yet."""
-    raise typer.Exit(1)
+def evaluate(
+    data_dir: Annotated[Optional[Path], typer.Argument(help="Labelled folder to evaluate (default: the run's held-out identities, from split.json).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: <run>/eval).", show_default=False)] = None,
+    k: Annotated[Optional[list[str]], typer.Option("--k", metavar="K[,K...]", help="k of recall@k: a comma list and/or repeated (default: 1,5,10).", show_default=False)] = None,
+    show: Annotated[int, typer.Option(help="Rows of the per-class table, worst first (all rows are in per_class.csv).")] = 10,
+    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score raw pixels and the untrained backbone, side by side.")] = True,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    max_pairs: Annotated[int, typer.Option(help="Verification uses every pair up to this many, else a seeded sample of this many.")] = 5_000_000,
+    projection: Annotated[str, typer.Option(help="projection.png method: auto (t-SNE up to 1000 images, else PCA), pca or tsne.")] = "auto",
+    normalize_confusion: Annotated[bool, typer.Option("--normalize", help="confusion.png shows each true identity's row as shares instead of counts.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the verification pair sample and the projection.")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics (metrics.json) as one JSON document on stdout.")] = False,
+) -> None:
+    """Score a trained embedding: retrieval, per identity, confusion, verification.
+
+    Leave-one-out over DATA_DIR (default: the run's held-out identities).
+    Retrieval: precision@1, recall@k, R-precision, MAP@R, beside two baselines.
+    Per identity: precision, recall and F1 of the nearest image's identity.
+    Verification: ROC AUC, EER and the distance threshold at the EER.
+    Files in --out: metrics.json, report.json, per_class.csv, confusion.csv,
+    embeddings.npy, labels.csv, and the figures confusion.png, roc.png,
+    projection.png and errors.png.
+    """
+    ks = parse_ks(k)
+    if show < 0:
+        fail(f"--show must be 0 or more, got {show}")
+    with engine_errors():
+        from siamcli.evaluation.report import EvaluateOptions
+        from siamcli.evaluation.report import evaluate as run_evaluation
+
+        options = EvaluateOptions(
+            ks=ks, batch_size=batch_size, baselines=baselines, max_pairs=max_pairs, seed=seed,
+            projection=projection, normalize_confusion=normalize_confusion,
+        )
+        with _ProgressDisplay() as display:
+            report = run_evaluation(model, str(data_dir) if data_dir is not None else None, str(out) if out else None, options, display)
+    if json_output:
+        print_json(report.metrics_json())
+    else:
+        _print_report(report, show)
+
+
+def parse_ks(values: list[str] | None) -> tuple[int, ...]:
+    """--k 1,5,10 and/or --k 1 --k 5 → (1, 5, 10); anything else is a usage error (exit 2)."""
+    if not values:
+        return (1, 5, 10)
+    ks: set[int] = set()
+    for value in values:
+        for part in str(value).split(","):
+            text = part.strip()
+            if not text:
+                continue
+            try:
+                number = int(text)
+            except ValueError:
+                fail(f"--k takes whole numbers of 1 or more, such as --k 1,5,10; got {text!r}")
+            if number < 1:
+                fail(f"--k values must be 1 or more, got {number}")
+            ks.add(number)
+    if not ks:
+        fail("--k needs at least one value, such as --k 1,5,10")
+    return tuple(sorted(ks))
+
+
+class _ProgressDisplay:
+    """Rich progress on stderr, one bar per stage, only on a terminal; warnings as they come."""
+
+    def __enter__(self):
+        self.progress = None
+        self.task = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            return self.progress.__exit__(*exc)
+        return False
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        warn(text)
+        if self.progress is not None:
+            self.progress.start()
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        if not stderr.is_terminal:
+            return
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=stderr, transient=True,
+            )
+            self.progress.__enter__()
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+        self.task = self.progress.add_task(name, total=total)
+
+    def advance(self, count: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, count)
+
+
+def _print_report(report, show: int) -> None:
+    from siamcli.evaluation.baselines import NAMES, RAW_PIXELS, UNTRAINED_BACKBONE
+
+    metrics = report.metrics
+    stdout.print(escape(f"Evaluated {report.data.source} with {report.model}"))
+    identities = len(set(report.labels))
+    retrieval = Table(
+        title=f"Retrieval, leave-one-out: {len(report.labels)} images, {identities} identities, {metrics.queries} queries",
+    )
+    retrieval.add_column("metric", style="bold")
+    retrieval.add_column("trained model", justify="right")
+    columns = [name for name in (UNTRAINED_BACKBONE, RAW_PIXELS) if name in report.baselines]
+    for name in columns:
+        retrieval.add_column(NAMES[name], justify="right")
+    rows = [("precision@1", lambda m: m.precision_at_1)]
+    rows += [(f"recall@{k}", lambda m, k=k: m.recall_at_k.get(k)) for k in report.ks]
+    rows += [("R-precision", lambda m: m.r_precision), ("MAP@R", lambda m: m.map_at_r)]
+    for title, get in rows:
+        retrieval.add_row(title, fmt(get(metrics)), *(fmt(get(report.baselines[name])) for name in columns))
+    stdout.print(retrieval)
+
+    classification = report.classification
+    if show > 0:
+        worst = classification.worst_first(show)
+        table = Table(title=f"Per identity, worst first ({len(worst)} of {len(classification.labels)}; all in per_class.csv)")
+        for column in ("identity", "precision", "recall", "F1", "support"):
+            table.add_column(column, justify="left" if column == "identity" else "right")
+        for row in worst.itertuples(index=False):
+            table.add_row(escape(str(row.label)), fmt(row.precision), fmt(row.recall), fmt(row.f1), str(row.support))
+        stdout.print(table)
+
+    if len(classification.labels) <= CONFUSION_TABLE_LIMIT:
+        stdout.print(_confusion_table(classification))
+
+    verification = report.verification
+    summary = Table(title="Classification and verification", show_header=False)
+    summary.add_column("", style="bold")
+    summary.add_column("", justify="right")
+    summary.add_row("accuracy (nearest-neighbour identity)", fmt(classification.accuracy))
+    summary.add_row("macro F1", fmt(classification.macro_f1))
+    summary.add_row("ROC AUC (same vs different identity)", fmt(verification.roc_auc))
+    summary.add_row("EER", fmt(verification.eer))
+    summary.add_row("threshold (match when distance ≤)", fmt(verification.threshold, 4))
+    pairs = f"{verification.same_pairs:,} same + {verification.different_pairs:,} different"
+    summary.add_row("pairs" + (" (seeded sample)" if verification.sampled else " (all)"), pairs)
+    stdout.print(summary)
+    stdout.print(escape(f"Report written to {report.out_dir}: {', '.join(report.files)}"))
+
+
+def _confusion_table(classification) -> Table:
+    """Compact: columns are numbered like the rows, so 20 identities fit 80 columns."""
+    from rich import box
+
+    matrix = classification.confusion_matrix()
+    table = Table(
+        title="Confusion matrix (rows: true identity; columns: nearest image's identity, numbered as the rows)",
+        box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
+    )
+    table.add_column("true", style="bold", max_width=18, no_wrap=True, overflow="ellipsis")
+    for j in range(len(classification.labels)):
+        table.add_column(str(j + 1), justify="right", min_width=2, no_wrap=True)
+    for i, label in enumerate(classification.labels):
+        cells = []
+        for j, value in enumerate(matrix[i]):
+            if value == 0:
+                cells.append("[dim]·[/dim]")
+            else:
+                cells.append(f"[green]{value}[/green]" if i == j else f"[red]{value}[/red]")
+        table.add_row(f"{i + 1} {escape(label)}", *cells)
+    return table

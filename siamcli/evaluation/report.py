@@ -1,0 +1,399 @@
+"""`siamcli evaluate` end to end: choose the images → embed → metrics → files.
+
+    <out>/metrics.json      the metrics (DESIGN.md's keys) and the baselines' retrieval metrics
+    <out>/report.json       what was evaluated: model, data, counts, pairs, baselines, timings
+    <out>/per_class.csv     label, precision, recall, f1, support (label order)
+    <out>/confusion.csv     rows true identity, columns predicted identity
+    <out>/confusion.png     heatmap;  roc.png  verification ROC;  projection.png  2-D embeddings
+    <out>/errors.png        the worst queries beside the wrong nearest neighbour they found
+    <out>/embeddings.npy    (n, d) float32, the embeddings scored; labels.csv: path, label, same order
+
+Every file is written atomically; metrics.json, which `siamcli index` reads the match threshold
+from, is written last.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from siamcli import __version__
+from siamcli.atomic import atomic_path, write_csv, write_json
+from siamcli.data.scan import ImageItem, Skipped, describe_skipped, scan_folder
+from siamcli.errors import UserError
+from siamcli.evaluation import baselines as base
+from siamcli.evaluation import plots
+from siamcli.evaluation.classification import ClassificationResult, classify
+from siamcli.evaluation.metrics import DEFAULT_BLOCK_SIZE, RetrievalMetrics, RetrievalResult, evaluate_retrieval, retrieval_metrics
+from siamcli.evaluation.verification import DEFAULT_MAX_PAIRS, VerificationResult, verification_metrics
+from siamcli.training import rundir
+
+EVAL_DIR = "eval"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.json"
+METRIC_KEYS = ("precision_at_1", "recall_at_k", "r_precision", "map_at_r", "accuracy", "macro_f1", "roc_auc", "eer", "threshold")
+PROJECTIONS = ("auto", "pca", "tsne")
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    ks: tuple[int, ...] = (1, 5, 10)  # recall@k
+    batch_size: int = 32  # images per forward pass
+    baselines: bool = True  # also score raw pixels and the untrained backbone
+    max_pairs: int = DEFAULT_MAX_PAIRS  # verification: all pairs up to this many, else a seeded sample
+    seed: int = 0  # pair sample and projection
+    projection: str = "auto"  # auto | pca | tsne
+    normalize_confusion: bool = False  # heatmap of row shares instead of counts
+    error_cases: int = 8  # rows of errors.png
+    block_size: int = DEFAULT_BLOCK_SIZE  # queries per FAISS search
+
+    def validate(self) -> "EvaluateOptions":
+        if not self.ks:
+            raise UserError("--k needs at least one value")
+        bad = [k for k in self.ks if k < 1]
+        if bad:
+            raise UserError(f"--k values must be 1 or more, got {bad[0]}")
+        checks = [
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.max_pairs >= 2, f"--max-pairs must be at least 2, got {self.max_pairs}"),
+            (self.projection in PROJECTIONS, f"--projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}"),
+            (self.error_cases >= 1, f"error cases must be at least 1, got {self.error_cases}"),
+            (self.block_size >= 1, f"block size must be at least 1, got {self.block_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+
+class EvaluationEvents:
+    """What the evaluation tells its caller; the CLI draws progress from it."""
+
+    def message(self, text: str) -> None: ...
+    def stage(self, name: str, total: int | None = None) -> None: ...
+    def advance(self, count: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class DataSelection:
+    root: str
+    items: list[ImageItem]
+    skipped: list[Skipped]
+    source: str  # what was chosen, in words
+    held_out: bool  # True: the run's held-out identities (split.json "val")
+
+
+@dataclass
+class EvaluationReport:
+    out_dir: Path
+    run_dir: Path
+    model: Path
+    data: DataSelection
+    image_size: int
+    paths: list[str]  # the images scored, in embedding order
+    labels: list[str]
+    embeddings: np.ndarray  # (n, d) float32
+    retrieval: RetrievalResult
+    classification: ClassificationResult
+    verification: VerificationResult
+    ks: tuple[int, ...]
+    baselines: dict[str, RetrievalMetrics] = field(default_factory=dict)
+    baseline_descriptions: dict[str, str] = field(default_factory=dict)
+    baselines_skipped: dict[str, str] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    projection: str = ""
+    files: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    model_sha256: str = ""
+    max_pairs: int = DEFAULT_MAX_PAIRS
+    seed: int = 0
+
+    @property
+    def metrics(self) -> RetrievalMetrics:
+        return self.retrieval.metrics
+
+    def metrics_json(self) -> dict:
+        """metrics.json and `--json`: DESIGN.md's nine keys, then "baselines" (name → retrieval keys)."""
+        document = self.metrics.to_json()
+        document.update({
+            "accuracy": _json_float(self.classification.accuracy),
+            "macro_f1": _json_float(self.classification.macro_f1),
+            "roc_auc": _json_float(self.verification.roc_auc),
+            "eer": _json_float(self.verification.eer),
+            "threshold": _json_float(self.verification.threshold),
+        })
+        document = {key: document[key] for key in METRIC_KEYS}
+        document["baselines"] = {name: metrics.to_json() for name, metrics in self.baselines.items()}
+        return document
+
+    def report_json(self) -> dict:
+        counts = pd.Series(self.labels).value_counts()
+        return {
+            "siamcli_version": __version__,
+            "model": str(self.model),
+            "model_sha256": self.model_sha256,
+            "run_dir": str(self.run_dir),
+            "data_dir": self.data.root,
+            "data": self.data.source,
+            "held_out_identities": self.data.held_out,
+            "image_size": self.image_size,
+            "embedding_dim": int(self.embeddings.shape[1]),
+            "images": len(self.labels),
+            "identities": int(len(counts)),
+            "single_image_identities": int((counts == 1).sum()),
+            "queries": self.metrics.queries,
+            "ks": list(self.ks),
+            "distance": "squared Euclidean between the embeddings (unit vectors: 2 - 2 cos)",
+            "ties": "equal distances rank the earlier image (labels.csv order) first",
+            "verification": {
+                "same_identity_pairs": self.verification.same_pairs,
+                "different_identity_pairs": self.verification.different_pairs,
+                "all_pairs": self.verification.total_pairs,
+                "sampled": self.verification.sampled,
+                "max_pairs": self.max_pairs,
+                "seed": self.seed,
+                "match_rule": "distance <= threshold",
+            },
+            "baselines": dict(self.baseline_descriptions),
+            "baselines_skipped": dict(self.baselines_skipped),
+            "projection": self.projection,
+            "skipped_files": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "warnings": list(self.warnings),
+            "seconds": {key: round(value, 3) for key, value in self.seconds.items()},
+            "files": list(self.files),
+        }
+
+
+def select_data(run: rundir.RunPaths, data_dir: str | None) -> DataSelection:
+    """DATA_DIR if given (every identity in it), else the run's held-out identities."""
+    if data_dir is not None:
+        scan = scan_folder(data_dir, labelled=True)
+        return DataSelection(str(data_dir), scan.items, scan.skipped, f"every identity in {data_dir}", held_out=False)
+    config = rundir.read_json(run.config, "run config")
+    split = rundir.read_split(run)
+    held_out = [str(name) for name in split["val"]]
+    if not held_out:
+        raise UserError(f"the run {run.run_dir} held out no identities (split.json 'val' is empty); pass DATA_DIR to evaluate a labelled folder")
+    root = config.get("data_dir")
+    if not root:
+        raise UserError(f"{run.config} does not name the training data (data_dir); pass DATA_DIR")
+    if not Path(root).is_dir():
+        raise UserError(f"the run's data folder {root} (config.json data_dir) is not there from here; pass DATA_DIR")
+    scan = scan_folder(root, labelled=True)
+    wanted = set(held_out)
+    items = [item for item in scan.items if item.label in wanted]
+    skipped = [s for s in scan.skipped if _top_folder(s.path, root) in wanted]
+    return DataSelection(root, items, skipped, f"the run's {len(held_out)} held-out identities in {root} (split.json)", held_out=True)
+
+
+def evaluate(
+    model: str | None = None,
+    data_dir: str | None = None,
+    out: str | None = None,
+    options: EvaluateOptions | None = None,
+    events: EvaluationEvents | None = None,
+) -> EvaluationReport:
+    events = events or EvaluationEvents()
+    options = (options or EvaluateOptions()).validate()
+    ks = tuple(sorted(set(options.ks)))
+    started = time.perf_counter()
+    run = rundir.find_run(model)
+    out_dir = Path(out) if out else run.run_dir / EVAL_DIR
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder for the evaluation")
+    selection = select_data(run, data_dir)
+    warnings: list[str] = []
+    if selection.held_out:
+        wanted = set(str(v) for v in rundir.read_split(run)["val"])
+        missing = sorted(wanted - {item.label for item in selection.items})
+        if missing:
+            warnings.append(f"{len(missing)} held-out identit{'y has' if len(missing) == 1 else 'ies have'} no images in {selection.root}: {', '.join(missing[:10])}")
+    _check_enough([item.label for item in selection.items], selection.root)
+
+    from siamcli.models.embed import embed_paths, model_image_size
+    from siamcli.models.embedding import file_fingerprint, load_embedding_model
+
+    network = load_embedding_model(run.model)
+    image_size = model_image_size(network)
+    paths = [item.path for item in selection.items]
+    events.stage("embedding images", len(paths))
+    embedded = embed_paths(network, paths, batch_size=options.batch_size, on_progress=events.advance)
+    skipped = list(selection.skipped) + list(embedded.failures)
+    if skipped:
+        warnings.append(describe_skipped(skipped))
+    kept_items = [selection.items[i] for i in embedded.kept]
+    paths = [item.path for item in kept_items]
+    labels = [item.label for item in kept_items]
+    _check_enough(labels, selection.root)
+    embeddings = np.asarray(embedded.embeddings, np.float32)
+    trained_on = _trained_identities(run, data_dir, labels)
+    if trained_on:
+        warnings.append(
+            f"{len(trained_on)} of the evaluated identities were trained on (split.json 'train'), e.g. {trained_on[0]}: "
+            "scores on them are closed-set and higher than on unseen identities"
+        )
+    singles = sorted(name for name, count in pd.Series(labels).value_counts().items() if count == 1)
+    if singles:
+        warnings.append(
+            f"{len(singles)} identit{'y has' if len(singles) == 1 else 'ies have'} a single image: not queries, "
+            f"only gallery: {', '.join(singles[:10])}{' …' if len(singles) > 10 else ''}"
+        )
+    seconds = {"embedding": time.perf_counter() - started}
+
+    events.stage("retrieval metrics")
+    tick = time.perf_counter()
+    retrieval = evaluate_retrieval(embeddings, labels, ks, block_size=options.block_size)
+    queries = np.flatnonzero(retrieval.is_query)
+    label_array = np.asarray(labels)
+    classification = classify(label_array[queries], label_array[retrieval.nearest[queries]])
+    events.stage("verification pairs")
+    verification = verification_metrics(embeddings, labels, max_pairs=options.max_pairs, seed=options.seed)
+    if verification.roc_auc != verification.roc_auc:
+        warnings.append("verification needs both same- and different-identity pairs: roc_auc, eer and threshold are null")
+    seconds["metrics"] = time.perf_counter() - tick
+
+    report = EvaluationReport(
+        out_dir=out_dir, run_dir=run.run_dir, model=run.model, data=selection, image_size=image_size,
+        paths=paths, labels=labels, embeddings=embeddings, retrieval=retrieval, classification=classification,
+        verification=verification, ks=ks, skipped=skipped, warnings=warnings, max_pairs=options.max_pairs, seed=options.seed,
+    )
+    if options.baselines:
+        tick = time.perf_counter()
+        _score_baselines(report, run, options, events)
+        seconds["baselines"] = time.perf_counter() - tick
+    for text in report.warnings:
+        events.message(text)
+
+    events.stage("writing files")
+    tick = time.perf_counter()
+    report.model_sha256 = file_fingerprint(run.model)
+    _write_files(report, options)
+    seconds["files"] = time.perf_counter() - tick
+    seconds["total"] = time.perf_counter() - started
+    report.seconds = seconds
+    write_json(out_dir / REPORT_FILE, report.report_json())
+    write_json(out_dir / METRICS_FILE, report.metrics_json())  # last: index reads the threshold from it
+    return report
+
+
+def error_cases(report: EvaluationReport, limit: int) -> list[plots.ErrorCase]:
+    """Queries whose nearest image is of another identity, worst first: lowest AP@R, then the
+    most confident mistake (smallest distance), then position. Each comes with the nearest image
+    of its own identity and that image's rank (ties ranked as in the metrics)."""
+    retrieval = report.retrieval
+    labels = np.asarray(report.labels)
+    vectors = report.embeddings
+    queries = np.flatnonzero(retrieval.is_query)
+    wrong = queries[labels[retrieval.nearest[queries]] != labels[queries]]
+    order = np.lexsort((wrong, retrieval.nearest_distance[wrong], retrieval.average_precision[wrong]))
+    cases = []
+    for i in wrong[order][:limit]:
+        neighbour = int(retrieval.nearest[i])
+        distances = _distances_from(vectors, int(i))  # (n,) one row at a time: n floats, never n × n
+        same = np.flatnonzero(labels == labels[i])
+        same = same[same != i]
+        right = int(same[np.lexsort((same, distances[same]))[0]])
+        others = np.arange(len(labels)) != i
+        rank = 1 + int(np.sum(others & ((distances < distances[right]) | ((distances == distances[right]) & (np.arange(len(labels)) < right)))))
+        cases.append(plots.ErrorCase(
+            query_path=report.paths[i], query_label=report.labels[i],
+            neighbour_path=report.paths[neighbour], neighbour_label=report.labels[neighbour],
+            distance=float(retrieval.nearest_distance[i]),
+            correct_path=report.paths[right], correct_distance=float(distances[right]), correct_rank=rank,
+        ))
+    return cases
+
+
+def _distances_from(vectors: np.ndarray, row: int) -> np.ndarray:
+    """Squared distances of one row to every row, computed as the metrics compute them."""
+    out = np.empty(len(vectors), np.float32)
+    query = vectors[row].astype(np.float64)
+    for start in range(0, len(vectors), 4096):
+        difference = vectors[start : start + 4096].astype(np.float64) - query
+        out[start : start + 4096] = np.einsum("ij,ij->i", difference, difference)
+    return out
+
+
+def _score_baselines(report: EvaluationReport, run: rundir.RunPaths, options: EvaluateOptions, events: EvaluationEvents) -> None:
+    try:
+        config = rundir.read_json(run.config, "run config")
+    except UserError:
+        config = {"weights": "none", "seed": 0}
+        report.warnings.append(f"{run.config} is missing: the untrained-backbone baseline uses random weights, seed 0")
+    events.stage("baselines: raw pixels, untrained backbone", len(report.paths))
+    features = base.baseline_features(report.paths, report.image_size, config, batch_size=options.batch_size, on_progress=events.advance)
+    report.baseline_descriptions = dict(features.descriptions)
+    report.baselines_skipped = dict(features.skipped)
+    for name in (base.UNTRAINED_BACKBONE, base.RAW_PIXELS):
+        if name not in features.features:
+            continue
+        try:
+            report.baselines[name] = retrieval_metrics(features.features[name], report.labels, report.ks, block_size=options.block_size)
+        except ValueError as exc:  # e.g. a random backbone whose features overflowed
+            report.baselines_skipped[name] = str(exc)
+            report.baseline_descriptions.pop(name, None)
+    for name, reason in report.baselines_skipped.items():
+        report.warnings.append(f"baseline {base.NAMES[name]} skipped: {reason}")
+
+
+def _write_files(report: EvaluationReport, options: EvaluateOptions) -> None:
+    out = report.out_dir
+    files = []
+    with atomic_path(out / "embeddings.npy", suffix=".npy") as tmp:
+        np.save(tmp, report.embeddings)
+    files.append("embeddings.npy")
+    write_csv(out / "labels.csv", pd.DataFrame({"path": report.paths, "label": report.labels}))
+    files.append("labels.csv")
+    write_csv(out / "per_class.csv", report.classification.per_class)
+    files.append("per_class.csv")
+    write_csv(out / "confusion.csv", report.classification.confusion_frame())
+    files.append("confusion.csv")
+    plots.confusion_heatmap(report.classification, out / "confusion.png", normalize=options.normalize_confusion)
+    files.append("confusion.png")
+    plots.roc_plot(report.verification, out / "roc.png")
+    files.append("roc.png")
+    report.projection = plots.projection_plot(report.embeddings, report.labels, out / "projection.png", options.projection, options.seed)
+    files.append("projection.png")
+    plots.errors_plot(error_cases(report, options.error_cases), out / "errors.png")
+    files.append("errors.png")
+    report.files = files + [REPORT_FILE, METRICS_FILE]
+
+
+def _trained_identities(run: rundir.RunPaths, data_dir: str | None, labels: list[str]) -> list[str]:
+    """Identities of DATA_DIR the run trained on, when DATA_DIR is the run's own data folder."""
+    if data_dir is None:
+        return []
+    try:
+        config = rundir.read_json(run.config, "run config")
+        split = rundir.read_split(run)
+        same_folder = Path(str(config.get("data_dir", ""))).resolve() == Path(data_dir).resolve()
+    except (UserError, OSError):
+        return []
+    return sorted(set(map(str, split["train"])) & set(labels)) if same_folder else []
+
+
+def _check_enough(labels: list[str], root: str) -> None:
+    counts = pd.Series(labels, dtype=object).value_counts()
+    if len(counts) < 2 or (counts >= 2).sum() == 0:
+        raise UserError(
+            f"{root}: {len(labels)} readable image(s) in {len(counts)} identit{'y' if len(counts) == 1 else 'ies'}; "
+            "evaluation needs at least 2 identities and one identity with 2 or more images"
+        )
+
+
+def _top_folder(path: str, root: str) -> str | None:
+    try:
+        parts = Path(path).relative_to(root).parts
+    except ValueError:
+        return None
+    return parts[0] if parts else None
+
+
+def _json_float(value: float):
+    value = float(value)
+    return None if value != value else value

@@ -1,0 +1,59 @@
+"""Evaluation figures: each is written atomically and is a valid PNG (no TensorFlow needed)."""
+
+import numpy as np
+from PIL import Image
+
+from conftest import write_identity_folders
+from siamcli.evaluation import plots
+from siamcli.evaluation.classification import classify
+from siamcli.evaluation.verification import verification_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+def _predictions(identities, seed=0):
+    rng = np.random.default_rng(seed)
+    names = [f"person_{i:03d}" for i in range(identities)]
+    truth = rng.choice(names, size=identities * 4)
+    predicted = np.where(rng.random(len(truth)) < 0.7, truth, rng.choice(names, size=len(truth)))
+    return classify(truth, predicted)
+
+
+def test_confusion_heatmap_scales_with_identities_and_stays_a_png(tmp_path):
+    small = tmp_path / "small.png"
+    plots.confusion_heatmap(_predictions(5), small)
+    large = tmp_path / "large.png"
+    plots.confusion_heatmap(_predictions(45), large, normalize=True)
+    huge = tmp_path / "huge.png"
+    plots.confusion_heatmap(_predictions(200), huge)  # only the worst identities are drawn
+    small_size, large_size, huge_size = assert_png(small), assert_png(large), assert_png(huge)
+    assert large_size[0] > 1.5 * small_size[0]  # the figure grows with the identities
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_roc_projection_and_errors_are_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([f"id_{i}" for i in range(6)], 5)
+    x = rng.normal(size=(30, 8)) + 2 * rng.normal(size=(6, 8))[np.repeat(np.arange(6), 5)]
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    plots.roc_plot(verification_metrics(x, labels), tmp_path / "roc.png")
+    assert plots.projection_plot(x, labels, tmp_path / "tsne.png", "tsne") == "t-SNE"
+    assert plots.projection_plot(x, labels, tmp_path / "pca.png", "auto" if len(x) > plots.TSNE_LIMIT else "pca") == "PCA"
+    images = write_identity_folders(tmp_path / "imgs", identities=2, per_identity=2, size=24)
+    a, b = sorted(images.glob("id_0/*.png")), sorted(images.glob("id_1/*.png"))
+    cases = [
+        plots.ErrorCase(str(a[0]), "id_0", str(b[0]), "id_1", 0.1, str(a[1]), 0.2, 3),
+        plots.ErrorCase(str(a[1]), "id_0", str(b[1]), "id_1", 0.1, None, None),
+    ]
+    plots.errors_plot(cases, tmp_path / "errors.png")
+    plots.errors_plot([], tmp_path / "no_errors.png")
+    for name in ("roc.png", "tsne.png", "pca.png", "errors.png", "no_errors.png"):
+        assert_png(tmp_path / name)
