@@ -9,11 +9,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from siamcli.cli.common import engine_errors, fmt, print_json, stderr, stdout, warn
+from siamcli.cli.common import engine_errors, fail, fmt, print_json, stderr, stdout, warn
 
 
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per identity.")],
+    data_dir: Annotated[Optional[Path], typer.Argument(help="Folder with one sub-folder of images per identity.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/TIMESTAMP); `latest` beside it will point at it.")] = None,
     image_size: Annotated[int, typer.Option(help="Side of the square images the network sees (≥ 32).")] = 224,
     embedding_dim: Annotated[int, typer.Option(help="Length of the L2-normalised embedding.")] = 256,
@@ -36,28 +36,43 @@ def train(
     strategy: Annotated[str, typer.Option(help="tf.distribute strategy: auto, default, mirrored or multi-worker.")] = "auto",
     precision: Annotated[str, typer.Option(help="float32, mixed_bfloat16 or mixed_float16.")] = "float32",
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flip/shift/brightness augmentation when fine-tuning.")] = True,
+    patience: Annotated[int, typer.Option(help="End a phase after this many epochs without a better validation MAP@R (0: never).")] = 0,
+    lr_schedule: Annotated[str, typer.Option(help="constant, or cosine (decays to a tenth over each phase).")] = "constant",
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this run from its last complete epoch, with its own data, split and options.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory at --out.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")] = False,
 ) -> None:
     """Train a Siamese embedding network with triplet loss on DATA_DIR (one sub-folder per identity).
 
-    Phase 1 trains the embedding head on a frozen ResNet50; phase 2 fine-tunes the backbone.
-    Writes model.keras, config.json, split.json, history.csv, loss.png and checkpoints/ to the
-    run directory.
+    Phase 1 trains the embedding head on a frozen ResNet50 (cached features); phase 2 fine-tunes the backbone. The run directory receives model.keras, config.json, split.json, history.csv, loss.png and checkpoints/. `siamcli train --resume RUN` continues an interrupted run.
     """
+    if resume is not None and data_dir is not None:
+        fail("--resume continues a run with the data and options it was started with; drop DATA_DIR")
+    if resume is None and data_dir is None:
+        fail("missing DATA_DIR (a folder with one sub-folder per identity), or --resume RUN; see `siamcli train --help`")
     with engine_errors():
         from siamcli.training.config import TrainConfig
+        from siamcli.training.trainer import resume as resume_training
         from siamcli.training.trainer import train as run_training
+
+        if resume is not None:
+            with _ProgressDisplay() as display:
+                result = resume_training(resume, events=display)
+            return _report(result, json_output)
 
         config = TrainConfig(
             data_dir=str(data_dir), image_size=image_size, embedding_dim=embedding_dim, weights=weights,
             frozen_epochs=frozen_epochs, finetune_epochs=finetune_epochs, finetune_from=finetune_from,
             feature_layer=feature_layer, pooling=pooling, dropout=dropout, batch_size=batch_size, images_per_identity=images_per_identity, steps_per_epoch=steps_per_epoch,
             margin=margin, mining=mining, lr=lr, finetune_lr=finetune_lr, val_fraction=val_fraction, seed=seed,
-            strategy=strategy, precision=precision, augment=augment,
+            strategy=strategy, precision=precision, augment=augment, patience=patience, lr_schedule=lr_schedule,
         )
         with _ProgressDisplay() as display:
             result = run_training(config, out=str(out) if out else None, force=force, events=display)
+    _report(result, json_output)
+
+
+def _report(result, json_output: bool) -> None:
     if json_output:
         print_json(result.summary())
     else:

@@ -16,6 +16,7 @@ from siamcli.errors import UserError
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 MINING_MODES = ("all", "hard", "semi-hard", "random")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored | multi-worker
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     augment: bool = True  # flips, shifts, brightness in the fine-tune phase
+    patience: int = 0  # end a phase after this many epochs without a better val MAP@R; 0 = never
+    lr_schedule: str = "constant"  # constant | cosine (to a tenth over each phase)
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -90,6 +93,8 @@ class TrainConfig:
             (0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"),
             (self.mining in MINING_MODES, f"--mining must be one of {', '.join(MINING_MODES)}, got {self.mining!r}"),
+            (self.patience >= 0, f"--patience must be 0 or more, got {self.patience}"),
+            (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]
         for ok, message in checks:

@@ -8,7 +8,7 @@ Phase "finetune": the backbone trains from `finetune_from` on, on augmented imag
 Both phases draw P×K batches, embed each image once, mine triplets inside the batch, and run
 under a tf.distribute strategy (the global batch is split across replicas). After every
 epoch the held-out identities are embedded and scored; `model.keras` always holds the best
-epoch by validation MAP@R.
+epoch by validation MAP@R, and a checkpoint of the epoch lets `resume` continue from it.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import pandas as pd
 from siamcli import __version__
 from siamcli.atomic import atomic_path, write_csv, write_json
 from siamcli.data.pipeline import PKSampler, load_images, pk_batches
-from siamcli.data.scan import Skipped, scan_folder
+from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.data.split import IdentitySplit, split_identities
 from siamcli.errors import UserError
 from siamcli.evaluation.metrics import retrieval_metrics
-from siamcli.models.backbone_weights import resolve_weights
-from siamcli.training import rundir
+from siamcli.models.backbone_weights import WeightsChoice, resolve_weights
+from siamcli.training import checkpoint, rundir
 from siamcli.training.config import MIN_STEPS_PER_EPOCH, TrainConfig
 from siamcli.training.plots import plot_history
 from siamcli.training.strategy import choose_strategy
@@ -43,6 +43,7 @@ from siamcli.models import embedding as nets  # noqa: E402
 from siamcli.models.triplet_loss import triplet_loss  # noqa: E402
 
 FROZEN, FINETUNE = "frozen", "finetune"
+PHASES = (FROZEN, FINETUNE)
 HISTORY_COLUMNS = [
     "epoch", "phase", "loss", "precision_at_1", "map_at_r", "active_fraction",
     "positive_distance", "negative_distance", "distance_gap", "images_per_second", "seconds", "lr", "collapsed",
@@ -70,7 +71,7 @@ class TrainResult:
     skipped: list[Skipped]
     best_epoch: int | None
     best_metrics: dict = field(default_factory=dict)
-    images_per_second: dict = field(default_factory=dict)  # phase → mean over its epochs
+    images_per_second: dict = field(default_factory=dict)  # phase → steady-state mean
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -111,11 +112,38 @@ def library_versions() -> dict:
 
 
 def train(config: TrainConfig, out: str | None = None, force: bool = False, events: TrainingEvents | None = None) -> TrainResult:
+    """Start a new run in `out` (default runs/<timestamp>)."""
     events = events or TrainingEvents()
     config = config.validate().resolve()
     weights = resolve_weights(config.weights)  # fail fast, before any slow work
     scan = scan_folder(config.data_dir, labelled=True)
     split = split_identities(scan.counts(), config.val_fraction, config.seed)
+    run_dir = rundir.new_run_dir(out, force)
+    return _run(config, weights, scan, split, run_dir, events, resume_from=None)
+
+
+def resume(run: str | Path, events: TrainingEvents | None = None) -> TrainResult:
+    """Continue `run` from its last complete epoch, with its own options and split."""
+    events = events or TrainingEvents()
+    run_dir = Path(run)
+    if not (run_dir / rundir.CONFIG_FILE).is_file():
+        raise UserError(f"{run_dir} is not a siamcli run (no {rundir.CONFIG_FILE}); give the run directory to --resume")
+    config = TrainConfig.from_json(rundir.read_json(run_dir / rundir.CONFIG_FILE, "run config")).validate()
+    split_json = rundir.read_split(rundir.RunPaths(run_dir, run_dir / rundir.MODEL_FILE))
+    split = IdentitySplit(train=list(split_json["train"]), val=list(split_json["val"]))
+    saved = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
+    state = checkpoint.load_state(saved)
+    if not any(_epochs_left(config, state, phase) for phase in PHASES):
+        raise UserError(f"{run_dir} already finished all its epochs; nothing to resume")
+    # The checkpoint holds every weight: the backbone's starting point no longer matters.
+    scan = scan_folder(config.data_dir, labelled=True)
+    missing = sorted(set(split.train) - set(scan.counts()))
+    if missing:
+        raise UserError(f"{config.data_dir} no longer holds identities the run trained on ({', '.join(missing[:5])}); restore the data to resume")
+    return _run(config, WeightsChoice("none", None), scan, split, run_dir, events, resume_from=saved)
+
+
+def _run(config, weights, scan, split, run_dir, events, resume_from) -> TrainResult:
     warnings: list[str] = []
     singles = sorted(name for name, count in scan.counts().items() if count == 1 and name in split.train)
     if singles:
@@ -126,7 +154,6 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
     if not split.val:
         warnings.append("too few identities to hold any out: no validation metrics, model.keras is the last epoch")
 
-    run_dir = rundir.new_run_dir(out, force)
     train_data, val_data, skipped = _load(scan, split, config.image_size, events)
     if len(np.unique(train_data.labels[np.bincount(train_data.labels)[train_data.labels] >= 2])) < 2:
         raise UserError("fewer than 2 training identities have 2 or more readable images; add images")
@@ -135,21 +162,19 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
 
     strategy = choose_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
-    if config.batch_size % (replicas * 1) != 0:
-        raise UserError(f"--batch-size {config.batch_size} must divide evenly across {replicas} replicas")
     keras.mixed_precision.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
-
-    write_json(run_dir / rundir.CONFIG_FILE, {
-        **config.to_json(),
-        "replicas": replicas,
-        "workers": 1,
-        "strategy_class": type(strategy).__name__,
-        "classes": {"train": len(split.train), "val": len(split.val)},
-        "images": {"train": len(train_data.labels), "val": len(val_data.labels), "skipped": len(skipped)},
-        "versions": library_versions(),
-    })
-    write_json(run_dir / rundir.SPLIT_FILE, split.to_json())
+    if resume_from is None:
+        write_json(run_dir / rundir.CONFIG_FILE, {
+            **config.to_json(),
+            "replicas": replicas,
+            "workers": 1,
+            "strategy_class": type(strategy).__name__,
+            "classes": {"train": len(split.train), "val": len(split.val)},
+            "images": {"train": len(train_data.labels), "val": len(val_data.labels), "skipped": len(skipped)},
+            "versions": library_versions(),
+        })
+        write_json(run_dir / rundir.SPLIT_FILE, split.to_json())
 
     with strategy.scope():
         backbone = nets.build_backbone(config.image_size, weights, config.feature_layer, config.pooling)
@@ -162,12 +187,14 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
             layer.synchronized = True
 
     session = _Session(config, strategy, backbone, head, model, train_data, val_data, run_dir, events)
+    if resume_from is not None:
+        session.load(resume_from)
     try:
         session.run()
     finally:
         session.write_history()
     rundir.point_latest_at(run_dir)
-    result = TrainResult(
+    return TrainResult(
         run_dir=run_dir,
         config=config,
         history=session.history_frame(),
@@ -175,12 +202,11 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
         train_images=len(train_data.labels),
         val_images=len(val_data.labels),
         skipped=skipped,
-        best_epoch=session.best_epoch,
-        best_metrics=session.best_metrics,
+        best_epoch=session.state.best_epoch,
+        best_metrics=session.state.best_metrics,
         images_per_second=session.throughput(),
-        warnings=warnings + session.warnings,
+        warnings=warnings + session.state.warnings,
     )
-    return result
 
 
 def _batchnorm_layers(model):
@@ -191,8 +217,8 @@ def _batchnorm_layers(model):
 
 def _load(scan, split: IdentitySplit, image_size: int, events: TrainingEvents):
     """Decode every image once into memory; undecodable files are skipped and reported."""
-    names = sorted(set(split.train) | set(split.val))
-    wanted = [item for item in scan.items if item.label in set(names)]
+    wanted_names = set(split.train) | set(split.val)
+    wanted = [item for item in scan.items if item.label in wanted_names]
     done = 0
 
     def progress(count: int) -> None:
@@ -203,18 +229,22 @@ def _load(scan, split: IdentitySplit, image_size: int, events: TrainingEvents):
     loaded = load_images([item.path for item in wanted], image_size, on_progress=progress)
     skipped = list(scan.skipped) + loaded.failures
     if skipped:
-        from siamcli.data.scan import describe_skipped
-
         events.message(describe_skipped(skipped))
     labels = [wanted[i].label for i in loaded.kept]
 
     def subset(identities: list[str]) -> _Data:
-        mask = np.array([label in set(identities) for label in labels], bool)
+        chosen = set(identities)
+        mask = np.array([label in chosen for label in labels], bool)
         index = {name: i for i, name in enumerate(identities)}
         ids = np.array([index[label] for label, keep in zip(labels, mask) if keep], np.int32)
         return _Data(images=loaded.images[mask] if len(mask) else loaded.images, labels=ids, names=list(identities))
 
     return subset(split.train), subset(split.val), skipped
+
+
+def _epochs_left(config: TrainConfig, state: checkpoint.TrainerState, phase: str) -> int:
+    planned = config.frozen_epochs if phase == FROZEN else config.finetune_epochs
+    return 0 if state.phase_done[phase] else max(0, planned - state.phase_epochs[phase])
 
 
 def make_train_step(net, optimizer, strategy, margin: float, mining: str):
@@ -241,7 +271,7 @@ def make_train_step(net, optimizer, strategy, margin: float, mining: str):
 
 
 class _Session:
-    """One training run's state: models, optimizers, history, best epoch."""
+    """One training run's state: models, optimisers, history, best epoch, checkpoints."""
 
     def __init__(self, config, strategy, backbone, head, model, train_data, val_data, run_dir, events):
         self.config = config
@@ -250,32 +280,57 @@ class _Session:
         self.train_data, self.val_data = train_data, val_data
         self.run_dir = run_dir
         self.events = events
-        self.rows: list[dict] = []
-        self.best_epoch: int | None = None
-        self.best_metrics: dict = {}
-        self.best_score = -math.inf
-        self.warnings: list[str] = []
+        self.state = checkpoint.TrainerState()
+        self.resume_dir: Path | None = None
         self.sampler = PKSampler(
             train_data.labels, config.batch_size // config.images_per_identity, config.images_per_identity, config.seed
         )
         if self.sampler.batch_size != config.batch_size:
-            self.warnings.append(
-                f"only {self.sampler.p} training identities: batches hold {self.sampler.batch_size} images, not {config.batch_size}"
-            )
-            events.message(self.warnings[-1])
+            self._warn(f"only {self.sampler.p} training identities: batches hold {self.sampler.batch_size} images, not {config.batch_size}")
+        replicas = strategy.num_replicas_in_sync
+        if self.sampler.batch_size % replicas:
+            raise UserError(f"batches of {self.sampler.batch_size} images cannot be split evenly across {replicas} replicas; change --batch-size")
         self.steps = config.steps_per_epoch or max(MIN_STEPS_PER_EPOCH, len(train_data.labels) // self.sampler.batch_size)
-        if self.sampler.batch_size % strategy.num_replicas_in_sync:
-            raise UserError(
-                f"batches of {self.sampler.batch_size} images cannot be split across {strategy.num_replicas_in_sync} replicas"
-            )
+
+    def _warn(self, text: str) -> None:
+        self.state.warnings.append(text)
+        self.events.message(text)
+
+    def load(self, directory: Path) -> None:
+        """Continue after the checkpoint in `directory` (weights now; optimiser when its phase starts)."""
+        self.state = checkpoint.load_state(directory)
+        checkpoint.restore(directory, self.model)
+        if self.state.sampler_state:
+            self.sampler.rng.bit_generator.state = self.state.sampler_state
+        self.resume_dir = directory
+
+    def _epochs_left(self, phase: str) -> int:
+        return _epochs_left(self.config, self.state, phase)
 
     # ---- phases -------------------------------------------------------------------------
     def run(self) -> None:
-        config = self.config
-        if config.frozen_epochs:
+        if self._epochs_left(FROZEN) > 0:
             self._frozen_phase()
-        if config.finetune_epochs:
+        if self._epochs_left(FINETUNE) > 0:
             self._finetune_phase()
+
+    def _optimizer(self, lr: float, variables, epochs: int):
+        config = self.config
+        schedule = lr
+        if config.lr_schedule == "cosine":
+            # Decays to a tenth over the phase; the step counter lives in the optimiser, so a
+            # resumed run continues the same curve.
+            schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * self.steps), alpha=0.1)
+        optimizer = keras.optimizers.Adam(schedule)
+        if config.precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(variables)
+        return optimizer
+
+    def _restore_optimizer(self, phase: str, optimizer) -> None:
+        # Only a checkpoint taken inside this phase holds this phase's optimiser state.
+        if self.resume_dir is not None and self.state.rows and self.state.rows[-1]["phase"] == phase and self.state.phase_epochs[phase]:
+            checkpoint.restore(self.resume_dir, self.model, optimizer)
 
     def _frozen_phase(self) -> None:
         config = self.config
@@ -287,67 +342,59 @@ class _Session:
         val_features = self._features(self.val_data.images) if len(self.val_data.labels) else None
         cache_seconds = time.perf_counter() - started
         with self.strategy.scope():
-            optimizer = keras.optimizers.Adam(config.lr)
-            optimizer.build(self.head.trainable_variables)
-        step = self._make_step(self.head, optimizer)
-        for epoch_in_phase in range(config.frozen_epochs):
+            optimizer = self._optimizer(config.lr, self.head.trainable_variables, config.frozen_epochs)
+        self._restore_optimizer(FROZEN, optimizer)
+        step = make_train_step(self.head, optimizer, self.strategy, config.margin, config.mining)
+        first = True
+        while self._epochs_left(FROZEN) > 0:
             dataset = pk_batches(train_features, self.train_data.labels, self.sampler, self.steps, augment=False, seed=config.seed)
-            extra = cache_seconds if epoch_in_phase == 0 else 0.0
-            stats = self._epoch(FROZEN, step, dataset, extra_seconds=extra)
+            stats = self._epoch(FROZEN, step, dataset, extra_seconds=cache_seconds if first else 0.0)
+            first = False
             embed_val = (lambda: self.head(val_features, training=False)) if val_features is not None else None
-            self._end_epoch(FROZEN, stats, embed_val, config.lr)
+            self._end_epoch(FROZEN, stats, embed_val, optimizer)
 
     def _finetune_phase(self) -> None:
         config = self.config
         with self.strategy.scope():
-            nets.set_backbone_trainable(self.backbone, config.finetune_from, train_batchnorm=self.config.regime.train_batchnorm)
-            optimizer = keras.optimizers.Adam(config.finetune_lr)
-            if config.precision == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            nets.set_backbone_trainable(self.backbone, config.finetune_from, train_batchnorm=config.regime.train_batchnorm)
             net = self._image_model()
-            optimizer.build(net.trainable_variables)
+            optimizer = self._optimizer(config.finetune_lr, net.trainable_variables, config.finetune_epochs)
+        self._restore_optimizer(FINETUNE, optimizer)
         self.events.phase_started(FINETUNE, config.finetune_epochs, self.steps)
-        step = self._make_step(net, optimizer)
-        for _ in range(config.finetune_epochs):
+        step = make_train_step(net, optimizer, self.strategy, config.margin, config.mining)
+        while self._epochs_left(FINETUNE) > 0:
             dataset = pk_batches(
                 self.train_data.images, self.train_data.labels, self.sampler, self.steps,
-                augment=config.augment, seed=config.seed + len(self.rows),
+                augment=config.augment, seed=config.seed + self.state.epoch,
             )
             stats = self._epoch(FINETUNE, step, dataset)
             embed_val = (lambda: self._embed_images(self.val_data.images)) if len(self.val_data.labels) else None
-            self._end_epoch(FINETUNE, stats, embed_val, config.finetune_lr)
+            self._end_epoch(FINETUNE, stats, embed_val, optimizer)
 
     def _image_model(self):
         """backbone → head on S×S pixels (the saved model adds resizing in front)."""
         pixels = keras.Input(self.backbone.input_shape[1:])
         return keras.Model(pixels, self.head(self.backbone(pixels)), name="trainable_embedding")
 
-    # ---- steps --------------------------------------------------------------------------
-    def _make_step(self, net, optimizer):
-        return make_train_step(net, optimizer, self.strategy, self.config.margin, self.config.mining)
-
+    # ---- one epoch ----------------------------------------------------------------------
     def _epoch(self, phase: str, step, dataset, extra_seconds: float = 0.0) -> dict:
-        totals = dict.fromkeys(
-            ("loss_sum", "loss_count", "valid_triplets", "active_triplets",
-             "positive_distance_sum", "positive_pairs", "negative_distance_sum", "negative_pairs"), 0.0)
-        epoch = len(self.rows) + 1
+        totals = dict.fromkeys(checkpoint_stat_keys(), 0.0)
+        epoch = self.state.epoch + 1
         started = time.perf_counter()
         images = 0
-        distributed = self.strategy.experimental_distribute_dataset(dataset)
-        for index, batch in enumerate(distributed):
+        for index, batch in enumerate(self.strategy.experimental_distribute_dataset(dataset)):
             seed = tf.constant([self.config.seed, epoch * 100_003 + index], tf.int32)
             stats = step(batch, seed)
             values = {key: float(getattr(stats, key)) for key in totals}
             for key, value in values.items():
                 totals[key] += value
             images += self.sampler.batch_size
-            elapsed = time.perf_counter() - started
             batch_loss = values["loss_sum"] / max(values["loss_count"], 1.0)
             if not math.isfinite(batch_loss):
-                raise FloatingPointError(
+                raise UserError(
                     f"the loss became {batch_loss} at epoch {epoch}, step {index + 1}; lower the learning rate or use --precision float32"
                 )
-            self.events.step_done(phase, epoch, index + 1, batch_loss, images / max(elapsed, 1e-9))
+            self.events.step_done(phase, epoch, index + 1, batch_loss, images / max(time.perf_counter() - started, 1e-9))
         seconds = time.perf_counter() - started + extra_seconds
         return {
             "loss": totals["loss_sum"] / max(totals["loss_count"], 1.0),
@@ -371,8 +418,9 @@ class _Session:
         chunks = [self.model(tf.cast(images[i : i + 64], tf.float32), training=False).numpy() for i in range(0, len(images), 64)]
         return np.concatenate(chunks)
 
-    def _end_epoch(self, phase: str, stats: dict, embed_val, lr: float) -> None:
-        epoch = len(self.rows) + 1
+    def _end_epoch(self, phase: str, stats: dict, embed_val, optimizer) -> None:
+        state, config = self.state, self.config
+        epoch = state.epoch + 1
         metrics = {"precision_at_1": float("nan"), "map_at_r": float("nan")}
         collapsed = False
         if embed_val is not None:
@@ -382,29 +430,37 @@ class _Session:
             spread = float(np.mean(np.sum((embeddings - embeddings.mean(axis=0)) ** 2, axis=1)))
             collapsed = spread < 1e-3
         # A loss pinned at the margin with every triplet active means all distances are equal.
-        if stats["active_fraction"] > 0.99 and abs(stats["loss"] - self.config.margin) < 0.02 * self.config.margin:
+        if stats["active_fraction"] > 0.99 and abs(stats["loss"] - config.margin) < 0.02 * config.margin:
             collapsed = True
         if collapsed:
-            warning = (
+            self._warn(
                 f"epoch {epoch}: embeddings are collapsing (all images map to nearly one point); "
                 "try a lower learning rate, --mining semi-hard or all, or a smaller --margin"
             )
-            self.warnings.append(warning)
-            self.events.message(warning)
+        lr = optimizer.learning_rate
         row = {
             "epoch": epoch, "phase": phase, "loss": stats["loss"], **metrics,
             "active_fraction": stats["active_fraction"],
             "positive_distance": stats["positive_distance"], "negative_distance": stats["negative_distance"],
             "distance_gap": stats["negative_distance"] - stats["positive_distance"],
-            "images_per_second": stats["images_per_second"], "seconds": stats["seconds"], "lr": lr, "collapsed": collapsed,
+            "images_per_second": stats["images_per_second"], "seconds": stats["seconds"],
+            "lr": float(lr.numpy() if hasattr(lr, "numpy") else lr), "collapsed": collapsed,
         }
-        self.rows.append(row)
+        state.rows.append(row)
+        state.epoch = epoch
+        state.phase_epochs[phase] += 1
         score = metrics["map_at_r"] if embed_val is not None else float(epoch)
-        if score > self.best_score:
-            self.best_score, self.best_epoch = score, epoch
-            self.best_metrics = {key: metrics[key] for key in ("precision_at_1", "map_at_r")} | {"phase": phase}
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.epochs_since_best = score, epoch, 0
+            state.best_metrics = {key: metrics[key] for key in ("precision_at_1", "map_at_r")} | {"phase": phase}
             self._save_model()
-        self._save_checkpoint()
+        else:
+            state.epochs_since_best += 1
+            if config.patience and state.epochs_since_best >= config.patience and self._epochs_left(phase) > 0:
+                state.phase_done[phase] = True
+                self._warn(f"early stop of the {phase} phase after epoch {epoch}: validation MAP@R has not improved for {config.patience} epochs")
+        state.sampler_state = self.sampler.rng.bit_generator.state
+        checkpoint.save(self.run_dir / rundir.CHECKPOINTS, self.model, optimizer, state)
         self.write_history()
         self.events.epoch_done(row)
 
@@ -412,27 +468,28 @@ class _Session:
         with atomic_path(self.run_dir / rundir.MODEL_FILE, suffix=".keras") as temporary:
             self.model.save(temporary)
 
-    def _save_checkpoint(self) -> None:
-        with atomic_path(self.run_dir / rundir.CHECKPOINTS / "last.weights.h5", suffix=".weights.h5") as temporary:
-            self.model.save_weights(temporary)
-        write_json(self.run_dir / rundir.CHECKPOINTS / "last.json", {"epoch": len(self.rows), "phase": self.rows[-1]["phase"]})
-
     def history_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+        return pd.DataFrame(self.state.rows, columns=HISTORY_COLUMNS)
 
     def write_history(self) -> None:
-        if not self.rows:
+        if not self.state.rows:
             return
         frame = self.history_frame()
         write_csv(self.run_dir / rundir.HISTORY_FILE, frame)
         plot_history(frame, self.run_dir / rundir.LOSS_PLOT)
 
     def throughput(self) -> dict:
+        """Images/s per phase, leaving out each phase's first epoch (caching, tracing) when there are more."""
         frame = self.history_frame()
         out = {}
-        for phase in (FROZEN, FINETUNE):
-            rows = frame[frame["phase"] == phase]
+        for phase in PHASES:
+            rows = frame[frame["phase"] == phase]["images_per_second"]
             if len(rows):
-                # The first frozen epoch includes caching the features; report the steady state too.
-                out[phase] = float(rows["images_per_second"].iloc[1:].mean() if len(rows) > 1 else rows["images_per_second"].iloc[0])
+                out[phase] = float(rows.iloc[1:].mean() if len(rows) > 1 else rows.iloc[0])
         return out
+
+
+def checkpoint_stat_keys() -> tuple[str, ...]:
+    from siamcli.models.triplet_loss import TripletStats
+
+    return TripletStats._fields

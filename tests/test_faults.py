@@ -1,0 +1,90 @@
+"""Faults: runs killed with SIGKILL mid-way keep what they had and the next run recovers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TRAIN_OPTIONS = ["--image-size", "32", "--embedding-dim", "8", "--batch-size", "8", "--images-per-identity", "2",
+                 "--steps-per-epoch", "6", "--frozen-epochs", "2", "--finetune-epochs", "2", "--no-augment",
+                 "--dropout", "0", "--seed", "3", "--json"]
+
+
+def _weights_file(tmp_path: Path) -> Path:
+    """A pretrained-regime start (BatchNorm frozen, no dropout): runs are then reproducible."""
+    script = (
+        "import sys\nfrom siamcli.tf_runtime import import_tensorflow\nimport_tensorflow()\nimport keras\n"
+        "keras.utils.set_random_seed(0)\n"
+        "keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(sys.argv[1])\n"
+    )
+    path = tmp_path / "start.weights.h5"
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    return path
+
+
+def _siamcli(*args):
+    return [sys.executable, "-m", "siamcli", *args]
+
+
+def _wait_for(predicate, process, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def test_train_killed_mid_epoch_resumes_from_the_last_complete_epoch(tmp_path, image_folders):
+    data = image_folders(identities=5, per_identity=4, size=32)
+    weights = _weights_file(tmp_path)
+    options = [*TRAIN_OPTIONS, "--weights", str(weights), "--finetune-from", "conv5_block1_out", "--finetune-lr", "1e-3"]
+
+    # Reference: the same run, uninterrupted.
+    reference = subprocess.run(_siamcli("train", str(data), "--out", str(tmp_path / "reference"), *options),
+                               capture_output=True, text=True, cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen(_siamcli("train", str(data), "--out", str(run), *options),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    pointer = run / "checkpoints" / "last.json"
+    # Kill it inside epoch 3 (the first fine-tune epoch), after epoch 2's checkpoint exists.
+    reached = _wait_for(lambda: pointer.is_file() and json.loads(pointer.read_text())["checkpoint"] == "epoch-0002", process)
+    assert reached, "the run never completed epoch 2"
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads(pointer.read_text())["checkpoint"] in ("epoch-0002", "epoch-0003")
+    assert (run / "model.keras").is_file()
+
+    resumed = subprocess.run(_siamcli("train", "--resume", str(run), "--json"), capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4]  # every epoch exactly once
+    assert list(history["phase"]) == ["frozen", "frozen", "finetune", "finetune"]
+    expected = pd.read_csv(tmp_path / "reference" / "history.csv")
+    # Same seed, same sampler state, same optimiser state: the resumed run retraces the
+    # uninterrupted one. Tolerance: 1e-3 relative on every epoch's loss (float reductions only).
+    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-3, atol=1e-5)
+
+    again = subprocess.run(_siamcli("train", "--resume", str(run)), capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 2 and "nothing to resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_resume_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
+    proc = subprocess.run(_siamcli("train", "--resume", str(tmp_path)), capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a siamcli run" in proc.stderr and "Traceback" not in proc.stderr
