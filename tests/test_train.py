@@ -186,3 +186,21 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_default_strategy(tmp_p
     # Same seed, same global batches: each replica mines against the gathered global batch,
     # so the losses agree up to float summation order.
     np.testing.assert_allclose(result["mirrored"]["loss"], result["default"]["loss"], rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16"])
+def test_mixed_precision_trains_with_a_finite_float32_loss(tmp_path, image_folders, precision):
+    import keras
+
+    from siamcli.models.embed import embed_paths
+    from siamcli.models.embedding import load_embedding_model
+    from siamcli.data.scan import scan_folder
+
+    data = image_folders(identities=4, per_identity=4, size=32)
+    result = _train(tmp_path, data, weights="none", frozen_epochs=1, finetune_epochs=1, precision=precision)
+    assert np.isfinite(result.history["loss"]).all()
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is restored
+    model = load_embedding_model(result.run_dir / "model.keras")
+    embeddings = embed_paths(model, [item.path for item in scan_folder(data).items]).embeddings
+    assert embeddings.dtype == np.float32
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-3)

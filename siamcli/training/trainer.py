@@ -144,6 +144,14 @@ def resume(run: str | Path, events: TrainingEvents | None = None) -> TrainResult
 
 
 def _run(config, weights, scan, split, run_dir, events, resume_from) -> TrainResult:
+    previous_policy = keras.mixed_precision.dtype_policy()
+    try:
+        return _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)  # a library must not leak global state
+
+
+def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from) -> TrainResult:
     warnings: list[str] = []
     singles = sorted(name for name, count in scan.counts().items() if count == 1 and name in split.train)
     if singles:
