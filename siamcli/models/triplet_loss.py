@@ -46,10 +46,23 @@ def pairwise_squared_distances(a, b):
 
 
 def _gather_global(value, context):
+    """This replica's rows → the global batch's rows, on every replica, with gradients.
+
+    Built from all_reduce (each replica contributes its rows at its offset, zeros elsewhere)
+    rather than `all_gather`, which MultiWorkerMirroredStrategy cannot run in a replica
+    context; the gradient of a sum all-reduce is the all-reduced gradient, which is exactly
+    all_gather's gradient. Integer tensors travel as float32 (exact below 2**24).
+    """
     if context is None or context.num_replicas_in_sync == 1:
         return value, 0
-    offset = context.replica_id_in_sync_group * tf.shape(value)[0]
-    return context.all_gather(value, axis=0), offset
+    rows = tf.shape(value)[0]
+    offset = tf.cast(context.replica_id_in_sync_group, tf.int32) * rows
+    after = (context.num_replicas_in_sync - 1) * rows - offset
+    padding = tf.concat([[[offset, after]], tf.zeros([tf.rank(value) - 1, 2], tf.int32)], axis=0)
+    dtype = value.dtype
+    spread = tf.pad(tf.cast(value, tf.float32), padding)
+    gathered = context.all_reduce(tf.distribute.ReduceOp.SUM, spread)
+    return tf.cast(gathered, dtype), offset
 
 
 def _sum_global(value, context):

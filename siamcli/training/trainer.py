@@ -33,7 +33,7 @@ from siamcli.models.backbone_weights import WeightsChoice, resolve_weights
 from siamcli.training import checkpoint, rundir
 from siamcli.training.config import MIN_STEPS_PER_EPOCH, TrainConfig
 from siamcli.training.plots import plot_history
-from siamcli.training.strategy import choose_strategy
+from siamcli.training.strategy import choose_strategy, is_chief, worker_count
 from siamcli.tf_runtime import import_tensorflow
 
 tf = import_tensorflow()
@@ -118,7 +118,12 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
     weights = resolve_weights(config.weights)  # fail fast, before any slow work
     scan = scan_folder(config.data_dir, labelled=True)
     split = split_identities(scan.counts(), config.val_fraction, config.seed)
-    run_dir = rundir.new_run_dir(out, force)
+    if is_chief(config.strategy):
+        run_dir = rundir.new_run_dir(out, force)
+    else:  # another worker of a multi-worker run: same work, artifacts thrown away
+        import tempfile
+
+        run_dir = rundir.new_run_dir(tempfile.mkdtemp(prefix="siamcli-worker-"), force=True)
     return _run(config, weights, scan, split, run_dir, events, resume_from=None)
 
 
@@ -162,21 +167,22 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
     if not split.val:
         warnings.append("too few identities to hold any out: no validation metrics, model.keras is the last epoch")
 
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything else.
+    strategy = choose_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
     train_data, val_data, skipped = _load(scan, split, config.image_size, events)
     if len(np.unique(train_data.labels[np.bincount(train_data.labels)[train_data.labels] >= 2])) < 2:
         raise UserError("fewer than 2 training identities have 2 or more readable images; add images")
     for text in warnings:
         events.message(text)
 
-    strategy = choose_strategy(config.strategy)
-    replicas = strategy.num_replicas_in_sync
     keras.mixed_precision.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     if resume_from is None:
         write_json(run_dir / rundir.CONFIG_FILE, {
             **config.to_json(),
             "replicas": replicas,
-            "workers": 1,
+            "workers": worker_count(config.strategy),
             "strategy_class": type(strategy).__name__,
             "classes": {"train": len(split.train), "val": len(split.val)},
             "images": {"train": len(train_data.labels), "val": len(val_data.labels), "skipped": len(skipped)},
@@ -201,7 +207,8 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
         session.run()
     finally:
         session.write_history()
-    rundir.point_latest_at(run_dir)
+    if is_chief(config.strategy):
+        rundir.point_latest_at(run_dir)
     return TrainResult(
         run_dir=run_dir,
         config=config,
@@ -390,7 +397,11 @@ class _Session:
         epoch = self.state.epoch + 1
         started = time.perf_counter()
         images = 0
-        for index, batch in enumerate(self.strategy.experimental_distribute_dataset(dataset)):
+        options = tf.data.Options()
+        # Every worker generates the same global batches; each keeps its replicas' slices.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        distributed = self.strategy.experimental_distribute_dataset(dataset.with_options(options))
+        for index, batch in enumerate(distributed):
             seed = tf.constant([self.config.seed, epoch * 100_003 + index], tf.int32)
             stats = step(batch, seed)
             values = {key: float(getattr(stats, key)) for key in totals}
