@@ -1,8 +1,59 @@
-"""Placeholder while the command is being built; replaced by the real module."""
+"""siamcli query IMAGE..."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
 
 import typer
+from rich.table import Table
+
+from siamcli.cli.common import engine_errors, print_json, stdout, warn
 
 
-def query() -> None:
-    """Not built yet."""
-    raise typer.Exit(1)
+def query(
+    images: Annotated[List[str], typer.Argument(help="Query images, or folders of them.")],
+    k: Annotated[int, typer.Option("--k", help="Neighbours per query (the whole gallery if it is smaller).")] = 5,
+    index: Annotated[Optional[str], typer.Option(help="Index directory (default: the index of --model's run, else runs/latest/index).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Run directory or model.keras to embed the queries with; must be the index's model (default: the one in its manifest).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of each query beside its neighbours.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Query images per forward pass.")] = 32,
+    json_output: Annotated[bool, typer.Option("--json", help='Print [{"query", "results": [{"rank", "id", "path", "label", "similarity"(, "match")}]}] on stdout.')] = False,
+) -> None:
+    """Find the gallery images most similar to each query image.
+
+    Ranks by cosine similarity of embeddings. With a calibrated threshold (from `siamcli
+    evaluate`), each neighbour is also marked match / no match.
+    """
+    with engine_errors():
+        from siamcli.index.search import query_images
+
+        outcome = query_images(images, index=index, model=model, k=k, batch_size=batch_size)
+        for note in outcome.notes:
+            warn(note)
+        if plot:
+            from siamcli.index.plot import plot_results
+
+            plot_results(outcome, plot)
+    if json_output:
+        print_json(outcome.to_json())
+        return
+    for result in outcome.results:
+        table = Table(title=f"{result.query}", title_justify="left")
+        table.add_column("rank", justify="right")
+        table.add_column("similarity", justify="right")
+        if outcome.threshold is not None:
+            table.add_column("match")
+        table.add_column("label")
+        table.add_column("path", overflow="fold")
+        for n in result.neighbours:
+            row = [str(n.rank), f"{n.similarity:.4f}"]
+            if outcome.threshold is not None:
+                row.append("[green]match[/green]" if n.match else "[red]no match[/red]")
+            row += [n.label or "–", n.path]
+            table.add_row(*row)
+        stdout.print(table)
+    if outcome.threshold is not None:
+        stdout.print(f"[dim]match: similarity ≥ {outcome.similarity_threshold:.4f} (calibrated by siamcli evaluate)[/dim]")
+    if plot:
+        stdout.print(f"[dim]plot written to {plot}[/dim]")

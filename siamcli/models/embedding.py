@@ -19,29 +19,22 @@ from pathlib import Path
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.models.backbone_weights import WeightsChoice
 from siamcli.models.layers import ResNetPreprocess
+from siamcli.training.config import POOLINGS, WHOLE_NETWORK, resnet50_block_outputs
 from siamcli.tf_runtime import import_tensorflow
 
 import_tensorflow()
 import keras  # noqa: E402
 
 MIN_IMAGE_SIZE = 32  # ResNet50 refuses smaller inputs
-WHOLE_NETWORK = "all"  # --finetune-from value: every backbone layer trains
 LAST_LAYER = "conv5_block3_out"  # ResNet50's final feature map
-POOLINGS = ("avg", "grid2", "grid3", "grid4")
-
-
-def stage_outputs() -> list[str]:
-    """ResNet50 layers a backbone may end at: the output of every residual block."""
-    blocks = {2: 3, 3: 4, 4: 6, 5: 3}
-    return [f"conv{stage}_block{block}_out" for stage, count in blocks.items() for block in range(1, count + 1)]
 
 
 def build_backbone(image_size: int, weights: WeightsChoice, feature_layer: str = LAST_LAYER, pooling: str = "avg") -> keras.Model:
     """(batch, S, S, 3) pixels in [0, 255] → (batch, features) pooled ResNet50 features."""
     if image_size < MIN_IMAGE_SIZE:
         raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE} (ResNet50's smallest input), got {image_size}")
-    if feature_layer not in stage_outputs():
-        raise UserError(f"--feature-layer {feature_layer!r} is not a ResNet50 block output; use one of {', '.join(stage_outputs())}")
+    if feature_layer not in resnet50_block_outputs():
+        raise UserError(f"--feature-layer {feature_layer!r} is not a ResNet50 block output; use one of {', '.join(resnet50_block_outputs())}")
     if pooling not in POOLINGS:
         raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     resnet = keras.applications.ResNet50(

@@ -43,6 +43,31 @@ FROM_SCRATCH = RegimeDefaults(
     feature_layer="conv3_block4_out", pooling="grid3", dropout=0.3, margin=0.5,
     finetune_from="all", lr=3e-4, finetune_lr=1e-4, train_batchnorm=True,
 )
+POOLINGS = ("avg", "grid2", "grid3", "grid4")
+WHOLE_NETWORK = "all"  # --finetune-from value: every backbone layer trains
+_RESNET50_BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
+
+
+def resnet50_block_outputs() -> list[str]:
+    """ResNet50 layers a backbone may end at: the output of every residual block, in order."""
+    return [f"conv{stage}_block{block}_out" for stage, count in _RESNET50_BLOCKS.items() for block in range(1, count + 1)]
+
+
+def resnet50_layer_names() -> list[str]:
+    """Keras ResNet50's layer names in order (checked against the real model by the tests)."""
+    names = ["input_layer", "conv1_pad", "conv1_conv", "conv1_bn", "conv1_relu", "pool1_pad", "pool1_pool"]
+    for stage, count in _RESNET50_BLOCKS.items():
+        for block in range(1, count + 1):
+            prefix = f"conv{stage}_block{block}"
+            names += [f"{prefix}_1_conv", f"{prefix}_1_bn", f"{prefix}_1_relu", f"{prefix}_2_conv", f"{prefix}_2_bn", f"{prefix}_2_relu"]
+            if block == 1:
+                names += [f"{prefix}_0_conv", f"{prefix}_3_conv", f"{prefix}_0_bn", f"{prefix}_3_bn"]
+            else:
+                names += [f"{prefix}_3_conv", f"{prefix}_3_bn"]
+            names += [f"{prefix}_add", f"{prefix}_out"]
+    return names
+
+
 MIN_STEPS_PER_EPOCH = 100  # P×K sampling has no natural epoch; tiny datasets still get real epochs
 
 
@@ -100,7 +125,24 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        self._validate_layers()
         return self
+
+    def _validate_layers(self) -> None:
+        resolved = self.resolve()
+        blocks = resnet50_block_outputs()
+        if resolved.feature_layer not in blocks:
+            raise UserError(f"--feature-layer {resolved.feature_layer!r} is not a ResNet50 block output; use one of {', '.join(blocks)}")
+        if resolved.pooling not in POOLINGS:
+            raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, got {resolved.pooling!r}")
+        names = resnet50_layer_names()
+        last = names.index(resolved.feature_layer)
+        if resolved.finetune_from != WHOLE_NETWORK and (resolved.finetune_from not in names or names.index(resolved.finetune_from) > last):
+            raise UserError(
+                f"--finetune-from {resolved.finetune_from!r} is not a ResNet50 layer at or before --feature-layer "
+                f"{resolved.feature_layer}; use '{WHOLE_NETWORK}' or a block output such as "
+                f"{', '.join([b for b in blocks if names.index(b) <= last][-4:])}"
+            )
 
     @property
     def pretrained(self) -> bool:

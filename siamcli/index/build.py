@@ -1,0 +1,376 @@
+"""`siamcli index`: build an index over a gallery, or bring an existing one up to date.
+
+Modes (an existing index is never replaced without one of them):
+
+  * fresh build   no index at --out yet (or --force): embed every image of the gallery.
+  * --append      add images not indexed yet. "Already indexed" means same absolute path and
+                  same content (sha256 in hashes.csv). A file whose content changed is
+                  re-embedded: its stale row is replaced by a new one under a new id. Every
+                  other existing row keeps its id; an unchanged gallery adds nothing.
+  * --prune       drop rows whose files are gone (or changed, since the indexed image no
+                  longer exists); may be combined with --append (a full sync).
+  * --force       rebuild from scratch; ids start again at 0.
+
+Writing is atomic (`atomic_directory`): the new index is assembled under a temporary name
+beside --out (embeddings stream straight into it) and swapped in only when complete, so a
+build that fails, is interrupted or is killed leaves the previous index untouched.
+
+When rows are only added and the index type stays the same, the existing FAISS index is
+extended in place of a rebuild; removing rows, or growing past an `auto` size step, rebuilds
+from embeddings.npy (never re-embeds).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from siamcli import __version__
+from siamcli.atomic import atomic_directory, write_json
+from siamcli.data.scan import Skipped, describe_skipped, scan_folder
+from siamcli.errors import UserError
+from siamcli.index import faiss_index
+from siamcli.index import manifest as mf
+from siamcli.index import vectors as vector_file
+from siamcli.index.items import IndexItem, content_hash, write_items
+from siamcli.index.store import LoadedIndex, check_model, is_index_dir, load_index
+from siamcli.training.rundir import find_run
+
+INDEX_DIR_NAME = "index"  # default --out: <model run>/index
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    gallery: str  # folder of images (sub-folders = labels; images at the root get "")
+    model: str | None = None  # run dir or model.keras; None → runs/latest
+    out: str | None = None  # index dir; None → <run>/index
+    index_type: str | None = None  # auto | flat | hnsw | ivf; None → auto (updates: as built)
+    batch_size: int = 32  # images per forward pass
+    append: bool = False  # add images not indexed yet
+    prune: bool = False  # drop rows whose files are gone
+    force: bool = False  # rebuild from scratch
+    seed: int = 0  # IVF training sample and recall sample
+
+
+class IndexEvents:
+    """What a build reports as it goes; the CLI renders it (the engine never imports Rich)."""
+
+    def message(self, text: str) -> None: ...
+    def stage(self, text: str) -> None: ...
+    def embedding_started(self, total: int) -> None: ...
+    def embedded(self, count: int) -> None: ...
+    def embedding_finished(self) -> None: ...
+
+
+@dataclass
+class IndexResult:
+    index_dir: Path
+    gallery: str
+    model_path: Path
+    mode: str  # build | append | prune | append+prune
+    written: bool  # False when the index was already up to date
+    index_type: str
+    factory: str
+    count: int
+    added: int = 0
+    replaced: int = 0
+    removed: int = 0
+    kept: int = 0  # rows of the previous index kept as they were
+    skipped: list[Skipped] = field(default_factory=list)
+    recall_at_10: float = 1.0
+    search_params: dict = field(default_factory=dict)
+    threshold: float | None = None
+    embedded_images: int = 0
+    embed_seconds: float = 0.0
+    first_batch_seconds: float = 0.0  # part of embed_seconds: pipeline start and tracing the model
+    seconds: float = 0.0
+    index_bytes: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded_images / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "index_dir": str(self.index_dir),
+            "gallery": self.gallery,
+            "model": str(self.model_path),
+            "mode": self.mode,
+            "written": self.written,
+            "index_type": self.index_type,
+            "factory": self.factory,
+            "count": self.count,
+            "added": self.added,
+            "replaced": self.replaced,
+            "removed": self.removed,
+            "kept": self.kept,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "recall_at_10": self.recall_at_10,
+            "search_params": self.search_params,
+            "threshold": self.threshold,
+            "index_bytes": self.index_bytes,
+            "embed_seconds": round(self.embed_seconds, 3),
+            "first_batch_seconds": round(self.first_batch_seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def default_index_dir(run_dir: Path) -> Path:
+    return run_dir / INDEX_DIR_NAME
+
+
+def build_index(options: IndexOptions, events: IndexEvents | None = None) -> IndexResult:
+    events = events or IndexEvents()
+    started = time.perf_counter()
+    _validate(options)
+    run = find_run(options.model)
+    out = Path(options.out) if options.out else default_index_dir(run.run_dir)
+    existing = _existing(out, options, events)
+    _warn_leftovers(out, events)
+
+    scan = scan_folder(options.gallery, labelled=False)
+    if scan.skipped:
+        events.message(describe_skipped(scan.skipped))
+    gallery = [(os.path.abspath(item.path), item.label) for item in scan.items]
+
+    from siamcli.models.embed import model_image_size
+    from siamcli.models.embedding import file_fingerprint, load_embedding_model
+
+    fingerprint = file_fingerprint(run.model)
+    old: LoadedIndex | None = None
+    if existing:
+        events.stage(f"checking the index at {out}")
+        old = load_index(out, full=True)
+        check_model(old.manifest, run.model, fingerprint, out)
+    if not gallery and old is None:
+        raise UserError(f"{options.gallery} holds no images to index (JPEG, PNG, BMP, GIF, WebP, TIFF, PGM)")
+    events.stage(f"loading model {run.model}")
+    model = load_embedding_model(run.model)
+    dim = int(model.output_shape[-1])
+    image_size = model_image_size(model)
+    if old is not None and old.dim != dim:
+        raise UserError(f"index {out} holds {old.dim}-d vectors but model {run.model} makes {dim}-d ones; rebuild with --force")
+
+    plan = _plan_changes(gallery, old, options, events)
+    threshold, threshold_source = mf.threshold_from_run(run.run_dir, fingerprint)
+    if threshold is None and old is not None:
+        threshold = mf.valid_threshold(old.manifest.get("threshold"))
+        threshold_source = old.manifest.get("threshold_source")
+    mode = "build" if old is None else "+".join(m for m, on in (("append", options.append), ("prune", options.prune)) if on)
+    result = IndexResult(index_dir=out, gallery=str(options.gallery), model_path=run.model, mode=mode, written=False,
+                         index_type="", factory="", count=0, skipped=list(scan.skipped), threshold=threshold)
+    if old is not None and not plan.to_embed and not plan.removed_rows and threshold == mf.valid_threshold(old.manifest.get("threshold")):
+        # Nothing to do: leave the index (and its files' timestamps) exactly as they are.
+        manifest = old.manifest
+        result.index_type, result.factory, result.count = manifest["index_type"], manifest["factory"], old.count
+        result.kept = old.count
+        result.recall_at_10 = manifest.get("recall_at_10", 1.0)
+        result.search_params = manifest.get("search_params") or {}
+        result.index_bytes = manifest["files"][mf.INDEX_FILE]["bytes"]
+        result.seconds = time.perf_counter() - started
+        return result
+
+    with atomic_directory(out) as tmp:
+        embeddings_path = tmp / mf.EMBEDDINGS_FILE
+        paths = [path for path, _ in plan.to_embed]
+        with vector_file.VectorWriter(embeddings_path, dim, capacity=len(plan.kept) + len(paths)) as writer:
+            if old is not None and plan.kept:
+                _copy_rows(old.embeddings_path, plan.kept_rows, writer)
+            events.embedding_started(len(paths))
+            outcome = _embed(model, paths, writer, image_size, options.batch_size, events, plan.known_hashes)
+            events.embedding_finished()
+        if outcome.failures:
+            events.message(describe_skipped(outcome.failures))
+        next_id = int(old.manifest.get("next_id", max((i.id for i in old.items), default=-1) + 1)) if old is not None else 0
+        new_items = []
+        for position in outcome.kept:
+            path, label = plan.to_embed[position]
+            new_items.append(IndexItem(id=next_id, path=path, label=label, sha256=outcome.hashes[position]))
+            next_id += 1
+        items = plan.kept + new_items
+        if not items:
+            raise UserError(f"no image of {options.gallery} could be indexed (none decoded); nothing was written")
+
+        index_plan = _resolve_plan(options, old, len(items), dim)
+        index = None
+        if old is not None and not plan.removed_rows and old.manifest["factory"] == index_plan.factory:
+            events.stage(f"adding {len(new_items)} vectors to the existing {index_plan.factory} index")
+            index = faiss_index.add_from_file(old.index, embeddings_path, start_row=len(plan.kept))
+        if index is None:
+            events.stage(f"building {index_plan.factory} over {len(items)} vectors")
+            index = faiss_index.build_from_file(embeddings_path, index_plan, options.seed, events.stage)
+        tuning = faiss_index.tune(index, index_plan, embeddings_path, seed=options.seed, on_stage=events.stage)
+        if not tuning.reached:
+            if index_plan.chosen_by == "auto":
+                events.message(f"{index_plan.factory} reached recall@10 {tuning.recall_at_10:.3f} < {faiss_index.RECALL_TARGET}; building an exact Flat index instead")
+                index_plan = faiss_index.IndexPlan("flat", "Flat", "auto")
+                index = faiss_index.build_from_file(embeddings_path, index_plan)
+                tuning = faiss_index.tune(index, index_plan, embeddings_path)
+            else:
+                events.message(f"{index_plan.factory} reaches recall@10 {tuning.recall_at_10:.3f} at best, below {faiss_index.RECALL_TARGET}; "
+                               "use --index-type flat (exact) or auto")
+        events.stage("writing the index")
+        faiss_index.write_index(index, tmp / mf.INDEX_FILE)
+        write_items(tmp, items)
+        created = old.manifest.get("created", mf.now()) if old is not None else mf.now()
+        manifest = {
+            "format": mf.FORMAT,
+            "model_fingerprint": fingerprint,
+            "model_path": str(run.model),
+            "embedding_dim": dim,
+            "image_size": image_size,
+            "metric": "inner_product",
+            "factory": index_plan.factory,
+            "index_type": index_plan.index_type,
+            "chosen_by": index_plan.chosen_by,
+            "search_params": tuning.params,
+            "recall_at_10": round(tuning.recall_at_10, 4),
+            "recall_sample": tuning.sample,
+            "count": len(items),
+            "next_id": next_id,
+            "threshold": threshold,
+            "threshold_metric": "squared_l2",
+            "threshold_source": threshold_source,
+            "gallery": os.path.abspath(options.gallery),
+            "siamcli_version": __version__,
+            "faiss_version": faiss_index.faiss_module().__version__,
+            "created": created,
+            "updated": mf.now(),
+            "files": {name: mf.file_record(tmp / name) for name in mf.DATA_FILES},
+        }
+        write_json(tmp / mf.MANIFEST, manifest)
+
+    result.written = True
+    result.index_type, result.factory, result.count = index_plan.index_type, index_plan.factory, len(items)
+    result.added = len(new_items) - plan.changed_added(outcome.kept)
+    result.replaced = plan.changed_added(outcome.kept)
+    result.removed = len(plan.removed_rows)
+    result.kept = len(plan.kept)
+    result.skipped = list(scan.skipped) + outcome.failures
+    result.recall_at_10, result.search_params = round(tuning.recall_at_10, 4), tuning.params
+    result.embedded_images, result.embed_seconds = len(paths), outcome.seconds
+    result.first_batch_seconds = outcome.first_batch_seconds
+    result.index_bytes = manifest["files"][mf.INDEX_FILE]["bytes"]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _validate(options: IndexOptions) -> None:
+    if options.force and (options.append or options.prune):
+        raise UserError("--force rebuilds the index from scratch; it cannot be combined with --append or --prune")
+    if options.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.index_type is not None and options.index_type not in faiss_index.INDEX_TYPES:
+        raise UserError(f"--index-type must be one of {', '.join(faiss_index.INDEX_TYPES)}, got {options.index_type!r}")
+
+
+def _existing(out: Path, options: IndexOptions, events: IndexEvents) -> bool:
+    """Whether `out` holds an index to update; refuses to overwrite without the right option."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the index")
+    if not out.is_dir():
+        if options.append or options.prune:
+            events.message(f"no index at {out} yet; building it")
+        return False
+    if is_index_dir(out):
+        if options.force:
+            return False
+        if not (options.append or options.prune):
+            raise UserError(
+                f"{out} already holds an index; pass --append to add new images, --prune to drop entries whose files "
+                "are gone, or --force to rebuild it"
+            )
+        return True
+    if any(out.iterdir()) and not options.force:
+        raise UserError(f"{out} exists and is not a siamcli index; choose another --out or pass --force to replace it")
+    return False
+
+
+def _warn_leftovers(out: Path, events: IndexEvents) -> None:
+    if not out.parent.is_dir():
+        return
+    leftovers = sorted(out.parent.glob(f".{out.name}.*.tmp"))
+    if leftovers:
+        events.message(
+            f"{len(leftovers)} temporary folder(s) left by interrupted builds (or one running now): "
+            f"{', '.join(str(p) for p in leftovers[:3])}; delete them to free the space"
+        )
+
+
+@dataclass
+class _Changes:
+    kept: list[IndexItem]  # existing rows that stay, in their order
+    kept_rows: np.ndarray  # their row numbers in the old index
+    removed_rows: list[int]  # old rows dropped (gone, or changed)
+    to_embed: list[tuple[str, str]]  # (path, label) to embed and add
+    known_hashes: dict[int, str]  # position in to_embed → sha256 already computed
+    changed_paths: set[str]  # paths re-embedded because their content changed
+
+    def changed_added(self, kept_positions: list[int]) -> int:
+        return sum(1 for p in kept_positions if self.to_embed[p][0] in self.changed_paths)
+
+
+def _plan_changes(gallery: list[tuple[str, str]], old: LoadedIndex | None, options: IndexOptions, events: IndexEvents) -> _Changes:
+    if old is None:
+        return _Changes([], np.zeros(0, np.int64), [], list(gallery), {}, set())
+    events.stage("comparing the gallery with the index (content hashes)")
+    by_path = {item.path: row for row, item in enumerate(old.items)}
+    drop: set[int] = set()
+    to_embed: list[tuple[str, str]] = []
+    known: dict[int, str] = {}
+    changed: set[str] = set()
+    current: dict[int, str] = {}  # old row → the file's hash now ("" when gone)
+    if options.append:
+        for path, label in gallery:
+            row = by_path.get(path)
+            if row is None:
+                to_embed.append((path, label))
+                continue
+            digest = content_hash(path)
+            current[row] = digest
+            if digest != old.items[row].sha256:  # same path, new content: the indexed image no longer exists
+                drop.add(row)
+                changed.add(path)
+                known[len(to_embed)] = digest
+                to_embed.append((path, label))
+    if options.prune:
+        for row, item in enumerate(old.items):
+            if row in drop:
+                continue
+            digest = current.get(row)
+            if digest is None:
+                digest = content_hash(item.path) if os.path.isfile(item.path) else ""
+            if digest != item.sha256:
+                drop.add(row)
+    kept_rows = np.array([row for row in range(old.count) if row not in drop], np.int64)
+    kept = [old.items[row] for row in kept_rows]
+    return _Changes(kept, kept_rows, sorted(drop), to_embed, known, changed)
+
+
+def _copy_rows(source: Path, rows: np.ndarray, writer: vector_file.VectorWriter) -> None:
+    wanted = np.zeros(vector_file.read_shape(source)[0][0], bool)
+    wanted[rows] = True
+    for first, chunk in vector_file.iter_chunks(source):
+        writer.write(chunk[wanted[first:first + len(chunk)]])
+
+
+def _embed(model, paths, writer, image_size, batch_size, events, known_hashes):
+    from siamcli.index.embedder import embed_to_file
+
+    return embed_to_file(model, paths, writer, image_size, batch_size, events.embedded, known_hashes)
+
+
+def _resolve_plan(options: IndexOptions, old: LoadedIndex | None, count: int, dim: int) -> faiss_index.IndexPlan:
+    """--index-type, or for an update without it: the type the index was built with (auto stays auto)."""
+    index_type = options.index_type
+    if index_type is None:
+        if old is not None and old.manifest.get("chosen_by") == "user":
+            index_type = old.manifest["index_type"]
+        else:
+            index_type = "auto"
+    return faiss_index.plan_index(index_type, count, dim)

@@ -1,0 +1,89 @@
+"""Streaming images through the embedding model, vectors straight to disk.
+
+The same tf.data pipeline as `siamcli.models.embed.embed_paths` (parallel Pillow decode,
+batching, prefetch behind the model), but each batch of vectors is written to a
+`VectorWriter` as soon as it is computed, so memory stays flat however large the gallery:
+one batch of pixels and one of vectors at a time. Content hashes of the files are computed
+on a background thread meanwhile (hashlib releases the GIL).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from siamcli.data.pipeline import embedding_batches
+from siamcli.data.scan import Skipped
+from siamcli.index.items import content_hash
+from siamcli.index.vectors import VectorWriter
+from siamcli.tf_runtime import import_tensorflow
+
+
+@dataclass
+class StreamOutcome:
+    kept: list[int] = field(default_factory=list)  # input positions embedded, in the order written
+    failures: list[Skipped] = field(default_factory=list)  # images that did not decode, with why
+    hashes: list[str] = field(default_factory=list)  # sha256 of every input path (by position)
+    seconds: float = 0.0  # wall time of the embedding loop
+    first_batch_seconds: float = 0.0  # of which the first batch (pipeline start, tracing the model)
+
+    @property
+    def images_per_second(self) -> float:
+        total = len(self.kept) + len(self.failures)
+        return total / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Hasher(threading.Thread):
+    def __init__(self, paths: Sequence[str], known: dict[int, str]):
+        super().__init__(daemon=True, name="siamcli-hash")
+        self.paths = paths
+        self.hashes = [known.get(i, "") for i in range(len(paths))]
+        self.todo = [i for i in range(len(paths)) if i not in known]
+
+    def run(self) -> None:
+        for i in self.todo:
+            self.hashes[i] = content_hash(self.paths[i])
+
+
+def embed_to_file(
+    model,
+    paths: Sequence[str],
+    writer: VectorWriter,
+    image_size: int,
+    batch_size: int = 32,
+    on_progress: Callable[[int], None] | None = None,
+    known_hashes: dict[int, str] | None = None,
+) -> StreamOutcome:
+    """Embed `paths` in order; write the vectors of those that decode; hash every file."""
+    tf = import_tensorflow()
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        return model(images, training=False)
+
+    hasher = _Hasher(paths, known_hashes or {})
+    hasher.start()
+    outcome = StreamOutcome()
+    start = time.perf_counter()
+    if len(paths):
+        for positions, images, errors in embedding_batches(paths, image_size, batch_size):
+            vectors = forward(images).numpy().astype(np.float32)
+            errors = errors.numpy()
+            positions = positions.numpy()
+            good = errors == b""
+            for position, error in zip(positions[~good], errors[~good]):
+                outcome.failures.append(Skipped(paths[position], error.decode()))
+            writer.write(vectors[good])
+            outcome.kept.extend(positions[good].tolist())
+            if not outcome.first_batch_seconds:
+                outcome.first_batch_seconds = time.perf_counter() - start
+            if on_progress:
+                on_progress(len(positions))
+    outcome.seconds = time.perf_counter() - start
+    hasher.join()
+    outcome.hashes = hasher.hashes
+    return outcome

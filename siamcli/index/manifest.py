@@ -1,0 +1,131 @@
+"""manifest.json: what an index was built from, how, and checksums of its files.
+
+Keys (a JSON object; unknown keys are kept by readers that do not need them):
+
+    format             "siamcli-index/1"
+    model_fingerprint  sha256 of the model.keras the embeddings came from; query refuses any other
+    model_path         absolute path of that model.keras when the index was built
+    embedding_dim      length of every vector; index.faiss must have this dimension
+    image_size         side the model resizes images to
+    metric             "inner_product" (cosine similarity of unit vectors)
+    factory            FAISS index_factory string, e.g. "Flat", "HNSW32,Flat", "IVF4096,Flat"
+    index_type         flat | hnsw | ivf;  chosen_by: "auto" or "user"
+    search_params      {"efSearch": n} | {"nprobe": n} | {}
+    recall_at_10       measured against exact search (1.0 for flat: exact by construction)
+    recall_sample      queries recall was measured on (0 for flat)
+    count, next_id     rows in the index; the id the next new image gets (ids are never reused)
+    threshold          calibrated squared-L2 distance between unit vectors (a pair matches when
+                       d ≤ threshold, i.e. cosine ≥ 1 − threshold/2), copied from
+                       <run>/eval/metrics.json by `siamcli evaluate`; null when unknown
+    threshold_metric   "squared_l2"
+    gallery            the gallery folder of the last build
+    siamcli_version, faiss_version, created, updated
+    files              {name: {"bytes": n, "sha256": hex}} for every other file of the index
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from siamcli.errors import CorruptArtifactError
+
+FORMAT = "siamcli-index/1"
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+ITEMS_FILE = "items.csv"
+HASHES_FILE = "hashes.csv"
+EMBEDDINGS_FILE = "embeddings.npy"
+DATA_FILES = (INDEX_FILE, ITEMS_FILE, HASHES_FILE, EMBEDDINGS_FILE)
+EVAL_METRICS = Path("eval") / "metrics.json"
+REQUIRED = ("model_fingerprint", "model_path", "embedding_dim", "metric", "factory", "index_type", "image_size", "count", "files")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def file_record(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CorruptArtifactError(f"{directory} has no {MANIFEST}; it is not a siamcli index (build one with `siamcli index GALLERY`)") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptArtifactError(f"{path} is not valid JSON; the index is damaged: rebuild it with --force") from exc
+    if not isinstance(data, dict):
+        raise CorruptArtifactError(f"{path} does not hold a JSON object; rebuild the index with --force")
+    missing = [key for key in REQUIRED if key not in data]
+    if missing:
+        raise CorruptArtifactError(f"{path} lacks {', '.join(missing)}; rebuild the index with --force")
+    if data["metric"] != "inner_product":
+        raise CorruptArtifactError(f"{path} names metric {data['metric']!r}; siamcli indexes use inner_product: rebuild with --force")
+    for key in ("embedding_dim", "count", "image_size"):
+        if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 0:
+            raise CorruptArtifactError(f"{path}: {key} is not a non-negative integer; rebuild the index with --force")
+    if not isinstance(data["files"], dict):
+        raise CorruptArtifactError(f"{path}: files is not an object; rebuild the index with --force")
+    return data
+
+
+def verify_files(directory: Path, manifest: dict, names: tuple[str, ...]) -> None:
+    """Each named file must have the size and sha256 the manifest recorded when it was built."""
+    for name in names:
+        record = manifest["files"].get(name)
+        path = directory / name
+        if not isinstance(record, dict) or "bytes" not in record or "sha256" not in record:
+            raise CorruptArtifactError(f"{directory / MANIFEST} has no checksum for {name}; rebuild the index with --force")
+        if not path.is_file():
+            raise CorruptArtifactError(f"{path} is missing; the index is incomplete: rebuild it with `siamcli index GALLERY --force`")
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            raise CorruptArtifactError(
+                f"{path} is {size} bytes but was written as {record['bytes']} (truncated or changed); rebuild the index with --force"
+            )
+        if file_record(path)["sha256"] != record["sha256"]:
+            raise CorruptArtifactError(f"{path} does not match the checksum in {MANIFEST} (damaged or edited); rebuild the index with --force")
+
+
+def valid_threshold(value: Any) -> float | None:
+    """A squared-L2 distance between unit vectors lies in [0, 4]; anything else is unusable."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and 0.0 <= value <= 4.0 else None
+
+
+def threshold_from_run(run_dir: Path, model_fingerprint: str) -> tuple[float | None, str | None]:
+    """(threshold, its source) from <run>/eval/metrics.json, or (None, None) if absent or unusable.
+
+    `siamcli evaluate` writes "threshold" there (squared-L2 distance at the EER). When the file
+    also records the model's fingerprint, it must be this model's.
+    """
+    path = run_dir / EVAL_METRICS
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    recorded = data.get("model_fingerprint")
+    if isinstance(recorded, str) and recorded != model_fingerprint:
+        return None, None
+    value = valid_threshold(data.get("threshold"))
+    return (value, str(path)) if value is not None else (None, None)
+
+
+def similarity_threshold(distance_threshold: float | None) -> float | None:
+    """Cosine similarity at which a pair matches: d = 2 − 2·cos ≤ t  ⇔  cos ≥ 1 − t/2."""
+    return None if distance_threshold is None else 1.0 - distance_threshold / 2.0

@@ -1,0 +1,188 @@
+"""`siamcli query`: images in, ranked gallery neighbours out (dataclasses, not tuples).
+
+The query images go through the model the index was built with — checked by its sha256
+fingerprint, so vectors from another model are never compared with the gallery's — and
+FAISS returns the k most similar rows by cosine similarity (inner product of unit vectors).
+When a verification threshold is known (the manifest's, else `<run>/eval/metrics.json` of
+the same model), each neighbour is marked match / no match: similarity ≥ 1 − threshold/2,
+the threshold being a squared-L2 distance between unit vectors (d = 2 − 2·cos).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from siamcli.data.scan import Skipped, describe_skipped, scan_folder
+from siamcli.errors import UserError
+from siamcli.index import manifest as mf
+from siamcli.index.store import LoadedIndex, check_model, load_index
+from siamcli.training.rundir import DEFAULT_RUNS_ROOT, LATEST, MODEL_FILE, find_run
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    rank: int  # 1 = most similar
+    id: int  # the image's stable id in items.csv
+    path: str
+    label: str
+    similarity: float  # cosine similarity, in [-1, 1]
+    match: bool | None = None  # None when no threshold is calibrated
+
+    def to_json(self) -> dict:
+        row = {"rank": self.rank, "id": self.id, "path": self.path, "label": self.label, "similarity": round(self.similarity, 6)}
+        if self.match is not None:
+            row["match"] = self.match
+        return row
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query: str
+    neighbours: list[Neighbour]
+
+    def to_json(self) -> dict:
+        return {"query": self.query, "results": [n.to_json() for n in self.neighbours]}
+
+
+@dataclass
+class QueryOutcome:
+    results: list[QueryResult]
+    index_dir: Path
+    model_path: Path
+    count: int  # gallery size
+    k: int  # neighbours returned per query (≤ the requested k)
+    threshold: float | None  # squared-L2 distance; None when not calibrated
+    notes: list[str] = field(default_factory=list)  # said on stderr (k clipped, files skipped)
+
+    @property
+    def similarity_threshold(self) -> float | None:
+        return mf.similarity_threshold(self.threshold)
+
+    def to_json(self) -> list[dict]:
+        return [r.to_json() for r in self.results]
+
+
+def resolve_index_dir(index: str | None, model: str | None) -> Path:
+    """--index, else <--model run>/index, else runs/latest/index."""
+    if index:
+        return Path(index)
+    if model:
+        return find_run(model).run_dir / "index"
+    latest = DEFAULT_RUNS_ROOT / LATEST
+    if not latest.exists():
+        raise UserError("no --index given and runs/latest does not exist; pass --index INDEX_DIR, or train and index first")
+    return latest.resolve() / "index"
+
+
+def resolve_model(loaded: LoadedIndex, model: str | None) -> Path:
+    """--model, else the manifest's model_path, else the model.keras of the run holding the index."""
+    if model:
+        return find_run(model).model
+    recorded = Path(str(loaded.manifest["model_path"]))
+    if recorded.is_file():
+        return recorded
+    beside = loaded.directory.resolve().parent / MODEL_FILE
+    if beside.is_file():
+        return beside
+    raise UserError(f"the model index {loaded.directory} was built with ({recorded}) is gone; pass --model RUN_DIR with that model")
+
+
+def query_paths(images: Sequence[str]) -> tuple[list[str], list[Skipped]]:
+    """Expand IMAGE... (files or folders of images) into files; a missing or unreadable one is an error."""
+    paths: list[str] = []
+    skipped: list[Skipped] = []
+    for image in images:
+        path = Path(image)
+        if path.is_dir():
+            scan = scan_folder(path, labelled=False)
+            paths.extend(item.path for item in scan.items)
+            skipped.extend(scan.skipped)
+            if not scan.items:
+                raise UserError(f"query folder {image} holds no images")
+        elif not path.exists():
+            raise UserError(f"query image {image} not found")
+        elif not path.is_file():
+            raise UserError(f"query image {image} is not a file")
+        else:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise UserError(f"cannot read query image {image}: {exc.strerror}") from exc
+            paths.append(str(path))
+    if not paths:
+        raise UserError("no query images given")
+    return paths, skipped
+
+
+def search_vectors(loaded: LoadedIndex, vectors: np.ndarray, k: int, similarity_threshold: float | None = None) -> list[list[Neighbour]]:
+    """The k best rows per (unit) vector, best first; k is clipped to the gallery size."""
+    k = min(k, loaded.count)
+    if k == 0 or len(vectors) == 0:
+        return [[] for _ in range(len(vectors))]
+    scores, rows = loaded.index.search(np.ascontiguousarray(vectors, np.float32), k)
+    answers = []
+    for score_row, index_row in zip(scores, rows):
+        neighbours = []
+        for score, row in zip(score_row.tolist(), index_row.tolist()):
+            if row < 0:  # an approximate index found fewer than k
+                continue
+            item = loaded.items[row]
+            match = None if similarity_threshold is None else bool(score >= similarity_threshold)
+            neighbours.append(Neighbour(len(neighbours) + 1, item.id, item.path, item.label, float(score), match))
+        answers.append(neighbours)
+    return answers
+
+
+def query_images(
+    images: Sequence[str],
+    index: str | None = None,
+    model: str | None = None,
+    k: int = 5,
+    batch_size: int = 32,
+) -> QueryOutcome:
+    """Embed each query image and return its k nearest gallery images."""
+    if k < 1:
+        raise UserError(f"--k must be at least 1, got {k}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    paths, skipped = query_paths(images)
+    index_dir = resolve_index_dir(index, model)
+    loaded = load_index(index_dir)
+    if loaded.count == 0:
+        raise UserError(f"index {index_dir} is empty; add images with `siamcli index GALLERY --append`")
+    model_path = resolve_model(loaded, model)
+
+    from siamcli.models.embed import embed_paths
+    from siamcli.models.embedding import file_fingerprint, load_embedding_model
+
+    fingerprint = file_fingerprint(model_path)
+    check_model(loaded.manifest, model_path, fingerprint, index_dir)
+    embedding_model = load_embedding_model(model_path)
+    if int(embedding_model.output_shape[-1]) != loaded.dim:
+        raise UserError(f"model {model_path} makes {embedding_model.output_shape[-1]}-d vectors, the index holds {loaded.dim}-d ones; rebuild it with --force")
+    embedded = embed_paths(embedding_model, paths, batch_size=batch_size)
+    named = {str(Path(p)) for p in images if not Path(p).is_dir()}
+    for failure in embedded.failures:
+        if str(Path(failure.path)) in named:
+            raise UserError(f"cannot read query image {failure.path}: {failure.reason}")
+    skipped.extend(embedded.failures)
+    if not embedded.kept:
+        raise UserError("none of the query images could be read; " + describe_skipped(embedded.failures))
+
+    threshold = mf.valid_threshold(loaded.manifest.get("threshold"))
+    if threshold is None:
+        threshold, _ = mf.threshold_from_run(model_path.parent, fingerprint)
+    notes = []
+    if skipped:
+        notes.append(describe_skipped(skipped))
+    if k > loaded.count:
+        notes.append(f"--k {k} is larger than the gallery ({loaded.count} images): returning all {loaded.count}")
+    answers = search_vectors(loaded, embedded.embeddings, k, mf.similarity_threshold(threshold))
+    results = [QueryResult(paths[position], neighbours) for position, neighbours in zip(embedded.kept, answers)]
+    return QueryOutcome(results=results, index_dir=index_dir, model_path=model_path, count=loaded.count,
+                        k=min(k, loaded.count), threshold=threshold, notes=notes)

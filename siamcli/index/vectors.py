@@ -1,0 +1,119 @@
+"""Streaming (count, dim) float32 `.npy` files: written batch by batch, read chunk by chunk.
+
+The embeddings of a gallery may not fit twice in memory, so they go to disk as they are
+computed and are read back in fixed-size chunks to build the index. The writer reserves a
+header big enough for the largest count it may hold and rewrites it, with the same length,
+to the true count on close: the result is an ordinary `.npy` file (`np.load` reads it, no
+pickle: `allow_pickle=False` everywhere).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from siamcli.errors import CorruptArtifactError
+
+CHUNK_ROWS = 65_536  # rows per read when streaming a file back (16 MiB at dim 64, 64 MiB at 256)
+_MAGIC = b"\x93NUMPY\x01\x00"  # .npy format 1.0
+
+
+def _header(count: int, dim: int, length: int | None = None) -> bytes:
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (count, dim)
+    # magic (8) + header length field (2) + text + padding + newline: a multiple of 64 bytes.
+    base = len(_MAGIC) + 2 + len(text) + 1
+    total = length if length is not None else -(-base // 64) * 64
+    if total < base or total - len(_MAGIC) - 2 > 0xFFFF:
+        raise ValueError("npy header does not fit its reserved length")
+    body = text + " " * (total - base) + "\n"
+    return _MAGIC + (total - len(_MAGIC) - 2).to_bytes(2, "little") + body.encode("latin1")
+
+
+class VectorWriter:
+    """Append (n, dim) float32 rows to a `.npy` file; `close()` fixes the header's count."""
+
+    def __init__(self, path: str | os.PathLike, dim: int, capacity: int):
+        self.path = Path(path)
+        self.dim = int(dim)
+        self.count = 0
+        self._header_length = len(_header(max(capacity, 1), self.dim))
+        self._handle = open(self.path, "wb")
+        self._handle.write(_header(0, self.dim, self._header_length))
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype="<f4")
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"expected (n, {self.dim}) rows, got {rows.shape}")
+        self._handle.write(rows.tobytes())
+        self.count += len(rows)
+
+    def close(self) -> None:
+        if self._handle.closed:
+            return
+        self._handle.seek(0)
+        self._handle.write(_header(self.count, self.dim, self._header_length))
+        self._handle.flush()
+        self._handle.close()
+
+    def __enter__(self) -> "VectorWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_shape(path: str | os.PathLike) -> tuple[tuple[int, int], int]:
+    """((count, dim), offset of the data) of a float32 C-order `.npy` file, or CorruptArtifactError."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if reader is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = reader(handle)
+            offset = handle.tell()
+    except FileNotFoundError as exc:
+        raise CorruptArtifactError(f"{path} is missing; rebuild the index with `siamcli index GALLERY --force`") from exc
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise CorruptArtifactError(f"{path} is not a valid embeddings file ({exc}); rebuild the index with --force") from exc
+    if len(shape) != 2 or fortran or dtype != np.dtype("<f4"):
+        raise CorruptArtifactError(f"{path} does not hold a (count, dim) float32 array; rebuild the index with --force")
+    expected = offset + shape[0] * shape[1] * 4
+    if path.stat().st_size != expected:
+        raise CorruptArtifactError(f"{path} is truncated or padded ({path.stat().st_size} bytes, expected {expected}); rebuild with --force")
+    return (int(shape[0]), int(shape[1])), offset
+
+
+def iter_chunks(path: str | os.PathLike, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first row, (m, dim) float32 array) over the file without mapping it whole."""
+    (count, dim), offset = read_shape(path)
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for start in range(0, count, chunk_rows):
+            rows = min(chunk_rows, count - start)
+            chunk = np.empty((rows, dim), np.float32)
+            handle.readinto(memoryview(chunk).cast("B"))
+            yield start, chunk
+
+
+def read_rows(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
+    """The given rows (any order) as a (len(rows), dim) float32 array, read one by one."""
+    (count, dim), offset = read_shape(path)
+    out = np.empty((len(rows), dim), np.float32)
+    with open(path, "rb") as handle:
+        for position, row in enumerate(np.asarray(rows, np.int64)):
+            if not 0 <= row < count:
+                raise IndexError(f"row {row} outside 0..{count - 1}")
+            handle.seek(offset + int(row) * dim * 4)
+            handle.readinto(memoryview(out[position]).cast("B"))
+    return out
+
+
+def read_all(path: str | os.PathLike) -> np.ndarray:
+    """The whole file in memory (small indexes, tests)."""
+    read_shape(path)  # validates before numpy sees it
+    return np.load(path, allow_pickle=False)

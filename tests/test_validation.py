@@ -1,0 +1,95 @@
+"""Every bad option or input: one line on stderr, exit code 2, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from siamcli.cli.app import app
+
+runner = CliRunner()
+
+
+def _assert_one_line_usage_error(result, *fragments):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def data(image_folders):
+    return image_folders(identities=3, per_identity=3, size=32)
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (["--val-fraction", "1.5"], "--val-fraction"),
+        (["--val-fraction", "0"], "--val-fraction"),
+        (["--image-size", "16"], "--image-size"),
+        (["--frozen-epochs", "-1"], "--frozen-epochs"),
+        (["--finetune-epochs", "-2"], "--finetune-epochs"),
+        (["--frozen-epochs", "0", "--finetune-epochs", "0"], "nothing to train"),
+        (["--strategy", "magic"], "--strategy"),
+        (["--mining", "hardest"], "--mining"),
+        (["--precision", "float8"], "--precision"),
+        (["--batch-size", "10"], "multiple"),
+        (["--batch-size", "4"], "--batch-size"),
+        (["--margin", "0"], "--margin"),
+        (["--lr", "-1"], "--lr"),
+        (["--dropout", "1.0"], "--dropout"),
+        (["--patience", "-1"], "--patience"),
+        (["--lr-schedule", "linear"], "--lr-schedule"),
+        (["--embedding-dim", "1"], "--embedding-dim"),
+        (["--weights", "/no/such/file.weights.h5"], "not found"),
+        (["--feature-layer", "conv9", "--weights", "none"], "--feature-layer"),
+        (["--pooling", "max", "--weights", "none"], "--pooling"),
+        (["--finetune-from", "nope", "--weights", "none", "--frozen-epochs", "0"], "--finetune-from"),
+    ],
+)
+def test_train_rejects_bad_options(tmp_path, data, options, fragment):
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--image-size", "32", *options])
+    _assert_one_line_usage_error(result, fragment)
+
+
+def test_train_rejects_missing_and_unusable_data(tmp_path, image_folders):
+    _assert_one_line_usage_error(runner.invoke(app, ["train", str(tmp_path / "missing"), "--weights", "none"]), "does not exist")
+    (tmp_path / "file.txt").write_text("x")
+    _assert_one_line_usage_error(runner.invoke(app, ["train", str(tmp_path / "file.txt"), "--weights", "none"]), "not a folder")
+    single = image_folders("single", identities=1, per_identity=3)
+    _assert_one_line_usage_error(runner.invoke(app, ["train", str(single), "--weights", "none"]), "at least 2 identities")
+    _assert_one_line_usage_error(runner.invoke(app, ["train"]), "DATA_DIR")
+
+
+USAGE_CASES = [
+    ["train", "data", "--image-size", "abc"],
+    ["train", "data", "--no-such-option"],
+    ["evaluate", "--k", "0"],
+    ["evaluate", "--k", "x"],
+    ["bogus-command"],
+]
+
+
+@pytest.mark.parametrize("argv", USAGE_CASES)
+def test_usage_errors_from_the_real_entry_point_are_one_line(tmp_path, argv):
+    proc = subprocess.run([sys.executable, "-m", "siamcli", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_the_static_resnet50_layer_list_matches_keras():
+    from siamcli.tf_runtime import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    from siamcli.training.config import resnet50_layer_names
+
+    model = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    assert [layer.name for layer in model.layers][1:] == resnet50_layer_names()[1:]
