@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from siamcli.cli.common import engine_errors, fail, fmt, print_json, stderr, stdout, warn
@@ -85,16 +85,14 @@ class _ProgressDisplay:
     def __enter__(self):
         self.progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
             console=stderr,
             transient=False,
         )
         self.progress.__enter__()
         self.task = None
-        self.last_val = ""
         return self
 
     def __exit__(self, *exc):
@@ -115,13 +113,14 @@ class _ProgressDisplay:
 
     def step_done(self, phase: str, epoch: int, step: int, loss: float, images_per_second: float) -> None:
         if step == 1:
-            self.task = self.progress.add_task(f"{phase:8s} epoch {epoch:3d}", total=self.steps, info="")
-        self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}  {images_per_second:6.1f} img/s {self.last_val}")
+            self.task = self.progress.add_task(f"{phase} {epoch:>3d}", total=self.steps, info="")
+        self.progress.update(self.task, completed=step, info=f"loss {loss:.3f} {images_per_second:5.0f} img/s")
 
     def epoch_done(self, row: dict) -> None:
-        self.last_val = f" val P@1 {fmt(row['precision_at_1'])} MAP@R {fmt(row['map_at_r'])}"
         self.progress.update(
-            self.task, info=f"loss {row['loss']:.4f}  {row['images_per_second']:6.1f} img/s {self.last_val}"
+            self.task,
+            info=f"loss {row['loss']:.3f} {row['images_per_second']:5.0f} img/s "
+            f"val P@1 {fmt(row['precision_at_1'], 2)} MAP@R {fmt(row['map_at_r'], 2)}",
         )
 
 
