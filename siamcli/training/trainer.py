@@ -121,9 +121,7 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
     if is_chief(config.strategy):
         run_dir = rundir.new_run_dir(out, force)
     else:  # another worker of a multi-worker run: same work, artifacts thrown away
-        import tempfile
-
-        run_dir = rundir.new_run_dir(tempfile.mkdtemp(prefix="siamcli-worker-"), force=True)
+        run_dir = _worker_scratch_dir()
     return _run(config, weights, scan, split, run_dir, events, resume_from=None)
 
 
@@ -145,7 +143,15 @@ def resume(run: str | Path, events: TrainingEvents | None = None) -> TrainResult
     missing = sorted(set(split.train) - set(scan.counts()))
     if missing:
         raise UserError(f"{config.data_dir} no longer holds identities the run trained on ({', '.join(missing[:5])}); restore the data to resume")
+    if not is_chief(config.strategy):  # another worker: read the chief's checkpoint, write elsewhere
+        run_dir = _worker_scratch_dir()
     return _run(config, WeightsChoice("none", None), scan, split, run_dir, events, resume_from=saved)
+
+
+def _worker_scratch_dir() -> Path:
+    import tempfile
+
+    return rundir.new_run_dir(tempfile.mkdtemp(prefix="siamcli-worker-"), force=True)
 
 
 def _run(config, weights, scan, split, run_dir, events, resume_from) -> TrainResult:
