@@ -20,10 +20,9 @@ def query(
     batch_size: Annotated[int, typer.Option(help="Query images per forward pass.")] = 32,
     json_output: Annotated[bool, typer.Option("--json", help='Print [{"query", "results": [{"rank", "id", "path", "label", "similarity"(, "match")}]}] on stdout.')] = False,
 ) -> None:
-    """Find the gallery images most similar to each query image.
+    """Find the gallery images most similar to each query image (cosine similarity of embeddings).
 
-    Ranks by cosine similarity of embeddings. With a calibrated threshold (from `siamcli
-    evaluate`), each neighbour is also marked match / no match.
+    Prints a table per query: rank, similarity, label, path, and match / no match when `siamcli evaluate` has calibrated a threshold. The queries are embedded with the model the index was built with; any other model is refused.
     """
     with engine_errors():
         from siamcli.index.search import query_images

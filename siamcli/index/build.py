@@ -7,8 +7,8 @@ Modes (an existing index is never replaced without one of them):
                   same content (sha256 in hashes.csv). A file whose content changed is
                   re-embedded: its stale row is replaced by a new one under a new id. Every
                   other existing row keeps its id; an unchanged gallery adds nothing.
-  * --prune       drop rows whose files are gone (or changed, since the indexed image no
-                  longer exists); may be combined with --append (a full sync).
+  * --prune       drop rows whose files are gone (a cheap existence check; changed files are
+                  --append's business); combined with --append it is a full sync.
   * --force       rebuild from scratch; ids start again at 0.
 
 Writing is atomic (`atomic_directory`): the new index is assembled under a temporary name
@@ -16,8 +16,9 @@ beside --out (embeddings stream straight into it) and swapped in only when compl
 build that fails, is interrupted or is killed leaves the previous index untouched.
 
 When rows are only added and the index type stays the same, the existing FAISS index is
-extended in place of a rebuild; removing rows, or growing past an `auto` size step, rebuilds
-from embeddings.npy (never re-embeds).
+extended in place of a rebuild (keeping its measured search setting while the gallery stays
+within 1.25× the size it was measured at); removing rows, changing type, or growing further
+rebuilds from embeddings.npy and measures recall again. Nothing is ever re-embedded.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class IndexResult:
     embedded_images: int = 0
     embed_seconds: float = 0.0
     first_batch_seconds: float = 0.0  # part of embed_seconds: pipeline start and tracing the model
+    embed_cpu_seconds: float = 0.0  # process CPU time (all threads) while embedding
     seconds: float = 0.0
     index_bytes: int = 0
 
@@ -115,6 +117,7 @@ class IndexResult:
             "index_bytes": self.index_bytes,
             "embed_seconds": round(self.embed_seconds, 3),
             "first_batch_seconds": round(self.first_batch_seconds, 3),
+            "embed_cpu_seconds": round(self.embed_cpu_seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "seconds": round(self.seconds, 3),
         }
@@ -165,96 +168,137 @@ def build_index(options: IndexOptions, events: IndexEvents | None = None) -> Ind
     result = IndexResult(index_dir=out, gallery=str(options.gallery), model_path=run.model, mode=mode, written=False,
                          index_type="", factory="", count=0, skipped=list(scan.skipped), threshold=threshold)
     if old is not None and not plan.to_embed and not plan.removed_rows and threshold == mf.valid_threshold(old.manifest.get("threshold")):
-        # Nothing to do: leave the index (and its files' timestamps) exactly as they are.
-        manifest = old.manifest
-        result.index_type, result.factory, result.count = manifest["index_type"], manifest["factory"], old.count
-        result.kept = old.count
-        result.recall_at_10 = manifest.get("recall_at_10", 1.0)
-        result.search_params = manifest.get("search_params") or {}
-        result.index_bytes = manifest["files"][mf.INDEX_FILE]["bytes"]
-        result.seconds = time.perf_counter() - started
-        return result
+        return _unchanged(result, old, started)  # leave the index (and its files' timestamps) as they are
 
-    with atomic_directory(out) as tmp:
-        embeddings_path = tmp / mf.EMBEDDINGS_FILE
-        paths = [path for path, _ in plan.to_embed]
-        with vector_file.VectorWriter(embeddings_path, dim, capacity=len(plan.kept) + len(paths)) as writer:
-            if old is not None and plan.kept:
-                _copy_rows(old.embeddings_path, plan.kept_rows, writer)
-            events.embedding_started(len(paths))
-            outcome = _embed(model, paths, writer, image_size, options.batch_size, events, plan.known_hashes)
-            events.embedding_finished()
-        if outcome.failures:
-            events.message(describe_skipped(outcome.failures))
-        next_id = int(old.manifest.get("next_id", max((i.id for i in old.items), default=-1) + 1)) if old is not None else 0
-        new_items = []
-        for position in outcome.kept:
-            path, label = plan.to_embed[position]
-            new_items.append(IndexItem(id=next_id, path=path, label=label, sha256=outcome.hashes[position]))
-            next_id += 1
-        items = plan.kept + new_items
-        if not items:
-            raise UserError(f"no image of {options.gallery} could be indexed (none decoded); nothing was written")
-
-        index_plan = _resolve_plan(options, old, len(items), dim)
-        index = None
-        if old is not None and not plan.removed_rows and old.manifest["factory"] == index_plan.factory:
-            events.stage(f"adding {len(new_items)} vectors to the existing {index_plan.factory} index")
-            index = faiss_index.add_from_file(old.index, embeddings_path, start_row=len(plan.kept))
-        if index is None:
-            events.stage(f"building {index_plan.factory} over {len(items)} vectors")
-            index = faiss_index.build_from_file(embeddings_path, index_plan, options.seed, events.stage)
-        tuning = faiss_index.tune(index, index_plan, embeddings_path, seed=options.seed, on_stage=events.stage)
-        if not tuning.reached:
-            if index_plan.chosen_by == "auto":
-                events.message(f"{index_plan.factory} reached recall@10 {tuning.recall_at_10:.3f} < {faiss_index.RECALL_TARGET}; building an exact Flat index instead")
-                index_plan = faiss_index.IndexPlan("flat", "Flat", "auto")
-                index = faiss_index.build_from_file(embeddings_path, index_plan)
-                tuning = faiss_index.tune(index, index_plan, embeddings_path)
-            else:
-                events.message(f"{index_plan.factory} reaches recall@10 {tuning.recall_at_10:.3f} at best, below {faiss_index.RECALL_TARGET}; "
-                               "use --index-type flat (exact) or auto")
-        events.stage("writing the index")
-        faiss_index.write_index(index, tmp / mf.INDEX_FILE)
-        write_items(tmp, items)
-        created = old.manifest.get("created", mf.now()) if old is not None else mf.now()
-        manifest = {
-            "format": mf.FORMAT,
-            "model_fingerprint": fingerprint,
-            "model_path": str(run.model),
-            "embedding_dim": dim,
-            "image_size": image_size,
-            "metric": "inner_product",
-            "factory": index_plan.factory,
-            "index_type": index_plan.index_type,
-            "chosen_by": index_plan.chosen_by,
-            "search_params": tuning.params,
-            "recall_at_10": round(tuning.recall_at_10, 4),
-            "recall_sample": tuning.sample,
-            "count": len(items),
-            "next_id": next_id,
-            "threshold": threshold,
-            "threshold_metric": "squared_l2",
-            "threshold_source": threshold_source,
-            "gallery": os.path.abspath(options.gallery),
-            "siamcli_version": __version__,
-            "faiss_version": faiss_index.faiss_module().__version__,
-            "created": created,
-            "updated": mf.now(),
-            "files": {name: mf.file_record(tmp / name) for name in mf.DATA_FILES},
-        }
-        write_json(tmp / mf.MANIFEST, manifest)
+    try:
+        with atomic_directory(out) as tmp:
+            embeddings_path = tmp / mf.EMBEDDINGS_FILE
+            new_items, outcome = _write_vectors(embeddings_path, model, image_size, dim, old, plan, options, events)
+            items = plan.kept + new_items
+            if not items:
+                raise UserError(f"no image of {options.gallery} could be indexed (none decoded); nothing was written")
+            if old is not None and not new_items and not plan.removed_rows and threshold == mf.valid_threshold(old.manifest.get("threshold")):
+                raise _NothingChanged  # only images that fail to decode were new: keep the index as it is
+            index_plan = _resolve_plan(options, old, len(items), dim)
+            index, index_plan, tuning, recall_count = _faiss_index(embeddings_path, index_plan, old, plan, len(new_items), options.seed, events)
+            events.stage("writing the index")
+            faiss_index.write_index(index, tmp / mf.INDEX_FILE)
+            write_items(tmp, items)
+            manifest = {
+                "format": mf.FORMAT,
+                "model_fingerprint": fingerprint,
+                "model_path": str(run.model),
+                "embedding_dim": dim,
+                "image_size": image_size,
+                "metric": "inner_product",
+                "factory": index_plan.factory,
+                "index_type": index_plan.index_type,
+                "chosen_by": index_plan.chosen_by,
+                "search_params": tuning.params,
+                "recall_at_10": round(tuning.recall_at_10, 4),
+                "recall_sample": tuning.sample,
+                "recall_count": recall_count,
+                "count": len(items),
+                "next_id": (new_items[-1].id + 1) if new_items else _next_id(old),
+                "threshold": threshold,
+                "threshold_metric": "squared_l2",
+                "threshold_source": threshold_source,
+                "gallery": os.path.abspath(options.gallery),
+                "siamcli_version": __version__,
+                "faiss_version": faiss_index.faiss_module().__version__,
+                "created": old.manifest.get("created", mf.now()) if old is not None else mf.now(),
+                "updated": mf.now(),
+                "files": {name: mf.file_record(tmp / name) for name in mf.DATA_FILES},
+            }
+            write_json(tmp / mf.MANIFEST, manifest)
+    except _NothingChanged:
+        result.skipped = list(scan.skipped) + outcome.failures
+        return _unchanged(result, old, started)
 
     result.written = True
     result.index_type, result.factory, result.count = index_plan.index_type, index_plan.factory, len(items)
-    result.added = len(new_items) - plan.changed_added(outcome.kept)
     result.replaced = plan.changed_added(outcome.kept)
+    result.added = len(new_items) - result.replaced
     result.removed = len(plan.removed_rows)
     result.kept = len(plan.kept)
     result.skipped = list(scan.skipped) + outcome.failures
     result.recall_at_10, result.search_params = round(tuning.recall_at_10, 4), tuning.params
-    result.embedded_images, result.embed_seconds = len(paths), outcome.seconds
-    result.first_batch_seconds = outcome.first_batch_seconds
+    result.embedded_images, result.embed_seconds = len(plan.to_embed), outcome.seconds
+    result.first_batch_seconds, result.embed_cpu_seconds = outcome.first_batch_seconds, outcome.cpu_seconds
+    result.index_bytes = manifest["files"][mf.INDEX_FILE]["bytes"]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _next_id(old: LoadedIndex | None) -> int:
+    if old is None:
+        return 0
+    return int(old.manifest.get("next_id", max((i.id for i in old.items), default=-1) + 1))
+
+
+def _write_vectors(embeddings_path, model, image_size, dim, old, plan, options, events):
+    """embeddings.npy: the kept rows of the old index, then the new images' vectors as they come."""
+    from siamcli.index.embedder import embed_to_file
+
+    paths = [path for path, _ in plan.to_embed]
+    with vector_file.VectorWriter(embeddings_path, dim, capacity=len(plan.kept) + len(paths)) as writer:
+        if old is not None and plan.kept:
+            _copy_rows(old.embeddings_path, plan.kept_rows, writer)
+        events.embedding_started(len(paths))
+        outcome = embed_to_file(model, paths, writer, image_size, options.batch_size, events.embedded, plan.known_hashes)
+        events.embedding_finished()
+    if outcome.failures:
+        events.message(describe_skipped(outcome.failures))
+    next_id = _next_id(old)
+    new_items = []
+    for position in outcome.kept:
+        path, label = plan.to_embed[position]
+        new_items.append(IndexItem(id=next_id, path=path, label=label, sha256=outcome.hashes[position]))
+        next_id += 1
+    return new_items, outcome
+
+
+def _faiss_index(embeddings_path, index_plan, old, plan, added: int, seed: int, events):
+    """(index, plan, tuning, recall_count): extend the old index, or build and tune a new one.
+
+    The old index is extended when rows were only added, its type still fits, and the gallery
+    has not grown past RETUNE_GROWTH × the size its search setting was measured at (an HNSW
+    graph or IVF lists take new rows as well as old ones; the measured setting carries over).
+    """
+    count = len(plan.kept) + added
+    if old is not None and not plan.removed_rows and old.manifest["factory"] == index_plan.factory:
+        measured_at = int(old.manifest.get("recall_count") or old.count)
+        if not index_plan.approximate or count <= faiss_index.RETUNE_GROWTH * measured_at:
+            events.stage(f"adding {added} vectors to the existing {index_plan.factory} index")
+            faiss_index.add_rows(old.index, embeddings_path, start_row=len(plan.kept))
+            tuning = faiss_index.Tuning(recall_at_10=float(old.manifest.get("recall_at_10", 1.0)),
+                                        params=dict(old.manifest.get("search_params") or {}),
+                                        sample=int(old.manifest.get("recall_sample", 0)))
+            return old.index, index_plan, tuning, measured_at if index_plan.approximate else count
+    events.stage(f"building {index_plan.factory} over {count} vectors")
+    index, tuning = faiss_index.build_and_tune(embeddings_path, index_plan, seed, on_stage=events.stage)
+    if not tuning.reached:
+        if index_plan.chosen_by == "auto":
+            events.message(f"{index_plan.factory} reached recall@10 {tuning.recall_at_10:.3f} < {faiss_index.RECALL_TARGET}; "
+                           "building an exact Flat index instead")
+            index_plan = faiss_index.FLAT
+            index, tuning = faiss_index.build_and_tune(embeddings_path, index_plan)
+        else:
+            events.message(f"{index_plan.factory} reaches recall@10 {tuning.recall_at_10:.3f} at best, below "
+                           f"{faiss_index.RECALL_TARGET}; use --index-type flat (exact) or auto")
+    return index, index_plan, tuning, count
+
+
+class _NothingChanged(Exception):
+    """Raised inside the atomic build to drop it: the index would come out the same."""
+
+
+def _unchanged(result: IndexResult, old: LoadedIndex, started: float) -> IndexResult:
+    manifest = old.manifest
+    result.index_type, result.factory, result.count = manifest["index_type"], manifest["factory"], old.count
+    result.kept = old.count
+    result.recall_at_10 = manifest.get("recall_at_10", 1.0)
+    result.search_params = manifest.get("search_params") or {}
     result.index_bytes = manifest["files"][mf.INDEX_FILE]["bytes"]
     result.seconds = time.perf_counter() - started
     return result
@@ -324,7 +368,6 @@ def _plan_changes(gallery: list[tuple[str, str]], old: LoadedIndex | None, optio
     to_embed: list[tuple[str, str]] = []
     known: dict[int, str] = {}
     changed: set[str] = set()
-    current: dict[int, str] = {}  # old row → the file's hash now ("" when gone)
     if options.append:
         for path, label in gallery:
             row = by_path.get(path)
@@ -332,21 +375,13 @@ def _plan_changes(gallery: list[tuple[str, str]], old: LoadedIndex | None, optio
                 to_embed.append((path, label))
                 continue
             digest = content_hash(path)
-            current[row] = digest
             if digest != old.items[row].sha256:  # same path, new content: the indexed image no longer exists
                 drop.add(row)
                 changed.add(path)
                 known[len(to_embed)] = digest
                 to_embed.append((path, label))
     if options.prune:
-        for row, item in enumerate(old.items):
-            if row in drop:
-                continue
-            digest = current.get(row)
-            if digest is None:
-                digest = content_hash(item.path) if os.path.isfile(item.path) else ""
-            if digest != item.sha256:
-                drop.add(row)
+        drop.update(row for row, item in enumerate(old.items) if not os.path.isfile(item.path))
     kept_rows = np.array([row for row in range(old.count) if row not in drop], np.int64)
     kept = [old.items[row] for row in kept_rows]
     return _Changes(kept, kept_rows, sorted(drop), to_embed, known, changed)
@@ -357,12 +392,6 @@ def _copy_rows(source: Path, rows: np.ndarray, writer: vector_file.VectorWriter)
     wanted[rows] = True
     for first, chunk in vector_file.iter_chunks(source):
         writer.write(chunk[wanted[first:first + len(chunk)]])
-
-
-def _embed(model, paths, writer, image_size, batch_size, events, known_hashes):
-    from siamcli.index.embedder import embed_to_file
-
-    return embed_to_file(model, paths, writer, image_size, batch_size, events.embedded, known_hashes)
 
 
 def _resolve_plan(options: IndexOptions, old: LoadedIndex | None, count: int, dim: int) -> faiss_index.IndexPlan:

@@ -1,26 +1,39 @@
 """FAISS index types, the `auto` rule, building from a vectors file, and measured recall@10.
 
 Every index searches by inner product (`METRIC_INNER_PRODUCT`) over unit-length embeddings,
-so the score is the cosine similarity. Row i of the index is row i of items.csv.
+so the score is the cosine similarity. The id FAISS returns is the row in items.csv (and in
+embeddings.npy): Flat adds rows in order; HNSW (wrapped in `IDMap`) and IVF are given the row
+numbers explicitly, so rows can be added in any order.
 
 The `auto` rule (N = number of gallery images, d = embedding dim):
 
-    N ≤ 50,000             Flat              exact; brute force costs ≲ 1 ms per query here
-    50,000 < N ≤ 250,000   HNSW32,Flat       graph search; build ≈ 1 ms per vector on 2 cores
-    N > 250,000            IVF{L},Flat       L = power of 2 nearest 4·√N (≤ N/39), trained on
-                                             ≤ 64·L sampled vectors; builds in seconds where
-                                             HNSW would take many minutes
-    N·d·4 bytes > 8 GiB    IVF{L},SQ8        same lists, 8-bit codes: 4× less memory
+    N ≤ 50,000                    Flat                 exact; brute force costs ≲ 1 ms per query
+    N > 50,000, HNSW fits 8 GiB   IDMap,HNSW32,Flat    graph search, ≥ 10× the queries/s of Flat
+                                                       at recall@10 ≥ 0.95 by 10^6 vectors
+                                                       (benchmarks/bench_search.py); takes
+                                                       N·(4d + 2·32·4 + 16) bytes: up to ≈ 6.6 M
+                                                       vectors at d = 256
+    past that                     IVF{L},SQ8           L = power of 2 nearest 4·√N (≥ 39 points
+                                                       per list), k-means on ≤ 64·L sampled
+                                                       vectors; 8-bit codes, d bytes per vector
 
-PQ codes are not used: at recall@10 ≥ 0.95 they need a re-ranking stage over the raw vectors,
-which costs the memory PQ was meant to save; SQ8 keeps recall above the target by itself.
+HNSW builds at ≈ 0.2–0.4 ms per vector on 2 cores (minutes for 10^6): far less than embedding
+the images took, so build time does not limit it; memory does. `--index-type ivf` gives IVF with
+raw vectors (`IVF{L},Flat`) where they fit in 8 GiB, SQ8 codes past that. PQ codes are not
+used: at recall@10 ≥ 0.95 they need a re-ranking stage over the raw vectors, which costs the
+memory PQ was meant to save; SQ8 keeps recall above the target by itself.
 
-Approximate types are then tuned: their search parameter (`efSearch` for HNSW, `nprobe` for
-IVF) starts low and doubles until recall@10, measured against exact search on a sample of up
-to 1,000 gallery vectors used as queries (each query's own row excluded, ties at the 10th
-score count as hits), reaches 0.95. The parameter and the recall reached go into the
-manifest. If `auto` cannot reach the target it builds Flat instead, so `auto` never answers
-below 0.95; an explicitly requested type keeps its best setting and reports its recall.
+Recall is measured the way queries arrive: on vectors the index has not seen. An approximate
+build holds out a random sample of up to 1,000 gallery vectors (a tenth of a small gallery),
+builds over the rest, and compares its top 10 for each held-out vector with exact search over
+the same rest (a tie with the 10th exact score counts as a hit). The search parameter
+(`efSearch` for HNSW, `nprobe` for IVF) starts low and doubles until recall@10 reaches 0.95,
+then bisects back towards the smallest value that still reaches it; then the held-out vectors
+are added too. (Measuring with gallery vectors that are in the index, even leaving each one's
+own row out of its answer, overstates recall: at 10^5 it read 0.98 where new queries got 0.91.)
+The parameter and the recall go into the manifest. If `auto` cannot reach the target it builds
+Flat instead, so `auto` never answers below 0.95; an explicitly requested type keeps its best
+setting and reports its recall.
 """
 
 from __future__ import annotations
@@ -37,18 +50,18 @@ from siamcli.index import vectors as vector_file
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 FLAT_MAX = 50_000  # auto: exact search up to this many images
-HNSW_MAX = 250_000  # auto: HNSW up to here, IVF past it
-RAW_BYTES_BUDGET = 8 << 30  # auto: raw float32 vectors past this size are stored as SQ8 codes
+MEMORY_BUDGET = 8 << 30  # auto: HNSW (raw vectors + graph) up to this size, IVF with SQ8 codes past it
 HNSW_M = 32  # graph degree: the usual speed/recall sweet spot for d in 64…512
 HNSW_EF_CONSTRUCTION = 40  # FAISS's default
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per inverted list (FAISS asks for 39…256)
 MIN_POINTS_PER_LIST = 39  # FAISS warns below this
 RECALL_TARGET = 0.95
 RECALL_K = 10
-RECALL_QUERIES = 1000
+RECALL_QUERIES = 1000  # held-out vectors recall is measured on (at most a tenth of the gallery)
 EXACT_CHUNK_ROWS = 8192  # exact search scores (queries × chunk) at a time: 32 MiB for 1,000 queries
 SEARCH_PARAMETER = {"hnsw": "efSearch", "ivf": "nprobe"}
-EF_SEARCH_MAX = 4096
+EF_SEARCH_START, EF_SEARCH_MAX = 16, 4096
+RETUNE_GROWTH = 1.25  # an update that only adds rows keeps the measured setting up to this growth
 
 
 def faiss_module():
@@ -61,7 +74,7 @@ def faiss_module():
 @dataclass(frozen=True)
 class IndexPlan:
     index_type: str  # flat | hnsw | ivf (never auto: auto resolves to one of them)
-    factory: str  # FAISS index_factory string
+    factory: str  # FAISS index_factory string, as stored in the manifest
     chosen_by: str  # "auto" or "user"
 
     @property
@@ -75,7 +88,7 @@ class IndexPlan:
 
 @dataclass
 class Tuning:
-    recall_at_10: float  # measured on `sample` gallery vectors against exact search
+    recall_at_10: float  # measured on `sample` held-out gallery vectors against exact search
     params: dict = field(default_factory=dict)  # {"efSearch": 64} | {"nprobe": 32} | {}
     sample: int = 0  # queries the recall was measured on (0: exact index, recall 1 by construction)
     reached: bool = True  # recall_at_10 ≥ target
@@ -85,11 +98,18 @@ def nlist_for(count: int) -> int:
     """Inverted lists for N vectors: the power of 2 nearest 4·√N, with ≥ 39 training points each."""
     if count < 2 * MIN_POINTS_PER_LIST:
         return 1
-    target = 4 * math.sqrt(count)
-    power = 2 ** round(math.log2(target))
+    power = 2 ** round(math.log2(4 * math.sqrt(count)))
     while power > 1 and power * MIN_POINTS_PER_LIST > count:
         power //= 2
     return max(1, power)
+
+
+def hnsw_bytes(count: int, dim: int) -> int:
+    """Approximate memory of HNSW{M},Flat: raw vectors, level-0 links (2·M ids), upper levels."""
+    return count * (4 * dim + 2 * HNSW_M * 4 + 16)
+
+
+FLAT = IndexPlan("flat", "Flat", "auto")
 
 
 def plan_index(index_type: str, count: int, dim: int) -> IndexPlan:
@@ -99,44 +119,82 @@ def plan_index(index_type: str, count: int, dim: int) -> IndexPlan:
     chosen_by = "user"
     if index_type == "auto":
         chosen_by = "auto"
-        index_type = "flat" if count <= FLAT_MAX else "hnsw" if count <= HNSW_MAX else "ivf"
+        if count <= FLAT_MAX:
+            index_type = "flat"
+        elif hnsw_bytes(count, dim) <= MEMORY_BUDGET:
+            index_type = "hnsw"
+        else:
+            return IndexPlan("ivf", f"IVF{nlist_for(count)},SQ8", chosen_by)
     if index_type == "flat":
         return IndexPlan("flat", "Flat", chosen_by)
     if index_type == "hnsw":
-        return IndexPlan("hnsw", f"HNSW{HNSW_M},Flat", chosen_by)
-    codes = "SQ8" if count * dim * 4 > RAW_BYTES_BUDGET else "Flat"
+        return IndexPlan("hnsw", f"IDMap,HNSW{HNSW_M},Flat", chosen_by)
+    codes = "SQ8" if count * dim * 4 > MEMORY_BUDGET else "Flat"
     return IndexPlan("ivf", f"IVF{nlist_for(count)},{codes}", chosen_by)
 
 
-def build_from_file(
-    vectors_path: str | os.PathLike, plan: IndexPlan, seed: int = 0, on_stage: Callable[[str], None] | None = None
-):
-    """A trained FAISS index holding every row of the vectors file, added chunk by chunk."""
+def create(plan: IndexPlan, dim: int):
     faiss = faiss_module()
-    (count, dim), _ = vector_file.read_shape(vectors_path)
     index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
     if plan.index_type == "hnsw":
-        faiss.downcast_index(index).hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    if not index.is_trained:
-        if on_stage:
-            on_stage(f"training {plan.factory}")
-        rng = np.random.default_rng(seed)
-        size = min(count, TRAIN_POINTS_PER_LIST * max(plan.nlist, 1))
-        rows = np.sort(rng.choice(count, size=size, replace=False))
-        index.train(vector_file.read_rows(vectors_path, rows))
-    add_from_file(index, vectors_path, 0, on_stage, plan.factory)
+        faiss.downcast_index(index.index).hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     return index
 
 
-def add_from_file(index, vectors_path, start_row: int = 0, on_stage: Callable[[str], None] | None = None, factory: str = ""):
-    """Add the file's rows from `start_row` on (rows before it are already in `index`)."""
-    if on_stage:
-        on_stage(f"adding vectors to {factory or 'the index'}")
+def add_rows(index, vectors_path, start_row: int = 0, skip: np.ndarray | None = None) -> None:
+    """Add the file's rows from `start_row` on, except those where `skip` is True, as ids = rows.
+
+    Flat takes rows in order only (its ids are positions), so it is never given `skip`.
+    """
+    with_ids = not isinstance(index, faiss_module().IndexFlat)
     for first, chunk in vector_file.iter_chunks(vectors_path):
-        if first + len(chunk) <= start_row:
+        rows = np.arange(first, first + len(chunk))
+        keep = rows >= start_row
+        if skip is not None:
+            keep &= ~skip[first:first + len(chunk)]
+        if not keep.any():
             continue
-        index.add(chunk[max(0, start_row - first):])
-    return index
+        if with_ids:
+            index.add_with_ids(np.ascontiguousarray(chunk[keep]), rows[keep].astype(np.int64))
+        else:
+            if rows[keep][0] != index.ntotal or not keep[np.argmax(keep):].all():
+                raise ValueError("a Flat index takes the file's rows in order")
+            index.add(np.ascontiguousarray(chunk[keep]))
+
+
+def holdout_size(count: int) -> int:
+    return min(RECALL_QUERIES, count // 10) if count >= 20 else 0
+
+
+def build_and_tune(vectors_path, plan: IndexPlan, seed: int = 0, target: float = RECALL_TARGET,
+                   on_stage: Callable[[str], None] | None = None):
+    """(index over every row of the file, Tuning): see the module docstring for the protocol."""
+    (count, dim), _ = vector_file.read_shape(vectors_path)
+    stage = on_stage or (lambda text: None)
+    index = create(plan, dim)
+    if not plan.approximate:
+        stage(f"adding {count} vectors to {plan.factory}")
+        add_rows(index, vectors_path)
+        return index, Tuning(recall_at_10=1.0)
+    rng = np.random.default_rng(seed)
+    held_out = np.sort(rng.choice(count, size=holdout_size(count), replace=False))
+    skip = np.zeros(count, bool)
+    skip[held_out] = True
+    if not index.is_trained:
+        stage(f"training {plan.factory}")
+        pool = np.flatnonzero(~skip)
+        size = min(len(pool), TRAIN_POINTS_PER_LIST * max(plan.nlist, 1))
+        index.train(vector_file.read_rows(vectors_path, np.sort(rng.choice(pool, size=size, replace=False))))
+    stage(f"adding {count} vectors to {plan.factory}")
+    add_rows(index, vectors_path, skip=skip)
+    if len(held_out):
+        stage("measuring recall@10 on held-out vectors against exact search")
+        tuning = tune(index, plan, RecallProbe(vectors_path, held_out, skip), target)
+        index.add_with_ids(vector_file.read_rows(vectors_path, held_out), held_out.astype(np.int64))
+    else:  # a gallery this small is searched exhaustively at the largest setting
+        tuning = Tuning(recall_at_10=1.0, params={SEARCH_PARAMETER[plan.index_type]: _largest(plan)}, sample=0)
+        set_search_params(index, tuning.params)
+    return index, tuning
 
 
 def set_search_params(index, params: dict) -> None:
@@ -152,20 +210,19 @@ def set_search_params(index, params: dict) -> None:
             raise CorruptArtifactError(f"search parameter {name}={value} does not apply to this index; rebuild it with --force") from exc
 
 
-def exact_neighbours(vectors_path, queries: np.ndarray, k: int, exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product over the whole file: (scores (m, k), rows (m, k)), best first.
+def exact_neighbours(vectors_path, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product over the file's rows: (scores (m, k), rows (m, k)), best first.
 
-    `exclude_rows[i]` (a row of the file, or -1) is left out of query i's answer. Memory is
-    one (m × 8192) score block, however big the file.
+    Rows where `exclude` is True are left out. Memory is one (m × 8192) score block, however
+    big the file; ties go to the lower row, as in FAISS's flat search.
     """
     m = len(queries)
     best_scores = np.full((m, k), -np.inf, np.float32)
     best_rows = np.full((m, k), -1, np.int64)
     for first, chunk in vector_file.iter_chunks(vectors_path, EXACT_CHUNK_ROWS):
         scores = queries @ chunk.T  # (m, rows)
-        if exclude_rows is not None:
-            inside = (exclude_rows >= first) & (exclude_rows < first + len(chunk))
-            scores[np.flatnonzero(inside), exclude_rows[inside] - first] = -np.inf
+        if exclude is not None:
+            scores[:, exclude[first:first + len(chunk)]] = -np.inf
         if scores.shape[1] > k:  # keep the chunk's k best before the exact merge
             top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             scores = np.take_along_axis(scores, top, axis=1)
@@ -174,75 +231,76 @@ def exact_neighbours(vectors_path, queries: np.ndarray, k: int, exclude_rows: np
             rows = np.broadcast_to(np.arange(first, first + len(chunk)), scores.shape)
         all_scores = np.concatenate([best_scores, scores], axis=1)
         all_rows = np.concatenate([best_rows, rows], axis=1)
-        # Best k by score, ties broken by the lower row (stable, like FAISS's flat search).
         order = np.lexsort((all_rows, -all_scores), axis=1)[:, :k]
         best_scores = np.take_along_axis(all_scores, order, axis=1)
         best_rows = np.take_along_axis(all_rows, order, axis=1)
     return best_scores, best_rows
 
 
-def recall_sample(count: int, seed: int = 0, size: int = RECALL_QUERIES) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(count, size=min(count, size), replace=False))
-
-
 class RecallProbe:
-    """Recall@10 of an index on gallery vectors used as queries, against exact search.
+    """Recall@10 of an index built without the `queries` rows, against exact search over the rest.
 
     The exact answers are computed once (one pass over the file), so trying several search
     parameters only costs the approximate searches.
     """
 
-    def __init__(self, vectors_path, seed: int = 0, size: int = RECALL_QUERIES):
+    def __init__(self, vectors_path, query_rows: np.ndarray, excluded: np.ndarray):
         (count, _), _ = vector_file.read_shape(vectors_path)
         self.vectors_path = vectors_path
-        self.rows = recall_sample(count, seed, size)
-        self.k = min(RECALL_K, count - 1)
+        self.rows = np.asarray(query_rows, np.int64)
         self.queries = vector_file.read_rows(vectors_path, self.rows)
-        if self.k > 0:
-            self.exact_scores, self.exact_rows = exact_neighbours(vectors_path, self.queries, self.k, self.rows)
+        self.k = min(RECALL_K, int(count - excluded.sum()))
+        self.exact_scores, self.exact_rows = exact_neighbours(vectors_path, self.queries, self.k, excluded)
 
     def recall(self, index) -> float:
-        if self.k <= 0:
-            return 1.0
-        _, found = index.search(self.queries, self.k + 1)
-        hits = 0
+        _, found = index.search(self.queries, self.k)
         unique = np.unique(found[found >= 0])
-        true_scores = dict(zip(unique.tolist(), (vector_file.read_rows(self.vectors_path, unique) @ self.queries.T).tolist()))
-        for i, own in enumerate(self.rows):
-            answer = [row for row in found[i] if row >= 0 and row != own][: self.k]
+        true_scores = dict(zip(unique.tolist(), vector_file.read_rows(self.vectors_path, unique) @ self.queries.T))
+        hits = 0
+        for i in range(len(self.rows)):
             exact = set(self.exact_rows[i].tolist())
             kth = self.exact_scores[i, -1]
-            for row in answer:
-                # A tie with the k-th exact score is as good an answer as the one exact search kept.
-                if row in exact or true_scores[row][i] >= kth - 1e-6:
-                    hits += 1
+            # A tie with the k-th exact score is as good an answer as the one exact search kept.
+            hits += sum(1 for row in found[i] if row >= 0 and (row in exact or true_scores[row][i] >= kth - 1e-6))
         return hits / (len(self.rows) * self.k)
 
 
-def tune(index, plan: IndexPlan, vectors_path, target: float = RECALL_TARGET, seed: int = 0,
-         on_stage: Callable[[str], None] | None = None) -> Tuning:
-    """Raise the search parameter until recall@10 ≥ target (see the module docstring)."""
-    if not plan.approximate:
-        return Tuning(recall_at_10=1.0, params={}, sample=0, reached=True)
-    if on_stage:
-        on_stage("measuring recall@10 against exact search")
-    probe = RecallProbe(vectors_path, seed)
+def tune(index, plan: IndexPlan, probe: RecallProbe, target: float = RECALL_TARGET) -> Tuning:
+    """Raise the search parameter until recall@10 ≥ target, then bisect back (module docstring)."""
     name = SEARCH_PARAMETER[plan.index_type]
-    if plan.index_type == "hnsw":
-        values = _doublings(16, EF_SEARCH_MAX)
-    else:
-        values = _doublings(max(1, plan.nlist // 128), plan.nlist)
-    best = Tuning(recall_at_10=-1.0, sample=len(probe.rows), reached=False)
-    for value in values:
+    start = EF_SEARCH_START if plan.index_type == "hnsw" else max(1, plan.nlist // 128)
+    values = _doublings(start, _largest(plan))
+
+    def attempt(value: int) -> Tuning:
         set_search_params(index, {name: value})
         recall = probe.recall(index)
-        if recall > best.recall_at_10:
-            best = Tuning(recall_at_10=recall, params={name: value}, sample=len(probe.rows), reached=recall >= target)
-        if recall >= target:
+        return Tuning(recall_at_10=recall, params={name: value}, sample=len(probe.rows), reached=recall >= target)
+
+    best = Tuning(recall_at_10=-1.0, sample=len(probe.rows), reached=False)
+    missed = 0  # largest value known to miss the target
+    for value in values:
+        tried = attempt(value)
+        if tried.reached or tried.recall_at_10 > best.recall_at_10:
+            best = tried
+        if tried.reached:
             break
+        missed = value
+    if best.reached:  # bisect between the last miss and the first hit, twice
+        for _ in range(2):
+            middle = (missed + best.params[name]) // 2
+            if middle <= missed:
+                break
+            tried = attempt(middle)
+            if tried.reached:
+                best = tried
+            else:
+                missed = middle
     set_search_params(index, best.params)
     return best
+
+
+def _largest(plan: IndexPlan) -> int:
+    return EF_SEARCH_MAX if plan.index_type == "hnsw" else plan.nlist
 
 
 def _doublings(start: int, stop: int) -> list[int]:
@@ -273,9 +331,3 @@ def read_index(path: str | os.PathLike):
             f"index file {path} is damaged or truncated ({str(exc).strip().splitlines()[-1][-120:]}); "
             "rebuild it with `siamcli index GALLERY --force`"
         ) from exc
-
-
-def index_memory_bytes(index) -> int:
-    """Bytes the index takes when serialised (≈ its memory footprint)."""
-    faiss = faiss_module()
-    return int(faiss.serialize_index(index).nbytes)

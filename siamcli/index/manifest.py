@@ -8,11 +8,12 @@ Keys (a JSON object; unknown keys are kept by readers that do not need them):
     embedding_dim      length of every vector; index.faiss must have this dimension
     image_size         side the model resizes images to
     metric             "inner_product" (cosine similarity of unit vectors)
-    factory            FAISS index_factory string, e.g. "Flat", "HNSW32,Flat", "IVF4096,Flat"
+    factory            FAISS index_factory string: "Flat", "IDMap,HNSW32,Flat", "IVF4096,Flat"…
     index_type         flat | hnsw | ivf;  chosen_by: "auto" or "user"
     search_params      {"efSearch": n} | {"nprobe": n} | {}
     recall_at_10       measured against exact search (1.0 for flat: exact by construction)
-    recall_sample      queries recall was measured on (0 for flat)
+    recall_sample      held-out vectors recall was measured on (0 for flat)
+    recall_count       gallery size when it was measured (appends re-measure past 1.25×)
     count, next_id     rows in the index; the id the next new image gets (ids are never reused)
     threshold          calibrated squared-L2 distance between unit vectors (a pair matches when
                        d ≤ threshold, i.e. cosine ≥ 1 − threshold/2), copied from

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
-from siamcli.errors import UserError
+from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.index import manifest as mf
 from siamcli.index.store import LoadedIndex, check_model, load_index
 from siamcli.training.rundir import DEFAULT_RUNS_ROOT, LATEST, MODEL_FILE, find_run
@@ -125,6 +125,8 @@ def search_vectors(loaded: LoadedIndex, vectors: np.ndarray, k: int, similarity_
     if k == 0 or len(vectors) == 0:
         return [[] for _ in range(len(vectors))]
     scores, rows = loaded.index.search(np.ascontiguousarray(vectors, np.float32), k)
+    if rows.size and rows.max() >= loaded.count:
+        raise CorruptArtifactError(f"index {loaded.directory} returned row {rows.max()} of {loaded.count}; it is damaged: rebuild it with --force")
     answers = []
     for score_row, index_row in zip(scores, rows):
         neighbours = []
