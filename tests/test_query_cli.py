@@ -1,0 +1,172 @@
+"""`siamcli query`: finding a held-out photo's identity, outputs (table, --json, --plot), k larger
+than the gallery, and every way an index or a query can be wrong → exit 2, one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import build_untrained_run, run_cli
+from test_index_cli import invoke, one_line_error
+from test_index_engine import build, copy_run, rewrite_checksums
+
+IDENTITIES = [f"s{i}" for i in range(21, 29)]
+
+
+def query_json(*args) -> list:
+    result = invoke("query", *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory, att_faces):
+    """8 ORL identities: photos 1–9 in the gallery, photo 10 of each held out as a query."""
+    base = tmp_path_factory.mktemp("faces")
+    for identity in IDENTITIES:
+        (base / "gallery" / identity).mkdir(parents=True)
+        for j in range(1, 10):
+            shutil.copy(att_faces / identity / f"{j}.png", base / "gallery" / identity / f"{j}.png")
+        (base / "queries").mkdir(exist_ok=True)
+        shutil.copy(att_faces / identity / "10.png", base / "queries" / f"{identity}_10.png")
+    run = build_untrained_run(base / "run", base / "gallery", val=[], train=IDENTITIES, image_size=32, embedding_dim=16)
+    result = invoke("index", base / "gallery", "--model", run)
+    assert result.exit_code == 0, result.stderr
+    return base, run
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory, tiny_run):
+    """(run, data): a copy of the tiny run with a flat index over its 30 images. Read-only."""
+    run, data = copy_run(tiny_run, tmp_path_factory.mktemp("tinyq"))
+    build(run, data)
+    return run, data
+
+
+def test_held_out_photo_finds_its_identity_at_rank_1(faces):
+    base, run = faces
+    answers = query_json(base / "queries", "--index", run / "index", "--k", "3")
+    assert len(answers) == len(IDENTITIES)
+    for answer in answers:
+        identity = Path(answer["query"]).name.split("_")[0]
+        assert answer["results"][0]["label"] == identity, answer
+        assert [r["rank"] for r in answer["results"]] == [1, 2, 3]
+        assert set(answer["results"][0]) == {"rank", "id", "path", "label", "similarity"}  # no threshold: no "match"
+        similarities = [r["similarity"] for r in answer["results"]]
+        assert similarities == sorted(similarities, reverse=True)
+
+
+def test_table_output_and_plot(faces, tmp_path):
+    base, run = faces
+    plot = tmp_path / "neighbours.png"
+    result = invoke("query", base / "queries" / "s21_10.png", base / "queries" / "s22_10.png", "--model", run, "--k", "4", "--plot", plot)
+    assert result.exit_code == 0, result.stderr
+    assert "rank" in result.stdout and "similarity" in result.stdout and "s21" in result.stdout and "s22" in result.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(plot) as image:
+        image.verify()
+    with Image.open(plot) as image:
+        width, height = image.size
+    assert width > height > 100  # two rows of 1 + 4 thumbnails
+
+
+def test_k_larger_than_the_gallery_returns_all_of_it_with_a_note(tiny_index):
+    run, data = tiny_index
+    result = invoke("query", data / "id_3" / "img_2.png", "--model", run, "--k", "100", "--json")
+    assert result.exit_code == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert len(answer) == 1 and len(answer[0]["results"]) == 30
+    assert len({r["id"] for r in answer[0]["results"]}) == 30
+    assert answer[0]["results"][0]["path"] == str(data / "id_3" / "img_2.png")  # an indexed image finds itself
+    assert answer[0]["results"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert "larger than the gallery" in result.stderr
+
+
+def test_match_column_follows_the_calibrated_threshold(tmp_path, tiny_run):
+    run, data = copy_run(tiny_run, tmp_path)
+    (run / "eval").mkdir()
+    threshold = 0.0004  # squared distance; similarity ≥ 0.9998
+    (run / "eval" / "metrics.json").write_text(json.dumps({"threshold": threshold}))
+    build(run, data)
+    answers = query_json(data / "id_0", "--model", run, "--k", "5")
+    assert len(answers) == 5
+    for answer in answers:
+        assert answer["results"][0]["match"] is True  # itself
+        for row in answer["results"]:
+            assert row["match"] == (row["similarity"] >= 1 - threshold / 2 - 1e-6)
+    table = invoke("query", data / "id_0" / "img_0.png", "--model", run)
+    assert "match" in table.stdout and "0.9998" in table.stdout
+
+
+def test_bad_queries_are_one_line_errors(tiny_index, tmp_path):
+    run, data = tiny_index
+    one_line_error(invoke("query", tmp_path / "missing.png", "--model", run), "missing.png", "not found")
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    one_line_error(invoke("query", corrupt, "--model", run), "cannot read query image", "corrupt.png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(invoke("query", empty, "--model", run), "holds no images")
+    one_line_error(invoke("query", data / "id_0" / "img_0.png", "--model", run, "--k", "0"), "--k")
+    one_line_error(invoke("query", data / "id_0" / "img_0.png", "--index", tmp_path / "no_index"), "no index at")
+
+
+def _copy_index(tiny_index, tmp_path) -> tuple[Path, Path, Path]:
+    run, data = tiny_index
+    work = Path(shutil.copytree(run, tmp_path / "run"))
+    return work, data, work / "index"
+
+
+def test_damaged_or_inconsistent_index_is_exit_2(tiny_index, tmp_path):
+    work, data, index_dir = _copy_index(tiny_index, tmp_path)
+    image = data / "id_0" / "img_0.png"
+    assert invoke("query", image, "--index", index_dir).exit_code == 0
+    raw = (index_dir / "index.faiss").read_bytes()
+    (index_dir / "index.faiss").write_bytes(raw[:-100])  # truncated
+    one_line_error(invoke("query", image, "--index", index_dir), "index.faiss", "--force")
+    rewrite_checksums(index_dir)  # even when the manifest agrees, FAISS's read error is caught
+    one_line_error(invoke("query", image, "--index", index_dir), "index.faiss", "damaged or truncated")
+    (index_dir / "index.faiss").write_bytes(raw)
+    rewrite_checksums(index_dir)
+    assert invoke("query", image, "--index", index_dir).exit_code == 0
+    lines = (index_dir / "items.csv").read_text().splitlines(keepends=True)
+    (index_dir / "items.csv").write_text("".join(lines[:-3]))  # rows ≠ ntotal
+    one_line_error(invoke("query", image, "--index", index_dir), "items.csv")
+    rewrite_checksums(index_dir)
+    one_line_error(invoke("query", image, "--index", index_dir), "30 vectors, items.csv 27 rows")
+    (index_dir / "items.csv").write_text("".join(lines))
+    rewrite_checksums(index_dir)
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    manifest["embedding_dim"] = 8  # wrong dimension
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(invoke("query", image, "--index", index_dir), "dimension 16")
+
+
+def test_a_different_model_is_refused(tiny_index, tmp_path):
+    work, data, index_dir = _copy_index(tiny_index, tmp_path)
+    image = data / "id_0" / "img_0.png"
+    other = build_untrained_run(tmp_path / "other", data, val=[], train=[], seed=7)
+    one_line_error(invoke("query", image, "--index", index_dir, "--model", other), "not the model", "fingerprint")
+    # The run's model.keras retrained (replaced) after the index was built.
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    manifest["model_path"] = str(work / "model.keras")
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(other / "model.keras", work / "model.keras")
+    one_line_error(invoke("query", image, "--index", index_dir), "not the model")
+
+
+def test_subprocess_defaults_to_runs_latest_and_prints_only_json(tiny_index, tmp_path):
+    run, data = tiny_index
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(run, tmp_path / "runs" / "r1")
+    (tmp_path / "runs" / "latest").symlink_to("r1")
+    completed = run_cli("query", str(data / "id_4" / "img_1.png"), "--k", "3", "--json", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    answer = json.loads(completed.stdout)
+    assert answer[0]["results"][0]["path"] == str(data / "id_4" / "img_1.png")
+    assert [r["label"] for r in answer[0]["results"]] == ["id_4"] * 3
+    assert "oneDNN" not in completed.stderr and "Traceback" not in completed.stderr
