@@ -173,7 +173,8 @@ def _confusion_table(classification) -> Table:
 
     matrix = classification.confusion_matrix()
     table = Table(
-        title="Confusion matrix (rows: true identity; columns: nearest image's identity, numbered as the rows)",
+        title="Confusion matrix",
+        caption="rows: true identity; columns: the nearest image's identity, numbered as the rows",
         box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
     )
     table.add_column("true", style="bold", max_width=18, no_wrap=True, overflow="ellipsis")
