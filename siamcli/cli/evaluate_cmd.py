@@ -174,10 +174,10 @@ def _confusion_table(classification) -> Table:
     matrix = classification.confusion_matrix()
     table = Table(
         title="Confusion matrix",
-        caption="rows: true identity; columns: the nearest image's identity, numbered as the rows",
+        title_justify="left",
         box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
     )
-    table.add_column("true", style="bold", max_width=18, no_wrap=True, overflow="ellipsis")
+    table.add_column("true \\ nearest", style="bold", max_width=18, no_wrap=True, overflow="ellipsis")
     for j in range(len(classification.labels)):
         table.add_column(str(j + 1), justify="right", min_width=2, no_wrap=True)
     for i, label in enumerate(classification.labels):

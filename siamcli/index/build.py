@@ -140,6 +140,7 @@ def build_index(options: IndexOptions, events: IndexEvents | None = None) -> Ind
     if scan.skipped:
         events.message(describe_skipped(scan.skipped))
     gallery = [(os.path.abspath(item.path), item.label) for item in scan.items]
+    scan.items.clear()  # only the (path, label) pairs are needed from here on
 
     from siamcli.models.embed import model_image_size
     from siamcli.models.embedding import file_fingerprint, load_embedding_model

@@ -149,6 +149,9 @@ def add_rows(index, vectors_path, start_row: int = 0, skip: np.ndarray | None = 
     Flat takes rows in order only (its ids are positions), so it is never given `skip`.
     """
     with_ids = not isinstance(index, faiss_module().IndexFlat)
+    (count, _), _ = vector_file.read_shape(vectors_path)
+    adding = count - start_row - (int(skip[start_row:].sum()) if skip is not None else 0)
+    _reserve(index, index.ntotal + adding)
     for first, chunk in vector_file.iter_chunks(vectors_path):
         rows = np.arange(first, first + len(chunk))
         keep = rows >= start_row
@@ -162,6 +165,22 @@ def add_rows(index, vectors_path, start_row: int = 0, skip: np.ndarray | None = 
             if rows[keep][0] != index.ntotal or not keep[np.argmax(keep):].all():
                 raise ValueError("a Flat index takes the file's rows in order")
             index.add(np.ascontiguousarray(chunk[keep]))
+
+
+def _reserve(index, rows: int) -> None:
+    """Allocate the raw-vector storage of Flat / HNSW,Flat once, at its final size.
+
+    Added chunk by chunk, FAISS's std::vector would grow by doubling, copying as it goes: a
+    peak of up to twice the index. Resizing up then back to the current size keeps the
+    capacity (std::vector never gives it back), so the adds that follow never reallocate.
+    """
+    faiss = faiss_module()
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    storage = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+    if isinstance(storage, faiss.IndexFlatCodes):
+        used = storage.codes.size()
+        storage.codes.resize(rows * storage.code_size)
+        storage.codes.resize(used)
 
 
 def holdout_size(count: int) -> int:

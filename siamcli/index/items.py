@@ -26,7 +26,7 @@ ITEMS_COLUMNS = ["id", "path", "label"]
 HASHES_COLUMNS = ["id", "sha256"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million of them stay small
 class IndexItem:
     id: int  # stable across --append / --prune
     path: str  # absolute path of the image

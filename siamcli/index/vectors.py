@@ -17,7 +17,7 @@ import numpy as np
 
 from siamcli.errors import CorruptArtifactError
 
-CHUNK_ROWS = 65_536  # rows per read when streaming a file back (16 MiB at dim 64, 64 MiB at 256)
+CHUNK_ROWS = 16_384  # rows per read when streaming a file back (16 MiB at dim 256)
 _MAGIC = b"\x93NUMPY\x01\x00"  # .npy format 1.0
 
 
