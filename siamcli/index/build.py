@@ -32,6 +32,7 @@ import numpy as np
 
 from siamcli import __version__
 from siamcli.atomic import atomic_directory, write_json
+from siamcli.index.lock import index_lock
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.errors import UserError
 from siamcli.index import faiss_index
@@ -133,6 +134,11 @@ def build_index(options: IndexOptions, events: IndexEvents | None = None) -> Ind
     _validate(options)
     run = find_run(options.model)
     out = Path(options.out) if options.out else default_index_dir(run.run_dir)
+    with index_lock(out):
+        return _build_locked(options, events, run, out, started)
+
+
+def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, started: float) -> IndexResult:
     existing = _existing(out, options, events)
     _warn_leftovers(out, events)
 
