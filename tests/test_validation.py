@@ -93,3 +93,18 @@ def test_the_static_resnet50_layer_list_matches_keras():
 
     model = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
     assert [layer.name for layer in model.layers][1:] == resnet50_layer_names()[1:]
+
+
+def test_imagenet_weights_already_in_the_keras_cache_are_used_without_network(tmp_path, monkeypatch):
+    from siamcli.models.backbone_weights import IMAGENET_NOTOP_FILE, resolve_weights
+
+    cache = tmp_path / "keras" / "models"
+    cache.mkdir(parents=True)
+    (cache / IMAGENET_NOTOP_FILE).write_bytes(b"weights")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    # A 1 ms probe could never reach the download host: the cached file is taken without asking.
+    choice = resolve_weights("imagenet", probe_timeout=0.001)
+    assert choice.kind == "imagenet" and choice.path == str(cache / IMAGENET_NOTOP_FILE)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    with pytest.raises(Exception, match="--weights none"):
+        resolve_weights("imagenet", probe_timeout=0.5)
