@@ -145,8 +145,10 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
     scan = scan_folder(options.gallery, labelled=False)
     if scan.skipped:
         events.message(describe_skipped(scan.skipped))
-    gallery = [(os.path.abspath(item.path), item.label) for item in scan.items]
-    scan.items.clear()  # only the (path, label) pairs are needed from here on
+    # Parallel lists, not a list of pairs: at a million images every per-image object counts.
+    gallery_paths = [os.path.abspath(item.path) for item in scan.items]
+    gallery_labels = [item.label for item in scan.items]
+    scan.items.clear()
 
     from siamcli.models.embed import model_image_size
     from siamcli.models.embedding import file_fingerprint, load_embedding_model
@@ -157,7 +159,7 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
         events.stage(f"checking the index at {out}")
         old = load_index(out, full=True)
         check_model(old.manifest, run.model, fingerprint, out)
-    if not gallery and old is None:
+    if not gallery_paths and old is None:
         raise UserError(f"{options.gallery} holds no images to index (JPEG, PNG, BMP, GIF, WebP, TIFF, PGM)")
     events.stage(f"loading model {run.model}")
     model = load_embedding_model(run.model)
@@ -166,7 +168,8 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
     if old is not None and old.dim != dim:
         raise UserError(f"index {out} holds {old.dim}-d vectors but model {run.model} makes {dim}-d ones; rebuild with --force")
 
-    plan = _plan_changes(gallery, old, options, events)
+    plan = _plan_changes(gallery_paths, gallery_labels, old, options, events)
+    del gallery_paths, gallery_labels
     threshold, threshold_source = mf.threshold_from_run(run.run_dir, fingerprint)
     if threshold is None and old is not None:
         threshold = mf.valid_threshold(old.manifest.get("threshold"))
@@ -174,23 +177,24 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
     mode = "build" if old is None else "+".join(m for m, on in (("append", options.append), ("prune", options.prune)) if on)
     result = IndexResult(index_dir=out, gallery=str(options.gallery), model_path=run.model, mode=mode, written=False,
                          index_type="", factory="", count=0, skipped=list(scan.skipped), threshold=threshold)
-    if old is not None and not plan.to_embed and not plan.removed_rows and threshold == mf.valid_threshold(old.manifest.get("threshold")):
+    if old is not None and not plan.paths and not plan.removed_rows and threshold == mf.valid_threshold(old.manifest.get("threshold")):
         return _unchanged(result, old, started)  # leave the index (and its files' timestamps) as they are
 
     try:
         with atomic_directory(out) as tmp:
             embeddings_path = tmp / mf.EMBEDDINGS_FILE
-            new_items, outcome = _write_vectors(embeddings_path, model, image_size, dim, old, plan, options, events)
-            items = plan.kept + new_items
-            if not items:
+            outcome, first_id = _write_vectors(embeddings_path, model, image_size, dim, old, plan, options, events)
+            added = len(outcome.kept)
+            count = len(plan.kept) + added
+            if not count:
                 raise UserError(f"no image of {options.gallery} could be indexed (none decoded); nothing was written")
-            if old is not None and not new_items and not plan.removed_rows and threshold == mf.valid_threshold(old.manifest.get("threshold")):
+            if old is not None and not added and not plan.removed_rows and threshold == mf.valid_threshold(old.manifest.get("threshold")):
                 raise _NothingChanged  # only images that fail to decode were new: keep the index as it is
-            index_plan = _resolve_plan(options, old, len(items), dim)
-            index, index_plan, tuning, recall_count = _faiss_index(embeddings_path, index_plan, old, plan, len(new_items), options.seed, events)
+            index_plan = _resolve_plan(options, old, count, dim)
+            index, index_plan, tuning, recall_count = _faiss_index(embeddings_path, index_plan, old, plan, added, options.seed, events)
             events.stage("writing the index")
             faiss_index.write_index(index, tmp / mf.INDEX_FILE)
-            write_items(tmp, items)
+            write_items(tmp, _rows(plan, outcome, first_id))
             manifest = {
                 "format": mf.FORMAT,
                 "model_fingerprint": fingerprint,
@@ -205,8 +209,8 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
                 "recall_at_10": round(tuning.recall_at_10, 4),
                 "recall_sample": tuning.sample,
                 "recall_count": recall_count,
-                "count": len(items),
-                "next_id": (new_items[-1].id + 1) if new_items else _next_id(old),
+                "count": count,
+                "next_id": first_id + added,
                 "threshold": threshold,
                 "threshold_metric": "squared_l2",
                 "threshold_source": threshold_source,
@@ -223,14 +227,14 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
         return _unchanged(result, old, started)
 
     result.written = True
-    result.index_type, result.factory, result.count = index_plan.index_type, index_plan.factory, len(items)
+    result.index_type, result.factory, result.count = index_plan.index_type, index_plan.factory, count
     result.replaced = plan.changed_added(outcome.kept)
-    result.added = len(new_items) - result.replaced
+    result.added = added - result.replaced
     result.removed = len(plan.removed_rows)
     result.kept = len(plan.kept)
     result.skipped = list(scan.skipped) + outcome.failures
     result.recall_at_10, result.search_params = round(tuning.recall_at_10, 4), tuning.params
-    result.embedded_images, result.embed_seconds = len(plan.to_embed), outcome.seconds
+    result.embedded_images, result.embed_seconds = len(plan.paths), outcome.seconds
     result.first_batch_seconds, result.embed_cpu_seconds = outcome.first_batch_seconds, outcome.cpu_seconds
     result.index_bytes = manifest["files"][mf.INDEX_FILE]["bytes"]
     result.seconds = time.perf_counter() - started
@@ -244,25 +248,28 @@ def _next_id(old: LoadedIndex | None) -> int:
 
 
 def _write_vectors(embeddings_path, model, image_size, dim, old, plan, options, events):
-    """embeddings.npy: the kept rows of the old index, then the new images' vectors as they come."""
+    """embeddings.npy: the kept rows of the old index, then the new images' vectors as they come.
+
+    Returns the embedding outcome and the id of the first new row.
+    """
     from siamcli.index.embedder import embed_to_file
 
-    paths = [path for path, _ in plan.to_embed]
-    with vector_file.VectorWriter(embeddings_path, dim, capacity=len(plan.kept) + len(paths)) as writer:
+    with vector_file.VectorWriter(embeddings_path, dim, capacity=len(plan.kept) + len(plan.paths)) as writer:
         if old is not None and plan.kept:
             _copy_rows(old.embeddings_path, plan.kept_rows, writer)
-        events.embedding_started(len(paths))
-        outcome = embed_to_file(model, paths, writer, image_size, options.batch_size, events.embedded, plan.known_hashes)
+        events.embedding_started(len(plan.paths))
+        outcome = embed_to_file(model, plan.paths, writer, image_size, options.batch_size, events.embedded, plan.known_hashes)
         events.embedding_finished()
     if outcome.failures:
         events.message(describe_skipped(outcome.failures))
-    next_id = _next_id(old)
-    new_items = []
-    for position in outcome.kept:
-        path, label = plan.to_embed[position]
-        new_items.append(IndexItem(id=next_id, path=path, label=label, sha256=outcome.hashes[position]))
-        next_id += 1
-    return new_items, outcome
+    return outcome, _next_id(old)
+
+
+def _rows(plan, outcome, first_id: int):
+    """Every row of the new index, in order: kept rows, then new ones (made one at a time)."""
+    yield from plan.kept
+    for offset, position in enumerate(outcome.kept):
+        yield IndexItem(id=first_id + offset, path=plan.paths[position], label=plan.labels[position], sha256=outcome.hashes[position])
 
 
 def _faiss_index(embeddings_path, index_plan, old, plan, added: int, seed: int, events):
@@ -358,40 +365,42 @@ class _Changes:
     kept: list[IndexItem]  # existing rows that stay, in their order
     kept_rows: np.ndarray  # their row numbers in the old index
     removed_rows: list[int]  # old rows dropped (gone, or changed)
-    to_embed: list[tuple[str, str]]  # (path, label) to embed and add
-    known_hashes: dict[int, str]  # position in to_embed → sha256 already computed
+    paths: list[str]  # images to embed and add …
+    labels: list[str]  # … and their labels
+    known_hashes: dict[int, str]  # position in paths → sha256 already computed
     changed_paths: set[str]  # paths re-embedded because their content changed
 
-    def changed_added(self, kept_positions: list[int]) -> int:
-        return sum(1 for p in kept_positions if self.to_embed[p][0] in self.changed_paths)
+    def changed_added(self, kept_positions) -> int:
+        return sum(1 for p in kept_positions if self.paths[p] in self.changed_paths)
 
 
-def _plan_changes(gallery: list[tuple[str, str]], old: LoadedIndex | None, options: IndexOptions, events: IndexEvents) -> _Changes:
+def _plan_changes(paths: list[str], labels: list[str], old: LoadedIndex | None, options: IndexOptions, events: IndexEvents) -> _Changes:
     if old is None:
-        return _Changes([], np.zeros(0, np.int64), [], list(gallery), {}, set())
+        return _Changes([], np.zeros(0, np.int64), [], paths, labels, {}, set())
     events.stage("comparing the gallery with the index (content hashes)")
     by_path = {item.path: row for row, item in enumerate(old.items)}
     drop: set[int] = set()
-    to_embed: list[tuple[str, str]] = []
+    new_paths: list[str] = []
+    new_labels: list[str] = []
     known: dict[int, str] = {}
     changed: set[str] = set()
     if options.append:
-        for path, label in gallery:
+        for path, label in zip(paths, labels):
             row = by_path.get(path)
-            if row is None:
-                to_embed.append((path, label))
-                continue
-            digest = content_hash(path)
-            if digest != old.items[row].sha256:  # same path, new content: the indexed image no longer exists
-                drop.add(row)
+            if row is not None:
+                digest = content_hash(path)
+                if digest == old.items[row].sha256:
+                    continue  # already indexed: same path, same content
+                drop.add(row)  # same path, new content: the indexed image no longer exists
                 changed.add(path)
-                known[len(to_embed)] = digest
-                to_embed.append((path, label))
+                known[len(new_paths)] = digest
+            new_paths.append(path)
+            new_labels.append(label)
     if options.prune:
         drop.update(row for row, item in enumerate(old.items) if not os.path.isfile(item.path))
     kept_rows = np.array([row for row in range(old.count) if row not in drop], np.int64)
     kept = [old.items[row] for row in kept_rows]
-    return _Changes(kept, kept_rows, sorted(drop), to_embed, known, changed)
+    return _Changes(kept, kept_rows, sorted(drop), new_paths, new_labels, known, changed)
 
 
 def _copy_rows(source: Path, rows: np.ndarray, writer: vector_file.VectorWriter) -> None:

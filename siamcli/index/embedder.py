@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -25,7 +26,7 @@ from siamcli.tf_runtime import import_tensorflow
 
 @dataclass
 class StreamOutcome:
-    kept: list[int] = field(default_factory=list)  # input positions embedded, in the order written
+    kept: array = field(default_factory=lambda: array("q"))  # input positions embedded, in the order written (8 bytes each)
     failures: list[Skipped] = field(default_factory=list)  # images that did not decode, with why
     hashes: list[str] = field(default_factory=list)  # sha256 of every input path (by position)
     seconds: float = 0.0  # wall time of the embedding loop

@@ -159,12 +159,14 @@ def add_rows(index, vectors_path, start_row: int = 0, skip: np.ndarray | None = 
             keep &= ~skip[first:first + len(chunk)]
         if not keep.any():
             continue
+        if not keep.all():  # (a copy only when rows are left out)
+            chunk, rows = np.ascontiguousarray(chunk[keep]), rows[keep]
         if with_ids:
-            index.add_with_ids(np.ascontiguousarray(chunk[keep]), rows[keep].astype(np.int64))
+            index.add_with_ids(chunk, rows.astype(np.int64))
         else:
-            if rows[keep][0] != index.ntotal or not keep[np.argmax(keep):].all():
+            if rows[0] != index.ntotal or rows[-1] - rows[0] != len(rows) - 1:
                 raise ValueError("a Flat index takes the file's rows in order")
-            index.add(np.ascontiguousarray(chunk[keep]))
+            index.add(chunk)
 
 
 def _reserve(index, rows: int) -> None:

@@ -23,7 +23,7 @@ def index_lock(index_dir: Path) -> Iterator[None]:
     index_dir = Path(index_dir)
     try:
         index_dir.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(index_dir.parent / f".{index_dir.name}.lock", "a+")
+        handle = open(index_dir.parent / f".{index_dir.name}-lock", "a+")
     except OSError as exc:
         raise UserError(f"cannot create a lock beside {index_dir} ({exc.strerror}); check the folder is writable") from exc
     with handle:

@@ -17,7 +17,7 @@ import numpy as np
 
 from siamcli.errors import CorruptArtifactError
 
-CHUNK_ROWS = 16_384  # rows per read when streaming a file back (16 MiB at dim 256)
+CHUNK_ROWS = 4096  # rows per read when streaming a file back: 4 MiB at dim 256, next to nothing beside the index
 _MAGIC = b"\x93NUMPY\x01\x00"  # .npy format 1.0
 
 
