@@ -90,3 +90,24 @@ def test_loss_is_float32_and_finite_for_bfloat16_embeddings():
     x, labels, ids = _batch(seed=4)
     loss, _ = triplet_loss(tf.constant(x, tf.bfloat16), tf.constant(labels), tf.constant(ids), 0.2, "hard")
     assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+
+
+def test_collapse_is_detected_from_the_embeddings_or_the_loss():
+    from siamcli.training.trainer import is_collapsed
+
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(20, 8))
+    spread /= np.linalg.norm(spread, axis=1, keepdims=True)
+    point = np.tile(spread[:1], (20, 1)) + rng.normal(scale=1e-4, size=(20, 8))
+    assert not is_collapsed(spread, active_fraction=0.3, loss=0.1, margin=0.2)
+    assert is_collapsed(point, active_fraction=0.3, loss=0.1, margin=0.2)
+    # Equal distances everywhere: every triplet active and the loss pinned at the margin.
+    assert is_collapsed(None, active_fraction=1.0, loss=0.2, margin=0.2)
+    assert not is_collapsed(None, active_fraction=1.0, loss=0.35, margin=0.2)
+
+    # The loss itself reads so on a collapsed batch: all embeddings equal → loss = margin.
+    x, labels, ids = _batch(seed=5)
+    same = np.tile(x[:1], (len(x), 1))
+    loss, stats = triplet_loss(tf.constant(same), tf.constant(labels), tf.constant(ids), 0.2, "all")
+    active = float(stats.active_triplets) / float(stats.valid_triplets)
+    assert is_collapsed(None, active, float(loss), 0.2)

@@ -263,6 +263,20 @@ def _load(scan, split: IdentitySplit, image_size: int, events: TrainingEvents):
     return subset(split.train), subset(split.val), skipped
 
 
+def is_collapsed(embeddings: np.ndarray | None, active_fraction: float, loss: float, margin: float) -> bool:
+    """Has training collapsed the embedding?
+
+    Two signs: the validation embeddings have (almost) no spread around their mean, i.e. every
+    image maps to nearly one point; or the loss sits at the margin with every triplet active,
+    which is what equal distances everywhere give.
+    """
+    if embeddings is not None and len(embeddings) > 1:
+        spread = float(np.mean(np.sum((embeddings - embeddings.mean(axis=0)) ** 2, axis=1)))
+        if spread < 1e-3:
+            return True
+    return active_fraction > 0.99 and abs(loss - margin) < 0.02 * margin
+
+
 def _epochs_left(config: TrainConfig, state: checkpoint.TrainerState, phase: str) -> int:
     planned = config.frozen_epochs if phase == FROZEN else config.finetune_epochs
     return 0 if state.phase_done[phase] else max(0, planned - state.phase_epochs[phase])
@@ -447,16 +461,12 @@ class _Session:
         state, config = self.state, self.config
         epoch = state.epoch + 1
         metrics = {"precision_at_1": float("nan"), "map_at_r": float("nan")}
-        collapsed = False
+        embeddings = None
         if embed_val is not None:
             embeddings = np.asarray(embed_val(), np.float32)
             scores = retrieval_metrics(embeddings, self.val_data.labels, ks=(1,))
             metrics = {"precision_at_1": scores.precision_at_1, "map_at_r": scores.map_at_r}
-            spread = float(np.mean(np.sum((embeddings - embeddings.mean(axis=0)) ** 2, axis=1)))
-            collapsed = spread < 1e-3
-        # A loss pinned at the margin with every triplet active means all distances are equal.
-        if stats["active_fraction"] > 0.99 and abs(stats["loss"] - config.margin) < 0.02 * config.margin:
-            collapsed = True
+        collapsed = is_collapsed(embeddings, stats["active_fraction"], stats["loss"], config.margin)
         if collapsed:
             self._warn(
                 f"epoch {epoch}: embeddings are collapsing (all images map to nearly one point); "
