@@ -269,7 +269,7 @@ def _rows(plan, outcome, first_id: int):
     """Every row of the new index, in order: kept rows, then new ones (made one at a time)."""
     yield from plan.kept
     for offset, position in enumerate(outcome.kept):
-        yield IndexItem(id=first_id + offset, path=plan.paths[position], label=plan.labels[position], sha256=outcome.hashes[position])
+        yield IndexItem(id=first_id + offset, path=plan.paths[position], label=plan.labels[position], sha256=outcome.sha256(position))
 
 
 def _faiss_index(embeddings_path, index_plan, old, plan, added: int, seed: int, events):

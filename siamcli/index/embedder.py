@@ -28,7 +28,7 @@ from siamcli.tf_runtime import import_tensorflow
 class StreamOutcome:
     kept: array = field(default_factory=lambda: array("q"))  # input positions embedded, in the order written (8 bytes each)
     failures: list[Skipped] = field(default_factory=list)  # images that did not decode, with why
-    hashes: list[str] = field(default_factory=list)  # sha256 of every input path (by position)
+    digests: np.ndarray = field(default_factory=lambda: np.zeros((0, 32), np.uint8))  # (n, 32) sha256 per input path; 0 = unreadable
     seconds: float = 0.0  # wall time of the embedding loop
     first_batch_seconds: float = 0.0  # of which the first batch (pipeline start, tracing the model)
     cpu_seconds: float = 0.0  # process CPU time (all threads) during the loop
@@ -38,17 +38,26 @@ class StreamOutcome:
         total = len(self.kept) + len(self.failures)
         return total / self.seconds if self.seconds > 0 else 0.0
 
+    def sha256(self, position: int) -> str:
+        """Hex sha256 of input `position` ("" when it could not be read)."""
+        digest = self.digests[position]
+        return digest.tobytes().hex() if digest.any() else ""
+
 
 class _Hasher(threading.Thread):
+    """sha256 of every path, into a (n, 32) array: 32 bytes per image, not a string object each."""
+
     def __init__(self, paths: Sequence[str], known: dict[int, str]):
         super().__init__(daemon=True, name="siamcli-hash")
         self.paths = paths
-        self.hashes = [known.get(i, "") for i in range(len(paths))]
-        self.todo = [i for i in range(len(paths)) if i not in known]
+        self.known = known
+        self.digests = np.zeros((len(paths), 32), np.uint8)
 
     def run(self) -> None:
-        for i in self.todo:
-            self.hashes[i] = content_hash(self.paths[i])
+        for i, path in enumerate(self.paths):
+            digest = self.known.get(i) or content_hash(path)
+            if digest:
+                self.digests[i] = np.frombuffer(bytes.fromhex(digest), np.uint8)
 
 
 def embed_to_file(
@@ -90,5 +99,5 @@ def embed_to_file(
     outcome.seconds = time.perf_counter() - start
     outcome.cpu_seconds = time.process_time() - cpu_start
     hasher.join()
-    outcome.hashes = hasher.hashes
+    outcome.digests = hasher.digests
     return outcome
