@@ -96,6 +96,8 @@ def scan_folder(root: str | os.PathLike, *, labelled: bool = True) -> ScanResult
                 result.skipped.append(Skipped(str(path), "not an image (by its extension)"))
             elif not os.path.exists(path):
                 result.skipped.append(Skipped(str(path), "broken link"))
+            elif not path.is_file():  # a FIFO or device would block the decoder forever
+                result.skipped.append(Skipped(str(path), "not a regular file"))
             elif top == "" and labelled:
                 result.skipped.append(Skipped(str(path), "not inside an identity folder"))
             else:
