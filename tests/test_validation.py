@@ -71,6 +71,12 @@ USAGE_CASES = [
     ["evaluate", "--k", "0"],
     ["evaluate", "--k", "x"],
     ["bogus-command"],
+    ["index", "gallery", "--index-type", "foo"],
+    ["index", "gallery", "--batch-size", "0"],
+    ["index", "missing_gallery"],
+    ["query", "photo.png", "--k", "0"],
+    ["query", "missing.png"],
+    ["query", "photo.png", "--index", "."],
 ]
 
 
