@@ -97,6 +97,21 @@ def tiny_run(tmp_path_factory) -> Path:
     return build_untrained_run(base / "runs" / "tiny", data, val=["id_4", "id_5"], train=[f"id_{i}" for i in range(4)])
 
 
+def resnet_weights_file(directory: Path, image_size: int = 32) -> Path:
+    """A ResNet50 (include_top=False) weights file made in a subprocess, for the pretrained regime
+    (BatchNorm frozen, no dropout), whose runs are exactly reproducible."""
+    import subprocess
+
+    script = (
+        "import sys\nfrom siamcli.tf_runtime import import_tensorflow\nimport_tensorflow()\nimport keras\n"
+        "keras.utils.set_random_seed(0)\n"
+        f"keras.applications.ResNet50(include_top=False, weights=None, input_shape=({image_size}, {image_size}, 3)).save_weights(sys.argv[1])\n"
+    )
+    path = directory / "start.weights.h5"
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    return path
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run the real `siamcli` entry point in a subprocess; returns CompletedProcess (text)."""
     import subprocess

@@ -12,25 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import resnet_weights_file
 
 pytestmark = pytest.mark.slow
 
 TRAIN_OPTIONS = ["--image-size", "32", "--embedding-dim", "8", "--batch-size", "8", "--images-per-identity", "2",
                  "--steps-per-epoch", "6", "--frozen-epochs", "2", "--finetune-epochs", "2", "--no-augment",
                  "--dropout", "0", "--seed", "3", "--json"]
-
-
-def _weights_file(tmp_path: Path) -> Path:
-    """A pretrained-regime start (BatchNorm frozen, no dropout): runs are then reproducible."""
-    script = (
-        "import sys\nfrom siamcli.tf_runtime import import_tensorflow\nimport_tensorflow()\nimport keras\n"
-        "keras.utils.set_random_seed(0)\n"
-        "keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(sys.argv[1])\n"
-    )
-    path = tmp_path / "start.weights.h5"
-    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
-    return path
 
 
 def _siamcli(*args):
@@ -50,7 +38,7 @@ def _wait_for(predicate, process, timeout=300):
 
 def test_train_killed_mid_epoch_resumes_from_the_last_complete_epoch(tmp_path, image_folders):
     data = image_folders(identities=5, per_identity=4, size=32)
-    weights = _weights_file(tmp_path)
+    weights = resnet_weights_file(tmp_path)
     options = [*TRAIN_OPTIONS, "--weights", str(weights), "--finetune-from", "conv5_block1_out", "--finetune-lr", "1e-3"]
 
     # Reference: the same run, uninterrupted.

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import resnet_weights_file
+
 pytestmark = pytest.mark.slow
 
 OPTIONS = ["--image-size", "32", "--embedding-dim", "8", "--batch-size", "8", "--images-per-identity", "2",
@@ -27,20 +29,9 @@ def _free_ports(count):
     return ports
 
 
-def _weights_file(tmp_path):
-    script = (
-        "import sys\nfrom siamcli.tf_runtime import import_tensorflow\nimport_tensorflow()\nimport keras\n"
-        "keras.utils.set_random_seed(0)\n"
-        "keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(sys.argv[1])\n"
-    )
-    path = tmp_path / "start.weights.h5"
-    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
-    return path
-
-
 def test_two_workers_train_one_run_that_matches_a_single_process(tmp_path, image_folders):
     data = image_folders(identities=5, per_identity=4, size=32)
-    options = [*OPTIONS, "--weights", str(_weights_file(tmp_path))]
+    options = [*OPTIONS, "--weights", str(resnet_weights_file(tmp_path))]
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes = []
     for index in range(2):

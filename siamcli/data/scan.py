@@ -49,6 +49,16 @@ def is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def require_folder(root: str | os.PathLike) -> Path:
+    """The folder `root`, or a UserError saying why it cannot be one."""
+    root_path = Path(root)
+    if not root_path.exists():
+        raise UserError(f"{root} does not exist; give a folder of images (one sub-folder per identity)")
+    if not root_path.is_dir():
+        raise UserError(f"{root} is not a folder; give a folder of images (one sub-folder per identity)")
+    return root_path
+
+
 def scan_folder(root: str | os.PathLike, *, labelled: bool = True) -> ScanResult:
     """List the images under `root`.
 
@@ -56,11 +66,7 @@ def scan_folder(root: str | os.PathLike, *, labelled: bool = True) -> ScanResult
     labelled=False (galleries): images at the root get the empty label, the rest their folder's.
     Sorted order makes every later step (splits, ids, sampling) reproducible.
     """
-    root_path = Path(root)
-    if not root_path.exists():
-        raise UserError(f"{root} does not exist; give a folder of images (one sub-folder per identity)")
-    if not root_path.is_dir():
-        raise UserError(f"{root} is not a folder; give a folder of images (one sub-folder per identity)")
+    root_path = require_folder(root)
     result = ScanResult(root=str(root_path))
 
     def on_walk_error(exc: OSError) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from siamcli import __version__
 from siamcli.atomic import atomic_directory, write_json
 from siamcli.index.lock import index_lock
-from siamcli.data.scan import Skipped, describe_skipped, scan_folder
+from siamcli.data.scan import Skipped, describe_skipped, require_folder, scan_folder
 from siamcli.errors import UserError
 from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
@@ -139,6 +139,7 @@ def build_index(options: IndexOptions, events: IndexEvents | None = None) -> Ind
 
 
 def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, started: float) -> IndexResult:
+    require_folder(options.gallery)  # a wrong gallery path is the first thing to report
     existing = _existing(out, options, events)
     _warn_leftovers(out, events)
 
