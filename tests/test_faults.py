@@ -76,3 +76,21 @@ def test_train_killed_mid_epoch_resumes_from_the_last_complete_epoch(tmp_path, i
 def test_resume_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     proc = subprocess.run(_siamcli("train", "--resume", str(tmp_path)), capture_output=True, text=True)
     assert proc.returncode == 2 and "not a siamcli run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_killed_before_its_first_checkpoint_can_be_started_again(tmp_path, image_folders):
+    data = image_folders(identities=4, per_identity=4, size=32)
+    run = tmp_path / "early"
+    command = _siamcli("train", str(data), "--out", str(run), "--weights", "none", *TRAIN_OPTIONS)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    # Kill it as soon as the run directory exists: no epoch has finished yet.
+    assert _wait_for(lambda: (run / "config.json").is_file(), process), "the run never started"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "checkpoints" / "last.json").exists()
+    resumed = subprocess.run(_siamcli("train", "--resume", str(run)), capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 2 and "no complete checkpoint" in resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1
+    again = subprocess.run(command + ["--force"], capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["epochs"] == 4
