@@ -7,7 +7,9 @@ Nothing is dropped silently: every file passed over is listed in `ScanResult.ski
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +78,8 @@ def scan_folder(root: str | os.PathLike, *, labelled: bool = True) -> ScanResult
     seen_dirs: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root_path, onerror=on_walk_error, followlinks=True):
         here = Path(dirpath)
-        # followlinks lets a linked identity folder count, but a link cycle must not loop forever.
+        # followlinks lets a linked identity folder count; the two checks below keep link
+        # cycles (and links to "/" or another ancestor) from walking forever or out of root.
         try:
             st = here.stat()
         except OSError as exc:
@@ -84,34 +87,71 @@ def scan_folder(root: str | os.PathLike, *, labelled: bool = True) -> ScanResult
             dirnames[:] = []
             continue
         if (st.st_dev, st.st_ino) in seen_dirs:
-            result.skipped.append(Skipped(str(here), "folder visited twice (symlink loop)"))
+            result.skipped.append(Skipped(str(here), "folder already scanned through another link"))
             dirnames[:] = []
             continue
         seen_dirs.add((st.st_dev, st.st_ino))
-        hidden_dirs = sorted(d for d in dirnames if d.startswith("."))
-        for name in hidden_dirs:
-            result.skipped.append(Skipped(str(here / name), "hidden folder"))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        kept_dirs = []
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                result.skipped.append(Skipped(str(here / name), "hidden folder"))
+            elif (target := _link_to_ancestor(here / name)) is not None:
+                result.skipped.append(Skipped(str(here / name), f"symlink loop (links back to {target})"))
+            else:
+                kept_dirs.append(name)
+        dirnames[:] = kept_dirs
         relative = here.relative_to(root_path)
         top = relative.parts[0] if relative.parts else ""
         for name in sorted(filenames):
             path = here / name
             if name.startswith("."):
-                result.skipped.append(Skipped(str(path), "hidden file"))
+                reason = "hidden file"
             elif not is_image_name(name):
-                result.skipped.append(Skipped(str(path), "not an image (by its extension)"))
-            elif not os.path.exists(path):
-                result.skipped.append(Skipped(str(path), "broken link"))
-            elif not path.is_file():  # a FIFO or device would block the decoder forever
-                result.skipped.append(Skipped(str(path), "not a regular file"))
-            elif top == "" and labelled:
-                result.skipped.append(Skipped(str(path), "not inside an identity folder"))
+                reason = "not an image (by its extension)"
             else:
+                reason = _file_problem(path)
+                if reason is None and top == "" and labelled:
+                    reason = "not inside an identity folder"
+            if reason is None:
                 result.items.append(ImageItem(str(path), top))
                 image_count_by_dir[top] += 1
+            else:
+                result.skipped.append(Skipped(str(path), reason))
         if relative.parts and len(relative.parts) == 1 and not image_count_by_dir[top] and not dirnames:
             result.skipped.append(Skipped(str(here), "empty folder (no images)"))
     return result
+
+
+def _link_to_ancestor(path: Path) -> str | None:
+    """Where `path` points if it is a link to its own folder or one above it, else None."""
+    if not path.is_symlink():
+        return None
+    target = os.path.realpath(path)
+    parent = os.path.realpath(path.parent)
+    return target if parent == target or parent.startswith(target.rstrip(os.sep) + os.sep) else None
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why the decoder could not read `path`, found from its metadata alone; None if it can.
+
+    Caught here rather than at decode time so the reason shows up at once, and because
+    opening a FIFO or device to find out would block or never end.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "broken link"
+    except PermissionError:
+        return "unreadable (permission denied)"
+    except OSError as exc:
+        return "symlink loop" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size == 0:
+        return "empty file (0 bytes)"
+    if not os.access(path, os.R_OK):
+        return "unreadable (permission denied)"
+    return None
 
 
 def describe_skipped(skipped: list[Skipped], limit: int = 20) -> str:
