@@ -78,7 +78,7 @@ def _open_regular_file(path: str):
     O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer, and fstat
     on the open descriptor leaves no gap between checking and reading.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -110,7 +110,7 @@ def _to_rgb8(image: Image.Image, source_format: str | None) -> np.ndarray:
     elif mode in ("I", "F"):
         grey = _rescale_unknown_range(np.asarray(image).astype(np.float32), is_float=mode == "F")
     else:
-        if image.has_transparency_data:
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
             # Transparent pixels become black, like the dark backgrounds of most datasets.
             rgba = image.convert("RGBA")
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
