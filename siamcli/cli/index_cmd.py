@@ -11,36 +11,65 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from siamcli.cli.common import engine_errors, fmt, print_json, stderr, stdout, warn
+from siamcli.errors import UserError
 
 
 def index(
-    gallery_dir: Annotated[Path, typer.Argument(help="Folder of images: sub-folder names become labels; images at its root get an empty label.")],
+    paths: Annotated[Optional[list[Path]], typer.Argument(metavar="GALLERY_DIR | PART_DIR...", show_default=False, help="Folder of images: sub-folder names become labels; images at its root get an empty label. With --merge: the partial indexes to combine.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Index directory (default: <model run>/index).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Index directory (default: <model run>/index; with --shard I/N: <model run>/index.part-I-of-N).")] = None,
     index_type: Annotated[Optional[str], typer.Option(help="auto, flat (exact), hnsw or ivf (approximate). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then IVF with 8-bit codes; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass (every shard of one gallery must use the same).")] = 32,
     append: Annotated[bool, typer.Option("--append", help="Add images not indexed yet (same path and content = already there); keep every existing entry and id.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Drop entries whose files are gone.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild an existing index from scratch.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", metavar="I/N", help="Embed only share I of N of the gallery into a partial index (run the N shards on N machines, then --merge).")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Combine the partial indexes of all N shards (given as arguments) into one index, identical to a single-machine build.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")] = False,
 ) -> None:
     """Embed a folder of images with a trained model and build a FAISS index over it (cosine similarity).
 
     Writes index.faiss, items.csv (id, path, label), hashes.csv, embeddings.npy and manifest.json to the index directory, atomically: a failed or interrupted build leaves the previous index as it was. An existing index is only changed with --append, --prune or --force. Search it with `siamcli query IMAGE`.
+
+    A gallery too big for one machine: run `siamcli index GALLERY --shard I/N --out PART_I` on N machines (I = 1…N), then `siamcli index --merge PART_1 … PART_N`.
     """
     with engine_errors():
-        from siamcli.index.build import IndexOptions, build_index
+        paths = list(paths or [])
+        if merge:
+            from siamcli.index.shard import MergeOptions, merge_parts
 
-        options = IndexOptions(
-            gallery=str(gallery_dir), model=model, out=str(out) if out else None, index_type=index_type,
-            batch_size=batch_size, append=append, prune=prune, force=force,
-        )
-        with _ProgressDisplay() as display:
-            result = build_index(options, events=display)
+            _refuse_with_merge(shard=shard, append=append, prune=prune)
+            options = MergeOptions(partials=tuple(str(p) for p in paths), model=model, out=str(out) if out else None,
+                                   index_type=index_type, force=force)
+            with _ProgressDisplay() as display:
+                result = merge_parts(options, events=display)
+        else:
+            from siamcli.index.build import IndexOptions, build_index
+
+            if len(paths) != 1:
+                raise UserError(
+                    "give one gallery folder: siamcli index GALLERY_DIR" if not paths else
+                    f"siamcli index takes one gallery folder, got {len(paths)}; to combine partial indexes pass --merge"
+                )
+            options = IndexOptions(
+                gallery=str(paths[0]), model=model, out=str(out) if out else None, index_type=index_type,
+                batch_size=batch_size, append=append, prune=prune, force=force, shard=shard,
+            )
+            with _ProgressDisplay() as display:
+                result = build_index(options, events=display)
     if json_output:
         print_json(result.summary())
+    elif shard is not None and not merge:
+        _print_part_summary(result)
     else:
         _print_summary(result)
+
+
+def _refuse_with_merge(shard: str | None, append: bool, prune: bool) -> None:
+    if shard is not None:
+        raise UserError("--merge combines partials that --shard wrote; run them as separate commands")
+    if append or prune:
+        raise UserError("--merge builds a new index from the partials; it cannot be combined with --append or --prune")
 
 
 class _ProgressDisplay:
@@ -119,7 +148,7 @@ def _print_summary(result) -> None:
     table.add_row("gallery", summary["gallery"])
     table.add_row("model", summary["model"])
     table.add_row("images in the index", str(summary["count"]))
-    if result.mode != "build":
+    if result.mode not in ("build", "merge"):
         table.add_row("added / replaced / removed / kept", f"{result.added} / {result.replaced} / {result.removed} / {result.kept}")
     table.add_row("skipped files", str(len(result.skipped)))
     kind = "exact" if result.index_type == "flat" else "approximate"
@@ -133,3 +162,18 @@ def _print_summary(result) -> None:
         table.add_row("embedding speed", f"{result.images_per_second:.1f} images/s")
     table.add_row("time", f"{result.seconds:.1f} s")
     stdout.print(table)
+
+
+def _print_part_summary(result) -> None:
+    table = Table(title=f"Partial index written: {result.index_dir}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("gallery", result.gallery)
+    table.add_row("model", str(result.model_path))
+    table.add_row("shard", f"{result.shard} of {result.shards}: images {result.start}…{result.stop - 1} of {result.gallery_count}"
+                  if result.stop > result.start else f"{result.shard} of {result.shards}: empty (more shards than batches)")
+    table.add_row("vectors written", str(result.count))
+    table.add_row("skipped files", str(len(result.skipped)))
+    table.add_row("time", f"{result.seconds:.1f} s")
+    stdout.print(table)
+    stdout.print(f"When every shard is done: siamcli index --merge PART_1 … PART_{result.shards} (the {result.shards} partial folders)")

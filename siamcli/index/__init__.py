@@ -14,6 +14,7 @@ Modules, one concept each:
     store        loading and validating an index directory
     embedder     streaming images through the model (tf.data), vectors straight to disk
     build        `siamcli index`: full build, --append, --prune, --force, atomic swap
+    shard        `--shard I/N` (one machine's share, embedded into a partial) and `--merge`
     lock         one writer per index at a time (flock beside the index directory)
     search       `siamcli query`: images in, ranked neighbours (dataclasses) out
     plot         each query beside its neighbours (matplotlib, Agg)

@@ -56,6 +56,7 @@ class IndexOptions:
     prune: bool = False  # drop rows whose files are gone
     force: bool = False  # rebuild from scratch
     seed: int = 0  # IVF training sample and recall sample
+    shard: str | None = None  # "I/N": embed only that share of the gallery into a partial (shard.py)
 
 
 class IndexEvents:
@@ -128,10 +129,15 @@ def default_index_dir(run_dir: Path) -> Path:
     return run_dir / INDEX_DIR_NAME
 
 
-def build_index(options: IndexOptions, events: IndexEvents | None = None) -> IndexResult:
+def build_index(options: IndexOptions, events: IndexEvents | None = None):
+    """Build or update the index (an IndexResult); with options.shard, embed one partial (a shard.PartResult)."""
     events = events or IndexEvents()
     started = time.perf_counter()
     _validate(options)
+    if options.shard is not None:
+        from siamcli.index.shard import build_part
+
+        return build_part(options, events)
     run = find_run(options.model)
     out = Path(options.out) if options.out else default_index_dir(run.run_dir)
     with index_lock(out):
@@ -196,32 +202,12 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
             events.stage("writing the index")
             faiss_index.write_index(index, tmp / mf.INDEX_FILE)
             write_items(tmp, _rows(plan, outcome, first_id))
-            manifest = {
-                "format": mf.FORMAT,
-                "model_fingerprint": fingerprint,
-                "model_path": str(run.model),
-                "embedding_dim": dim,
-                "image_size": image_size,
-                "metric": "inner_product",
-                "factory": index_plan.factory,
-                "index_type": index_plan.index_type,
-                "chosen_by": index_plan.chosen_by,
-                "search_params": tuning.params,
-                "recall_at_10": round(tuning.recall_at_10, 4),
-                "recall_sample": tuning.sample,
-                "recall_count": recall_count,
-                "count": count,
-                "next_id": first_id + added,
-                "threshold": threshold,
-                "threshold_metric": "squared_l2",
-                "threshold_source": threshold_source,
-                "gallery": os.path.abspath(options.gallery),
-                "siamcli_version": __version__,
-                "faiss_version": faiss_index.faiss_module().__version__,
-                "created": old.manifest.get("created", mf.now()) if old is not None else mf.now(),
-                "updated": mf.now(),
-                "files": {name: mf.file_record(tmp / name) for name in mf.DATA_FILES},
-            }
+            manifest = index_manifest(
+                tmp, fingerprint=fingerprint, model_path=run.model, dim=dim, image_size=image_size, plan=index_plan,
+                tuning=tuning, recall_count=recall_count, count=count, next_id=first_id + added, threshold=threshold,
+                threshold_source=threshold_source, gallery=options.gallery,
+                created=old.manifest.get("created", mf.now()) if old is not None else mf.now(),
+            )
             write_json(tmp / mf.MANIFEST, manifest)
     except _NothingChanged:
         result.skipped = list(scan.skipped) + outcome.failures
@@ -240,6 +226,38 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
     result.index_bytes = manifest["files"][mf.INDEX_FILE]["bytes"]
     result.seconds = time.perf_counter() - started
     return result
+
+
+def index_manifest(tmp: Path, *, fingerprint: str, model_path: Path, dim: int, image_size: int, plan: faiss_index.IndexPlan,
+                   tuning: faiss_index.Tuning, recall_count: int, count: int, next_id: int, threshold: float | None,
+                   threshold_source: str | None, gallery: str, created: str) -> dict:
+    """manifest.json's content for the index files already written to `tmp` (keys: manifest.py)."""
+    return {
+        "format": mf.FORMAT,
+        "model_fingerprint": fingerprint,
+        "model_path": str(model_path),
+        "embedding_dim": dim,
+        "image_size": image_size,
+        "metric": "inner_product",
+        "factory": plan.factory,
+        "index_type": plan.index_type,
+        "chosen_by": plan.chosen_by,
+        "search_params": tuning.params,
+        "recall_at_10": round(tuning.recall_at_10, 4),
+        "recall_sample": tuning.sample,
+        "recall_count": recall_count,
+        "count": count,
+        "next_id": next_id,
+        "threshold": threshold,
+        "threshold_metric": "squared_l2",
+        "threshold_source": threshold_source,
+        "gallery": os.path.abspath(gallery),
+        "siamcli_version": __version__,
+        "faiss_version": faiss_index.faiss_module().__version__,
+        "created": created,
+        "updated": mf.now(),
+        "files": {name: mf.file_record(tmp / name) for name in mf.DATA_FILES},
+    }
 
 
 def _next_id(old: LoadedIndex | None) -> int:
@@ -290,6 +308,15 @@ def _faiss_index(embeddings_path, index_plan, old, plan, added: int, seed: int, 
                                         params=dict(old.manifest.get("search_params") or {}),
                                         sample=int(old.manifest.get("recall_sample", 0)))
             return old.index, index_plan, tuning, measured_at if index_plan.approximate else count
+    return new_faiss_index(embeddings_path, index_plan, count, seed, events)
+
+
+def new_faiss_index(embeddings_path: Path, index_plan: faiss_index.IndexPlan, count: int, seed: int, events: IndexEvents):
+    """(index, plan, tuning, recall_count) built from scratch over every row of the vectors file.
+
+    `auto` falls back to an exact Flat index when the approximate one cannot reach the recall
+    target; an explicitly requested type is kept, with a message giving its best recall.
+    """
     events.stage(f"building {index_plan.factory} over {count} vectors")
     index, tuning = faiss_index.build_and_tune(embeddings_path, index_plan, seed, on_stage=events.stage)
     if not tuning.reached:

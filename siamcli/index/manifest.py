@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from siamcli.errors import CorruptArtifactError
+from siamcli.errors import CorruptArtifactError, UserError
 
 FORMAT = "siamcli-index/1"
+PART_FORMAT = "siamcli-index-part/1"  # one shard's vectors, before `siamcli index --merge` (shard.py)
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.csv"
@@ -44,6 +45,8 @@ EMBEDDINGS_FILE = "embeddings.npy"
 DATA_FILES = (INDEX_FILE, ITEMS_FILE, HASHES_FILE, EMBEDDINGS_FILE)
 EVAL_METRICS = Path("eval") / "metrics.json"
 REQUIRED = ("model_fingerprint", "model_path", "embedding_dim", "metric", "factory", "index_type", "image_size", "count", "files")
+PART_REQUIRED = ("shard", "shards", "gallery", "gallery_count", "listing_sha256", "batch_size", "range", "count",
+                 "model_fingerprint", "model_path", "embedding_dim", "image_size", "files")
 
 
 def now() -> str:
@@ -59,6 +62,36 @@ def file_record(path: Path) -> dict:
 
 
 def read_manifest(directory: Path) -> dict:
+    data = _read_object(directory)
+    if data.get("format") == PART_FORMAT:
+        raise UserError(
+            f"{directory} is a partial index (shard {data.get('shard')}/{data.get('shards')}), not a searchable one: "
+            "combine all the partials with `siamcli index --merge PART_DIR...` and use the merged index"
+        )
+    path = directory / MANIFEST
+    missing = [key for key in REQUIRED if key not in data]
+    if missing:
+        raise CorruptArtifactError(f"{path} lacks {', '.join(missing)}; rebuild the index with --force")
+    return _checked(path, data)
+
+
+def read_part_manifest(directory: Path) -> dict:
+    """manifest.json of a partial written by `siamcli index GALLERY --shard I/N`, validated."""
+    data = _read_object(directory)
+    path = directory / MANIFEST
+    if data.get("format") != PART_FORMAT:
+        what = "a whole index" if data.get("format") == FORMAT else "not a partial index"
+        raise UserError(f"{directory} is {what}; --merge takes the folders written by `siamcli index GALLERY --shard I/N`")
+    missing = [key for key in PART_REQUIRED if key not in data]
+    if missing:
+        raise CorruptArtifactError(f"{path} lacks {', '.join(missing)}; run that shard again with --force")
+    for key in ("shard", "shards", "gallery_count", "batch_size"):
+        if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1:
+            raise CorruptArtifactError(f"{path}: {key} is not a positive integer; run that shard again with --force")
+    return _checked(path, data)
+
+
+def _read_object(directory: Path) -> dict:
     path = directory / MANIFEST
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -68,10 +101,11 @@ def read_manifest(directory: Path) -> dict:
         raise CorruptArtifactError(f"{path} is not valid JSON; the index is damaged: rebuild it with --force") from exc
     if not isinstance(data, dict):
         raise CorruptArtifactError(f"{path} does not hold a JSON object; rebuild the index with --force")
-    missing = [key for key in REQUIRED if key not in data]
-    if missing:
-        raise CorruptArtifactError(f"{path} lacks {', '.join(missing)}; rebuild the index with --force")
-    if data["metric"] != "inner_product":
+    return data
+
+
+def _checked(path: Path, data: dict) -> dict:
+    if data.get("metric", "inner_product") != "inner_product":
         raise CorruptArtifactError(f"{path} names metric {data['metric']!r}; siamcli indexes use inner_product: rebuild with --force")
     for key in ("embedding_dim", "count", "image_size"):
         if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 0:
