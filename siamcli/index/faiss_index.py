@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,7 +50,7 @@ import numpy as np
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.index import vectors as vector_file
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 FLAT_MAX = 50_000  # auto: exact search up to this many images
 MEMORY_BUDGET = 8 << 30  # auto: HNSW (raw vectors + graph) up to this size, IVF with SQ8 codes past it
 HNSW_M = 32  # graph degree: the usual speed/recall sweet spot for d in 64…512
@@ -61,7 +62,13 @@ TUNING_MARGIN = 0.01  # tune to 0.96 on the sample, so new queries (not only tho
 RECALL_K = 10
 RECALL_QUERIES = 1000  # held-out vectors recall is measured on (at most a tenth of the gallery)
 EXACT_CHUNK_ROWS = 8192  # exact search scores (queries × chunk) at a time: 32 MiB for 1,000 queries
-SEARCH_PARAMETER = {"hnsw": "efSearch", "ivf": "nprobe"}
+SEARCH_PARAMETER = {"hnsw": "efSearch", "ivf": "nprobe", "ivfpq": "nprobe"}  # the one tune() raises first
+RERANK_PARAMETER = "k_factor_rf"  # ivfpq: IndexRefine re-scores k_factor·k PQ candidates exactly
+K_FACTOR_TUNE, K_FACTOR_MIN = 8, 1  # ivfpq: nprobe is tuned at k_factor 8, then k_factor halves while recall holds
+PQ_SUBVECTOR_DIM = 8  # ivfpq: one 8-bit PQ code per 8 dimensions (32 bytes at d = 256)
+PQ_TRAIN_MIN = 256 * 39  # 8-bit codebooks: 256 centroids × FAISS's 39 points each
+HNSW_QUANTIZER_MIN_LISTS = 4096  # ivfpq: an HNSW coarse quantizer from this many lists on (assigning
+                                 # 10^7 vectors to 16,384 centroids by brute force takes ≈ 25 min on 2 cores)
 EF_SEARCH_START, EF_SEARCH_MAX = 16, 4096
 RETUNE_GROWTH = 1.25  # an update that only adds rows keeps the measured setting up to this growth
 
@@ -75,7 +82,7 @@ def faiss_module():
 
 @dataclass(frozen=True)
 class IndexPlan:
-    index_type: str  # flat | hnsw | ivf (never auto: auto resolves to one of them)
+    index_type: str  # flat | hnsw | ivf | ivfpq (never auto: auto resolves to one of them)
     factory: str  # FAISS index_factory string, as stored in the manifest
     chosen_by: str  # "auto" or "user"
 
@@ -85,13 +92,14 @@ class IndexPlan:
 
     @property
     def nlist(self) -> int:
-        return int(self.factory.split(",")[0][len("IVF"):]) if self.index_type == "ivf" else 0
+        found = re.search(r"(?:^|,)IVF(\d+)", self.factory)
+        return int(found.group(1)) if found else 0
 
 
 @dataclass
 class Tuning:
     recall_at_10: float  # measured on `sample` held-out gallery vectors against exact search
-    params: dict = field(default_factory=dict)  # {"efSearch": 64} | {"nprobe": 32} | {}
+    params: dict = field(default_factory=dict)  # {"efSearch": 64} | {"nprobe": 32} | {"nprobe": 32, "k_factor_rf": 4} | {}
     sample: int = 0  # queries the recall was measured on (0: exact index, recall 1 by construction)
     reached: bool = True  # recall_at_10 ≥ target
 
@@ -106,6 +114,36 @@ def nlist_for(count: int) -> int:
     return max(1, power)
 
 
+def pq_subquantizers(dim: int) -> int:
+    """PQ codes per vector: one per PQ_SUBVECTOR_DIM dimensions, a divisor of dim (FAISS needs one)."""
+    m = max(1, dim // PQ_SUBVECTOR_DIM)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def pq_bits(count: int) -> int:
+    """Bits per PQ code: 8, or fewer for a gallery too small to train 256 centroids per codebook."""
+    bits = 8
+    while bits > 1 and count < (1 << bits) * MIN_POINTS_PER_LIST:
+        bits -= 1
+    return bits
+
+
+def ivfpq_factory(count: int, dim: int) -> str:
+    """IDMap,IVF{L}[_HNSW32],PQ{M}[x{b}],RFlat — see the module docstring."""
+    nlist = nlist_for(count)
+    quantizer = f"_HNSW{HNSW_M}" if nlist >= HNSW_QUANTIZER_MIN_LISTS else ""
+    bits = pq_bits(count)
+    codes = f"PQ{pq_subquantizers(dim)}" + (f"x{bits}" if bits != 8 else "")
+    return f"IDMap,IVF{nlist}{quantizer},{codes},RFlat"
+
+
+def ivfpq_bytes(count: int, dim: int) -> int:
+    """index.faiss of ivfpq: raw vectors (re-ranking) + PQ codes + the list's id + IDMap's id."""
+    return count * (4 * dim + pq_subquantizers(dim) + 16)
+
+
 def hnsw_bytes(count: int, dim: int) -> int:
     """Approximate memory of HNSW{M},Flat: raw vectors, level-0 links (2·M ids), upper levels."""
     return count * (4 * dim + 2 * HNSW_M * 4 + 16)
@@ -115,7 +153,7 @@ FLAT = IndexPlan("flat", "Flat", "auto")
 
 
 def plan_index(index_type: str, count: int, dim: int) -> IndexPlan:
-    """Resolve --index-type (auto|flat|hnsw|ivf) for a gallery of `count` vectors (module rule)."""
+    """Resolve --index-type (auto|flat|hnsw|ivf|ivfpq) for a gallery of `count` vectors (module rule)."""
     if index_type not in INDEX_TYPES:
         raise UserError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     chosen_by = "user"
@@ -131,6 +169,8 @@ def plan_index(index_type: str, count: int, dim: int) -> IndexPlan:
         return IndexPlan("flat", "Flat", chosen_by)
     if index_type == "hnsw":
         return IndexPlan("hnsw", f"IDMap,HNSW{HNSW_M},Flat", chosen_by)
+    if index_type == "ivfpq":
+        return IndexPlan("ivfpq", ivfpq_factory(count, dim), chosen_by)
     codes = "SQ8" if count * dim * 4 > MEMORY_BUDGET else "Flat"
     return IndexPlan("ivf", f"IVF{nlist_for(count)},{codes}", chosen_by)
 
@@ -170,7 +210,7 @@ def add_rows(index, vectors_path, start_row: int = 0, skip: np.ndarray | None = 
 
 
 def _reserve(index, rows: int) -> None:
-    """Allocate the raw-vector storage of Flat / HNSW,Flat once, at its final size.
+    """Allocate the raw-vector storage of Flat / HNSW,Flat / ivfpq's RFlat once, at its final size.
 
     Added chunk by chunk, FAISS's std::vector would grow by doubling, copying as it goes: a
     peak of up to twice the index. Resizing up then back to the current size keeps the
@@ -178,7 +218,11 @@ def _reserve(index, rows: int) -> None:
     """
     faiss = faiss_module()
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-    storage = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+    storage = inner
+    if isinstance(inner, faiss.IndexHNSW):
+        storage = faiss.downcast_index(inner.storage)
+    elif isinstance(inner, faiss.IndexRefine):  # ivfpq: the raw vectors re-ranking reads
+        storage = faiss.downcast_index(inner.refine_index)
     if isinstance(storage, faiss.IndexFlatCodes):
         used = storage.codes.size()
         storage.codes.resize(rows * storage.code_size)
@@ -206,7 +250,10 @@ def build_and_tune(vectors_path, plan: IndexPlan, seed: int = 0, target: float =
     if not index.is_trained:
         stage(f"training {plan.factory}")
         pool = np.flatnonzero(~skip)
-        size = min(len(pool), TRAIN_POINTS_PER_LIST * max(plan.nlist, 1))
+        size = TRAIN_POINTS_PER_LIST * max(plan.nlist, 1)
+        if plan.index_type == "ivfpq":  # the PQ codebooks need their own ≥ 39 points per centroid
+            size = max(size, PQ_TRAIN_MIN)
+        size = min(len(pool), size)
         index.train(vector_file.read_rows(vectors_path, np.sort(rng.choice(pool, size=size, replace=False))))
     stage(f"adding {count} vectors to {plan.factory}")
     add_rows(index, vectors_path, skip=skip)
@@ -215,13 +262,13 @@ def build_and_tune(vectors_path, plan: IndexPlan, seed: int = 0, target: float =
         tuning = tune(index, plan, RecallProbe(vectors_path, held_out, skip), target)
         index.add_with_ids(vector_file.read_rows(vectors_path, held_out), held_out.astype(np.int64))
     else:  # a gallery this small is searched exhaustively at the largest setting
-        tuning = Tuning(recall_at_10=1.0, params={SEARCH_PARAMETER[plan.index_type]: _largest(plan)}, sample=0)
+        tuning = Tuning(recall_at_10=1.0, params=_exhaustive(plan), sample=0)
         set_search_params(index, tuning.params)
     return index, tuning
 
 
 def set_search_params(index, params: dict) -> None:
-    """Apply {"efSearch": n} / {"nprobe": n} to a loaded index (no-op for {})."""
+    """Apply {"efSearch": n} / {"nprobe": n[, "k_factor_rf": f]} to a loaded index (no-op for {})."""
     if not params:
         return
     faiss = faiss_module()
@@ -293,11 +340,13 @@ def tune(index, plan: IndexPlan, probe: RecallProbe, target: float = RECALL_TARG
     name = SEARCH_PARAMETER[plan.index_type]
     aim = min(1.0, target + TUNING_MARGIN)
     start = EF_SEARCH_START if plan.index_type == "hnsw" else max(1, plan.nlist // 128)
+    fixed = {RERANK_PARAMETER: K_FACTOR_TUNE} if plan.index_type == "ivfpq" else {}
 
-    def attempt(value: int) -> Tuning:
-        set_search_params(index, {name: value})
+    def attempt(value: int, **others) -> Tuning:
+        params = {name: value, **fixed, **others}
+        set_search_params(index, params)
         recall = probe.recall(index)
-        return Tuning(recall_at_10=recall, params={name: value}, sample=len(probe.rows), reached=recall >= target)
+        return Tuning(recall_at_10=recall, params=params, sample=len(probe.rows), reached=recall >= target)
 
     best = Tuning(recall_at_10=-1.0, sample=len(probe.rows), reached=False)
     missed = 0  # largest value known to miss the aim
@@ -318,12 +367,27 @@ def tune(index, plan: IndexPlan, probe: RecallProbe, target: float = RECALL_TARG
                 best = tried
             else:
                 missed = middle
+    if fixed and best.recall_at_10 >= aim:  # ivfpq: re-rank as few candidates as still reach the aim
+        factor = K_FACTOR_TUNE // 2
+        while factor >= K_FACTOR_MIN:
+            tried = attempt(best.params[name], **{RERANK_PARAMETER: factor})
+            if tried.recall_at_10 < aim:
+                break
+            best, factor = tried, factor // 2
     set_search_params(index, best.params)
     return best
 
 
 def _largest(plan: IndexPlan) -> int:
     return EF_SEARCH_MAX if plan.index_type == "hnsw" else plan.nlist
+
+
+def _exhaustive(plan: IndexPlan) -> dict:
+    """The setting that searches a tiny gallery (no held-out sample) as thoroughly as the type can."""
+    params = {SEARCH_PARAMETER[plan.index_type]: _largest(plan)}
+    if plan.index_type == "ivfpq":
+        params[RERANK_PARAMETER] = K_FACTOR_TUNE
+    return params
 
 
 def _doublings(start: int, stop: int) -> list[int]:
@@ -344,11 +408,18 @@ def write_index(index, path: str | os.PathLike) -> None:
         raise UserError(f"cannot write {path}: {str(exc).splitlines()[-1][:160]}; free disk space or fix permissions") from exc
 
 
-def read_index(path: str | os.PathLike):
-    """Read index.faiss, or CorruptArtifactError (never a crash) when it is damaged."""
+def read_index(path: str | os.PathLike, mmap: bool = False):
+    """Read index.faiss, or CorruptArtifactError (never a crash) when it is damaged.
+
+    `mmap` maps the file instead of reading it (`IO_FLAG_MMAP_IFC`): the inverted lists'
+    codes and ids and the flat storage (ivfpq's re-ranking vectors) become read-only views of
+    the page cache, so only the pages a query touches are read. The index must not be added
+    to. (FAISS 1.15.1 refuses IO_FLAG_MMAP | IO_FLAG_MMAP_IFC; IO_FLAG_MMAP alone maps the
+    lists as OnDiskInvertedLists but reads the flat storage — 4·d bytes a vector — into RAM.)
+    """
     faiss = faiss_module()
     try:
-        return faiss.read_index(os.fspath(path))
+        return faiss.read_index(os.fspath(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
     except (RuntimeError, MemoryError, OverflowError) as exc:
         raise CorruptArtifactError(
             f"index file {path} is damaged or truncated ({str(exc).strip().splitlines()[-1][-120:]}); "

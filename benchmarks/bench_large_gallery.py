@@ -1,0 +1,302 @@
+"""Galleries of millions: build time, index size, latency, recall@10 and query-process memory.
+
+For each gallery size and index type: the index is built the way `siamcli index` builds it
+(`faiss_index.build_and_tune`: the project's factory, training sample, held-out tuning to
+recall@10 ≥ 0.96), in its own process (its peak RSS from the kernel, `wait4`), and written
+to disk. It is then queried in fresh processes, loaded as `siamcli query` loads it:
+
+    read   faiss.read_index: the whole index in the process's memory
+    mmap   faiss.read_index(IO_FLAG_MMAP_IFC) (siamcli's query path for IVF types): the
+           lists and the flat storage stay in the file; pages are read as queries touch them
+    cold   mmap after dropping the file from the page cache (posix_fadvise DONTNEED): what the
+           first queries of a process cost when the index is not in the page cache
+
+Per run: 1,000 queries as one batch, then 200 one at a time; recall@10 of the batch against
+exact ground truth over the whole gallery; VmRSS after loading and after searching (with
+RssFile, the part that is mapped file pages the kernel can drop under pressure).
+
+Data: embedding-like vectors, not isotropic Gaussian noise. Each vector is one of N/10
+identities' centres in a 32-d latent space, plus noise, mapped into `dim` dimensions and
+normalised (bench_search.EmbeddingLike). Real embeddings have this structure (a few images
+per identity, a low intrinsic dimension); isotropic Gaussian vectors in 256-d have none —
+every point is nearly equidistant from every other — and no ANN index can beat brute force on
+them, which would measure nothing useful. Queries are 1,000 fresh vectors of existing
+identities (new photos of known people), never in the index.
+
+The gallery file is streamed to <workdir>/vectors_N.npy in 65,536-row chunks (10^7 × 256
+float32 = 10 GB is never held in memory, let alone twice); it and the exact ground truth are
+kept in --workdir, so a rerun skips them.
+
+    nice -n 10 python benchmarks/bench_large_gallery.py --workdir /data/bench           # 10^6: flat,hnsw,ivf,ivfpq
+    nice -n 10 python benchmarks/bench_large_gallery.py --sizes 1e7 --types ivfpq,ivf --workdir /data/bench
+    python benchmarks/bench_large_gallery.py --compare-opq 1e5                          # OPQ vs PQ at equal bytes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_search import EmbeddingLike  # noqa: E402
+from siamcli.index import faiss_index  # noqa: E402
+from siamcli.index import vectors as vector_file  # noqa: E402
+from siamcli.index.vectors import VectorWriter  # noqa: E402
+
+CHUNK = 65_536
+SINGLE_QUERIES = 200
+K = 10
+
+
+def status_kib(*keys: str) -> dict:
+    found = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name = line.split(":")[0]
+            if name in keys:
+                found[name] = int(line.split()[1])
+    return found
+
+
+def vectors_file(workdir: Path, count: int, dim: int) -> Path:
+    path = workdir / f"vectors_{count}_{dim}.npy"
+    if path.exists() and vector_file.read_shape(path)[0] == (count, dim):
+        return path
+    data = EmbeddingLike(count, dim)
+    rng = np.random.default_rng(1)
+    partial = path.with_suffix(".partial")
+    with VectorWriter(partial, dim, capacity=count) as writer:
+        for start in range(0, count, CHUNK):
+            writer.write(data.sample(min(CHUNK, count - start), rng))
+    partial.rename(path)
+    return path
+
+
+def queries_and_truth(workdir: Path, count: int, dim: int, n_queries: int, path: Path) -> tuple[Path, Path]:
+    queries_path = workdir / f"queries_{count}_{dim}_{n_queries}.npy"
+    truth_path = workdir / f"truth_{count}_{dim}_{n_queries}.npy"
+    if not truth_path.exists():
+        queries = EmbeddingLike(count, dim).sample(n_queries, np.random.default_rng(2))  # same identities, fresh noise
+        np.save(queries_path, queries)
+        _, rows = faiss_index.exact_neighbours(path, queries, K)
+        np.save(truth_path, rows)
+    return queries_path, truth_path
+
+
+# ---------------------------------------------------------------- child processes
+
+
+def child_build(args) -> dict:
+    plan = faiss_index.plan_index(args.index_type, args.count, args.dim)
+    started = time.perf_counter()
+    index, tuning = faiss_index.build_and_tune(Path(args.vectors), plan,
+                                               on_stage=lambda text: print(f"  [{time.perf_counter() - started:7.1f}s] {text}", file=sys.stderr, flush=True))
+    build_s = time.perf_counter() - started
+    started = time.perf_counter()
+    faiss_index.write_index(index, args.index)
+    return {"factory": plan.factory, "params": tuning.params, "manifest_recall": tuning.recall_at_10,
+            "reached": tuning.reached, "build_s": build_s, "write_s": time.perf_counter() - started}
+
+
+def child_query(args) -> dict:
+    queries = np.load(args.queries_file)
+    truth = np.load(args.truth)
+    if args.mode == "cold":  # drop the index's pages from the page cache (clean pages: no root needed)
+        fd = os.open(args.index, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    faiss_index.faiss_module()  # the library itself is not the index
+    before = status_kib("VmRSS")["VmRSS"]
+    started = time.perf_counter()
+    index = faiss_index.read_index(args.index, mmap=args.mode != "read")
+    load_s = time.perf_counter() - started
+    faiss_index.set_search_params(index, json.loads(args.params))
+    loaded = status_kib("VmRSS", "RssFile")
+    out = {"load_s": load_s, "rss_load_mib": (loaded["VmRSS"] - before) / 1024}
+    # one at a time first (a cold cache is only cold once), then the batch
+    started = time.perf_counter()
+    for i in range(SINGLE_QUERIES):
+        index.search(queries[i:i + 1], K)
+    out["single_ms"] = (time.perf_counter() - started) / SINGLE_QUERIES * 1000
+    started = time.perf_counter()
+    _, found = index.search(queries, K)
+    out["batch_ms"] = (time.perf_counter() - started) / len(queries) * 1000
+    out["recall"] = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / K for a, b in zip(found, truth)]))
+    after = status_kib("VmRSS", "RssFile")
+    out["rss_after_mib"] = (after["VmRSS"] - before) / 1024
+    out["rss_file_mib"] = after.get("RssFile", 0) / 1024
+    return out
+
+
+def run_child(argv: list[str]) -> tuple[dict, float]:
+    """(the child's JSON answer, its peak RSS in MiB)."""
+    with tempfile.TemporaryFile("w+") as stdout:
+        process = subprocess.Popen([sys.executable, __file__, *argv], stdout=stdout)
+        _, status, usage = os.wait4(process.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"child {' '.join(argv)} failed")
+        stdout.seek(0)
+        return json.loads(stdout.read().strip().splitlines()[-1]), usage.ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- the table
+
+
+def run_type(workdir: Path, count: int, dim: int, index_type: str, vectors: Path, queries: Path, truth: Path,
+             train_per_list: int | None) -> dict:
+    index_path = workdir / f"{index_type}_{count}_{dim}.faiss"
+    argv = ["--child", "build", "--index-type", index_type, "--count", str(count), "--dim", str(dim),
+            "--vectors", str(vectors), "--index", str(index_path)]
+    if train_per_list:
+        argv += ["--train-per-list", str(train_per_list)]
+    built, build_peak = run_child(argv)
+    row = {"type": index_type, "N": count, **built, "build_peak_mib": build_peak, "bytes": index_path.stat().st_size}
+    modes = ("read", "mmap", "cold") if index_type in ("ivf", "ivfpq") else ("read",)
+    for mode in modes:
+        answer, peak = run_child(["--child", "query", "--mode", mode, "--index", str(index_path), "--queries-file", str(queries),
+                                  "--truth", str(truth), "--params", json.dumps(built["params"])])
+        row[mode] = {**answer, "peak_mib": peak}
+    index_path.unlink()
+    return row
+
+
+def print_header() -> None:
+    print(f"{'N':>10} {'type':>6} {'factory':>32} {'params':>24} {'build':>8} {'build peak':>10} {'file':>9} {'B/vec':>6} "
+          f"{'load':>5} {'batch':>8} {'single':>8} {'recall@10':>9} {'RSS':>9} {'(file pages)':>12}")
+    print(f"{'':>10} {'':>6} {'':>32} {'':>24} {'s':>8} {'MiB':>10} {'MiB':>9} {'':>6} "
+          f"{'':>5} {'ms/q':>8} {'ms/q':>8} {'':>9} {'MiB':>9} {'MiB':>12}")
+
+
+def print_row(row: dict) -> None:
+    params = ",".join(f"{k}={v}" for k, v in row["params"].items()) or "-"
+    first = True
+    for mode in ("read", "mmap", "cold"):
+        if mode not in row:
+            continue
+        q = row[mode]
+        lead = (f"{row['N']:>10,} {row['type']:>6} {row['factory']:>32} {params:>24} {row['build_s']:>8.0f} "
+                f"{row['build_peak_mib']:>10,.0f} {row['bytes'] / 2**20:>9,.0f} {row['bytes'] / row['N']:>6.0f}") if first else " " * 118
+        print(f"{lead} {mode:>5} {q['batch_ms']:>8.3f} {q['single_ms']:>8.2f} {q['recall']:>9.3f} "
+              f"{q['rss_after_mib']:>9,.0f} {q['rss_file_mib']:>12,.0f}", flush=True)
+        first = False
+
+
+def print_ratios(rows: list[dict]) -> None:
+    for row in rows:
+        if "mmap" in row:
+            read, mapped, cold = row["read"], row["mmap"], row["cold"]
+            print(f"{row['N']:,} {row['type']}: query-process RSS mmap/read {mapped['rss_after_mib'] / read['rss_after_mib']:.3f} "
+                  f"({mapped['rss_after_mib']:,.0f} vs {read['rss_after_mib']:,.0f} MiB); single-query latency mmap/read "
+                  f"{mapped['single_ms'] / read['single_ms']:.2f}x, cold/read {cold['single_ms'] / read['single_ms']:.2f}x; "
+                  f"recall mmap == read: {mapped['recall'] == read['recall']}")
+    by = {(r["N"], r["type"]): r for r in rows}
+    for (count, kind), row in by.items():
+        flat = by.get((count, "flat"))
+        if flat and kind != "flat":
+            print(f"{count:,} {kind} vs flat: batch q/s {flat['read']['batch_ms'] / row['read']['batch_ms']:.1f}x, "
+                  f"single {flat['read']['single_ms'] / row['read']['single_ms']:.1f}x, file {row['bytes'] / flat['bytes']:.2f}x")
+        sq8 = by.get((count, "ivf"))
+        if sq8 and kind == "ivfpq":
+            print(f"{count:,} ivfpq vs ivf: file {row['bytes'] / sq8['bytes']:.2f}x, build {row['build_s'] / sq8['build_s']:.2f}x, "
+                  f"batch latency {row['read']['batch_ms'] / sq8['read']['batch_ms']:.2f}x, mmap RSS "
+                  f"{row['mmap']['rss_after_mib'] / sq8['mmap']['rss_after_mib']:.2f}x, recall {row['read']['recall']:.3f} vs {sq8['read']['recall']:.3f}")
+
+
+# ---------------------------------------------------------------- OPQ vs PQ
+
+
+def compare_opq(workdir: Path, count: int, dim: int, n_queries: int) -> None:
+    """recall@10 of IVF,PQ and OPQ,IVF,PQ at equal code bytes, at the same nprobe and k_factor."""
+    faiss = faiss_index.faiss_module()
+    vectors = vectors_file(workdir, count, dim)
+    queries_path, truth_path = queries_and_truth(workdir, count, dim, n_queries, vectors)
+    queries, truth = np.load(queries_path), np.load(truth_path)
+    m, nlist = faiss_index.pq_subquantizers(dim), faiss_index.nlist_for(count)
+    rng = np.random.default_rng(0)
+    train = vector_file.read_rows(vectors, np.sort(rng.choice(count, min(count, max(64 * nlist, faiss_index.PQ_TRAIN_MIN)), replace=False)))
+    print(f"OPQ vs PQ at {m} bytes/code, N={count:,}, d={dim}, nlist={nlist}: recall@10 of {n_queries} fresh queries")
+    print(f"{'factory':>40} {'train+add s':>11} " + " ".join(f"{f'np={p},kf={f}':>14}" for p in (8, 32) for f in (1, 4)))
+    for factory in (f"IDMap,IVF{nlist},PQ{m},RFlat", f"IDMap,OPQ{m}_{dim},IVF{nlist},PQ{m},RFlat"):
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        started = time.perf_counter()
+        index.train(train)
+        for first, chunk in vector_file.iter_chunks(vectors):
+            index.add_with_ids(chunk, np.arange(first, first + len(chunk), dtype=np.int64))
+        seconds = time.perf_counter() - started
+        cells = []
+        for nprobe in (8, 32):
+            for factor in (1, 4):
+                faiss_index.set_search_params(index, {"nprobe": nprobe, "k_factor_rf": factor})
+                _, found = index.search(queries, K)
+                cells.append(np.mean([len(set(a.tolist()) & set(b.tolist())) / K for a, b in zip(found, truth)]))
+        print(f"{factory:>40} {seconds:>11.0f} " + " ".join(f"{c:>14.3f}" for c in cells), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1e6", help="comma-separated gallery sizes, e.g. 1e6,1e7")
+    parser.add_argument("--types", default=None, help="index types (default: flat,hnsw,ivf,ivfpq up to 10^6; ivfpq,ivf above)")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--workdir", default=None, help="where vectors, ground truth and indexes go (default: a temporary folder)")
+    parser.add_argument("--train-per-list", type=int, default=None,
+                        help=f"k-means sample per inverted list (default: the project's {faiss_index.TRAIN_POINTS_PER_LIST})")
+    parser.add_argument("--compare-opq", default=None, metavar="N", help="only compare OPQ with plain PQ on N vectors")
+    # child processes
+    parser.add_argument("--child", choices=("build", "query"), help=argparse.SUPPRESS)
+    parser.add_argument("--index-type", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--vectors", help=argparse.SUPPRESS)
+    parser.add_argument("--index", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
+    parser.add_argument("--truth", help=argparse.SUPPRESS)
+    parser.add_argument("--queries-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.train_per_list:
+        faiss_index.TRAIN_POINTS_PER_LIST = args.train_per_list  # a smaller k-means sample, said in the output
+    if args.child:
+        print(json.dumps(child_build(args) if args.child == "build" else child_query(args)))
+        return
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="siamcli-bench-large-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    faiss = faiss_index.faiss_module()
+    if args.compare_opq:
+        compare_opq(workdir, int(float(args.compare_opq)), args.dim, args.queries)
+        return
+    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} CPUs, dim {args.dim}, "
+          f"{args.queries} queries (batch) / {SINGLE_QUERIES} (one at a time), k-means sample "
+          f"{faiss_index.TRAIN_POINTS_PER_LIST} points per list, recall target {faiss_index.RECALL_TARGET} (tuned to "
+          f"{faiss_index.RECALL_TARGET + faiss_index.TUNING_MARGIN} on 1,000 held-out gallery vectors)", flush=True)
+    rows = []
+    for count in (int(float(s)) for s in args.sizes.split(",")):
+        started = time.perf_counter()
+        vectors = vectors_file(workdir, count, args.dim)
+        queries, truth = queries_and_truth(workdir, count, args.dim, args.queries, vectors)
+        print(f"N={count:,}: vectors and exact ground truth ready in {time.perf_counter() - started:.0f}s", flush=True)
+        types = args.types.split(",") if args.types else (["flat", "hnsw", "ivf", "ivfpq"] if count <= 1_000_000 else ["ivfpq", "ivf"])
+        print_header()
+        for index_type in types:
+            row = run_type(workdir, count, args.dim, index_type, vectors, queries, truth, args.train_per_list)
+            rows.append(row)
+            print_row(row)
+            with open(workdir / "rows.jsonl", "a") as log:
+                log.write(json.dumps(row) + "\n")
+    print_ratios(rows)
+    print(f"load average now {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
