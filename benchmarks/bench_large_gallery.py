@@ -228,7 +228,7 @@ def compare_opq(workdir: Path, count: int, dim: int, n_queries: int) -> None:
     print(f"OPQ vs PQ at {m} bytes/code, N={count:,}, d={dim}, nlist={nlist}: recall@10 of {n_queries} fresh queries")
     print(f"{'factory':>40} {'train+add s':>11} " + " ".join(f"{f'np={p},kf={f}':>14}" for p in (8, 32) for f in (1, 4)))
     for factory in (f"IDMap,IVF{nlist},PQ{m},RFlat", f"IDMap,OPQ{m}_{dim},IVF{nlist},PQ{m},RFlat"):
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss_index.create(faiss_index.IndexPlan("ivfpq", factory, "user"), dim)
         started = time.perf_counter()
         index.train(train)
         for first, chunk in vector_file.iter_chunks(vectors):

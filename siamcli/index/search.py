@@ -19,6 +19,7 @@ import numpy as np
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.index import manifest as mf
+from siamcli.index.faiss_index import RECALL_K
 from siamcli.index.store import LoadedIndex, check_model, load_index
 from siamcli.training.rundir import DEFAULT_RUNS_ROOT, LATEST, MODEL_FILE, find_run
 
@@ -124,7 +125,11 @@ def search_vectors(loaded: LoadedIndex, vectors: np.ndarray, k: int, similarity_
     k = min(k, loaded.count)
     if k == 0 or len(vectors) == 0:
         return [[] for _ in range(len(vectors))]
-    scores, rows = loaded.index.search(np.ascontiguousarray(vectors, np.float32), k)
+    # Search at least as deep as recall was tuned at (10), then keep k: ivfpq re-ranks
+    # k_factor·depth candidates, so --k 1 alone would re-rank a tenth of what was measured.
+    depth = min(max(k, RECALL_K), loaded.count)
+    scores, rows = loaded.index.search(np.ascontiguousarray(vectors, np.float32), depth)
+    scores, rows = scores[:, :k], rows[:, :k]
     if rows.size and rows.max() >= loaded.count:
         raise CorruptArtifactError(f"index {loaded.directory} returned row {rows.max()} of {loaded.count}; it is damaged: rebuild it with --force")
     answers = []

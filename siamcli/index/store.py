@@ -5,14 +5,31 @@ Every check here turns a damaged, truncated or mismatched index into a CorruptAr
 and never a wrong answer:
 
   * manifest.json parses and has the required keys;
-  * every file it lists has the recorded size and sha256 (truncation, bit rot, hand edits);
+  * every file it lists has the recorded size and sha256 (truncation, bit rot, hand edits) —
+    with one exception for queries, below;
   * items.csv (and hashes.csv) have the right columns, unique integer ids, same order;
   * index.faiss reads, holds `count` vectors of `embedding_dim`, by inner product;
   * rows in items.csv = ntotal = manifest count (= rows of embeddings.npy when loaded).
+
+Queries of big indexes (`load_index(full=False)`):
+
+  * IVF-family indexes (ivf, ivfpq) are memory-mapped (`faiss_index.read_index(mmap=True)`,
+    IO_FLAG_MMAP_IFC): a query process holds the pages its queries touch, not the whole
+    index, and the kernel can drop them again. Updates (`full=True`) read the index into
+    memory, since they add to it and a mapped index is read-only. The build swaps whole
+    directories (rename), so a mapped file is never rewritten under a running query.
+  * A file over QUERY_HASH_MAX_BYTES (256 MiB: about 10^6 vectors of ivfpq, 2.5·10^5 of Flat)
+    is checked by size only at query time. Hashing it would read every byte — at 10^7
+    vectors, 10 GB per `siamcli query`, which is what mapping it avoids. Truncation, a
+    partial copy or an appended tail is still refused (size), and so is a file FAISS cannot
+    parse; a same-size corruption inside a big file is caught by the full sha256 every update
+    (`siamcli index --append/--prune`, full=True) runs, not by a query. Files up to the limit,
+    and every file of an update, are hashed in full as before.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +38,10 @@ from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.items import IndexItem, read_items
+
+
+QUERY_HASH_MAX_BYTES = 256 << 20  # query-time loads hash files up to this size; bigger ones: size only
+MMAP_TYPES = ("ivf", "ivfpq")  # index types a query process memory-maps
 
 
 @dataclass
@@ -66,9 +87,10 @@ def load_index(directory: str | Path, full: bool = False) -> LoadedIndex:
         raise UserError(f"{directory} is a file, not an index folder; pass the folder `siamcli index` wrote")
     manifest = mf.read_manifest(directory)
     names = mf.DATA_FILES if full else (mf.INDEX_FILE, mf.ITEMS_FILE)
-    mf.verify_files(directory, manifest, names)
+    _verify(directory, manifest, names, full)
     items = read_items(directory, with_hashes=full)
-    index = faiss_index.read_index(directory / mf.INDEX_FILE)
+    mmap = not full and manifest.get("index_type") in MMAP_TYPES
+    index = faiss_index.read_index(directory / mf.INDEX_FILE, mmap=mmap)
     faiss = faiss_index.faiss_module()
     problems = []
     if index.d != manifest["embedding_dim"]:
@@ -88,6 +110,21 @@ def load_index(directory: str | Path, full: bool = False) -> LoadedIndex:
         raise CorruptArtifactError(f"{directory / mf.MANIFEST}: search_params is not an object; rebuild the index with --force")
     faiss_index.set_search_params(index, params)
     return LoadedIndex(directory=directory, manifest=manifest, items=items, index=index)
+
+
+def _verify(directory: Path, manifest: dict, names: tuple[str, ...], full: bool) -> None:
+    """Size and sha256 of each file; at query time, size only for a file past QUERY_HASH_MAX_BYTES."""
+    for name in names:
+        record = manifest["files"].get(name)
+        path = directory / name
+        if not full and isinstance(record, dict) and isinstance(record.get("bytes"), int) and record["bytes"] > QUERY_HASH_MAX_BYTES:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = None
+            if size == record["bytes"] and path.is_file():
+                continue  # big and the right size: hashed in full by the next update, not by every query
+        mf.verify_files(directory, manifest, (name,))  # every check, and its one-line error
 
 
 def check_model(manifest: dict, model_path: Path, fingerprint: str, directory: Path) -> None:
