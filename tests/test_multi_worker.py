@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import resnet_weights_file
+from conftest import resnet_weights_file, write_identity_folders
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +29,35 @@ def _free_ports(count):
     return ports
 
 
-def test_two_workers_train_one_run_that_matches_a_single_process(tmp_path, image_folders):
-    data = image_folders(identities=5, per_identity=4, size=32)
-    options = [*OPTIONS, "--weights", str(resnet_weights_file(tmp_path))]
+def _start_workers(data, out_args, options, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
-        command = [sys.executable, "-m", "siamcli", "train", str(data), "--out", str(tmp_path / "runs" / "multi"),
-                   "--strategy", "multi-worker", *options]
+        command = [sys.executable, "-m", "siamcli", "train", *([str(data)] if data else []), *out_args, *options]
         processes.append(subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return processes
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(data, options, loss per epoch): one single-process run, 1 frozen + 3 fine-tune epochs.
+
+    The same seed draws the same P×K batches whatever the epoch count (constant learning rate,
+    no early stopping), so a run of fewer epochs must match its first rows.
+    """
+    base = tmp_path_factory.mktemp("multi_worker")
+    data = write_identity_folders(base / "data", identities=5, per_identity=4, size=32)
+    options = [*OPTIONS, "--weights", str(resnet_weights_file(base))]
+    single = subprocess.run([sys.executable, "-m", "siamcli", "train", str(data), "--out", str(base / "single"),
+                             "--strategy", "default", *options, "--finetune-epochs", "3"], cwd=base, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return data, options, pd.read_csv(base / "single" / "history.csv")["loss"].to_numpy()
+
+
+def test_two_workers_train_one_run_that_matches_a_single_process(tmp_path, reference):
+    data, options, single_loss = reference
+    processes = _start_workers(data, ["--out", str(tmp_path / "runs" / "multi"), "--strategy", "multi-worker"], options, tmp_path)
     outputs = []
     for process in processes:
         try:
@@ -60,11 +79,43 @@ def test_two_workers_train_one_run_that_matches_a_single_process(tmp_path, image
 
     assert load_embedding_model(chief / "model.keras").output_shape == (None, 8)
 
-    single = subprocess.run([sys.executable, "-m", "siamcli", "train", str(data), "--out", str(tmp_path / "single"),
-                             "--strategy", "default", *options], cwd=tmp_path, capture_output=True, text=True)
-    assert single.returncode == 0, single.stderr[-3000:]
     multi_loss = pd.read_csv(chief / "history.csv")["loss"]
-    single_loss = pd.read_csv(tmp_path / "single" / "history.csv")["loss"]
     # Same global batches, triplets mined over the gathered global batch: the same loss up to
     # float summation order.
-    np.testing.assert_allclose(multi_loss, single_loss, rtol=2e-3, atol=1e-4)
+    assert len(multi_loss) == 2
+    np.testing.assert_allclose(multi_loss, single_loss[:2], rtol=2e-3, atol=1e-4)
+
+
+def test_two_workers_killed_mid_run_resume_from_the_chiefs_checkpoint(tmp_path, reference):
+    """Both workers killed after the first fine-tune epoch; `--resume` on both finishes the run
+    from the chief's last checkpoint, and every epoch's loss is that of an uninterrupted
+    single-process run."""
+    import time
+
+    data, options, single_loss = reference
+    options = [*options, "--finetune-epochs", "3"]
+    run = tmp_path / "runs" / "multi"
+    processes = _start_workers(data, ["--out", str(run), "--strategy", "multi-worker"], options, tmp_path)
+    pointer = run / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and all(p.poll() is None for p in processes):
+        if pointer.is_file() and json.loads(pointer.read_text())["checkpoint"] == "epoch-0002":
+            break
+        time.sleep(0.05)
+    for process in processes:
+        process.kill()
+        process.communicate()
+    assert json.loads(pointer.read_text())["checkpoint"] in ("epoch-0002", "epoch-0003"), "the run never completed epoch 2"
+
+    resumed = _start_workers(None, ["--resume", str(run)], ["--json"], tmp_path)
+    for process in resumed:
+        try:
+            out, err = process.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            for p in resumed:
+                p.kill()
+            pytest.fail("a resumed worker did not finish within 10 minutes")
+        assert process.returncode == 0, err[-3000:]
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4] and list(history["phase"]) == ["frozen"] + ["finetune"] * 3
+    np.testing.assert_allclose(history["loss"], single_loss, rtol=2e-3, atol=1e-4)
