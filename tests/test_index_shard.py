@@ -142,6 +142,7 @@ def test_shard_and_merge_option_errors(sharded, tmp_path):
     one_line_error(invoke("index", data, "--model", run, "--shard", "4/3", "--out", tmp_path / "p"), "--shard")
     one_line_error(invoke("index", data, "--model", run, "--shard", "1/3", "--append", "--out", tmp_path / "p"), "--append")
     one_line_error(invoke("index", data, "--model", run, "--shard", "1/3", "--out", base / "part1"), "already holds an index", "--force")
+    one_line_error(invoke("index", data, "--model", run, "--shard", "1/3", "--index-type", "hnsw", "--out", tmp_path / "p"), "--merge")
     one_line_error(invoke("index", "--merge", base / "part1", "--shard", "1/3", "--model", run), "separate commands")
     one_line_error(invoke("index", "--merge", base / "part1", "--append", "--model", run), "--append")
     one_line_error(invoke("index", data, data, "--model", run), "pass --merge")

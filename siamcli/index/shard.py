@@ -123,6 +123,8 @@ def build_part(options, events) -> PartResult:
     shard, shards = parse_shard(options.shard)
     if options.append or options.prune:
         raise UserError("--shard writes a new partial index; it cannot be combined with --append or --prune")
+    if options.index_type is not None:
+        raise UserError("a partial holds vectors only; pass --index-type to `siamcli index --merge`, which builds the index")
     run = find_run(options.model)
     out = Path(options.out) if options.out else default_part_dir(run.run_dir, shard, shards)
     with index_lock(out):
