@@ -15,7 +15,7 @@ from siamcli.errors import UserError
 
 
 def index(
-    paths: Annotated[Optional[list[Path]], typer.Argument(metavar="GALLERY_DIR | PART_DIR...", show_default=False, help="Folder of images: sub-folder names become labels; images at its root get an empty label. With --merge: the partial indexes to combine.")] = None,
+    paths: Annotated[Optional[list[Path]], typer.Argument(metavar="GALLERY_DIR | PART_DIR", show_default=False, help="Folder of images: sub-folder names become labels; images at its root get an empty label. With --merge: the partial indexes to combine.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Index directory (default: <model run>/index; with --shard I/N: <model run>/index.part-I-of-N).")] = None,
     index_type: Annotated[Optional[str], typer.Option(help="auto, flat (exact), hnsw or ivf (approximate). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then IVF with 8-bit codes; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,
