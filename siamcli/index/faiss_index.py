@@ -19,9 +19,32 @@ The `auto` rule (N = number of gallery images, d = embedding dim):
 
 HNSW builds at ≈ 0.2–0.4 ms per vector on 2 cores (minutes for 10^6): far less than embedding
 the images took, so build time does not limit it; memory does. `--index-type ivf` gives IVF with
-raw vectors (`IVF{L},Flat`) where they fit in 8 GiB, SQ8 codes past that. PQ codes are not
-used: at recall@10 ≥ 0.95 they need a re-ranking stage over the raw vectors, which costs the
-memory PQ was meant to save; SQ8 keeps recall above the target by itself.
+raw vectors (`IVF{L},Flat`) where they fit in 8 GiB, SQ8 codes past that.
+
+`--index-type ivfpq` (never chosen by `auto`): `IDMap,IVF{L}[_HNSW32],PQ{d/8},RFlat`.
+    IVF{L}      the same L lists as ivf; from 4,096 lists on the coarse quantizer is an HNSW
+                graph over the centroids (`_HNSW32`), since assigning 10^7 vectors to 16,384
+                centroids by brute force alone takes ≈ 25 min on 2 cores
+    PQ{d/8}     one 8-bit code per 8 dimensions (32 bytes at d = 256; fewer bits for a gallery
+                under 10^4, too small to train 256 centroids per codebook); no polysemous
+                training (index_factory's default: Hamming pre-filtering siamcli never uses)
+    RFlat       FAISS's IndexRefineFlat: the PQ search proposes k_factor·k candidates, which
+                are re-scored exactly against the raw vectors — so scores are true cosines
+                (thresholds apply as calibrated) and recall@10 reaches 0.95 with few lists
+    IDMap       IndexRefine numbers rows by insertion order; IDMap keeps ids = rows (8 B/vector)
+It takes N·(4d + d/8 + 16) bytes on disk and when read — 4× SQ8's N·(d + 8) — but a query
+process maps it (store.py), and only the PQ lists it scans (d/8 + 8 bytes a vector) and the
+k_factor·k rows it re-ranks per query are read: the hot set is ~6× smaller than SQ8's at d =
+256, the raw vectors stay cold on disk. Tuning raises nprobe at k_factor_rf = 8 (doubling, then
+bisecting, as for ivf), then halves k_factor_rf while recall@10 stays ≥ 0.96; both go into
+search_params. (search.py searches at least 10 deep, the depth recall was tuned at, so --k 1
+re-ranks as many candidates as were measured.)
+
+OPQ (a learned rotation before PQ) was measured against plain PQ at equal code bytes (32) on
+benchmarks/bench_large_gallery.py's data, N = 10^5, d = 256, same lists and nprobe:
+OPQ_MEASUREMENT. The OPQ rotation is therefore OPQ_DECISION.
+
+Why `auto` keeps IVF{L},SQ8 past the HNSW budget rather than ivfpq: AUTO_DECISION.
 
 Recall is measured the way queries arrive: on vectors the index has not seen. An approximate
 build holds out a random sample of up to 1,000 gallery vectors (a tenth of a small gallery),
@@ -64,7 +87,9 @@ RECALL_QUERIES = 1000  # held-out vectors recall is measured on (at most a tenth
 EXACT_CHUNK_ROWS = 8192  # exact search scores (queries × chunk) at a time: 32 MiB for 1,000 queries
 SEARCH_PARAMETER = {"hnsw": "efSearch", "ivf": "nprobe", "ivfpq": "nprobe"}  # the one tune() raises first
 RERANK_PARAMETER = "k_factor_rf"  # ivfpq: IndexRefine re-scores k_factor·k PQ candidates exactly
-K_FACTOR_TUNE, K_FACTOR_MIN = 8, 1  # ivfpq: nprobe is tuned at k_factor 8, then k_factor halves while recall holds
+K_FACTOR_TUNE, K_FACTOR_MIN = 32, 1  # ivfpq: nprobe is tuned at k_factor 32, then k_factor halves while recall holds
+QUANTIZER_EF_PER_PROBE = 2  # ivfpq with an HNSW coarse quantizer: its efSearch = 2·nprobe (at FAISS's
+                            # default 16 the graph misses lists: recall@10 stopped at 0.865 at 10^6)
 PQ_SUBVECTOR_DIM = 8  # ivfpq: one 8-bit PQ code per 8 dimensions (32 bytes at d = 256)
 PQ_TRAIN_MIN = 256 * 39  # 8-bit codebooks: 256 centroids × FAISS's 39 points each
 HNSW_QUANTIZER_MIN_LISTS = 4096  # ivfpq: an HNSW coarse quantizer from this many lists on (assigning
@@ -347,7 +372,7 @@ def tune(index, plan: IndexPlan, probe: RecallProbe, target: float = RECALL_TARG
     fixed = {RERANK_PARAMETER: K_FACTOR_TUNE} if plan.index_type == "ivfpq" else {}
 
     def attempt(value: int, **others) -> Tuning:
-        params = {name: value, **fixed, **others}
+        params = {name: value, **fixed, **others, **_quantizer_params(plan, value)}
         set_search_params(index, params)
         recall = probe.recall(index)
         return Tuning(recall_at_10=recall, params=params, sample=len(probe.rows), reached=recall >= target)
@@ -391,7 +416,13 @@ def _exhaustive(plan: IndexPlan) -> dict:
     params = {SEARCH_PARAMETER[plan.index_type]: _largest(plan)}
     if plan.index_type == "ivfpq":
         params[RERANK_PARAMETER] = K_FACTOR_TUNE
+        params.update(_quantizer_params(plan, _largest(plan)))
     return params
+
+
+def _quantizer_params(plan: IndexPlan, nprobe: int) -> dict:
+    """An HNSW coarse quantizer must return nprobe good lists: its efSearch follows nprobe."""
+    return {"quantizer_efSearch": QUANTIZER_EF_PER_PROBE * nprobe} if "_HNSW" in plan.factory else {}
 
 
 def _doublings(start: int, stop: int) -> list[int]:
