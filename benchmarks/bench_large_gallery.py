@@ -27,8 +27,8 @@ The gallery file is streamed to <workdir>/vectors_N.npy in 65,536-row chunks (10
 float32 = 10 GB is never held in memory, let alone twice); it and the exact ground truth are
 kept in --workdir, so a rerun skips them.
 
-    nice -n 10 python benchmarks/bench_large_gallery.py --workdir /data/bench           # 10^6: flat,hnsw,ivf,ivfpq
-    nice -n 10 python benchmarks/bench_large_gallery.py --sizes 1e7 --types ivfpq,ivf --workdir /data/bench
+    nice -n 10 python benchmarks/bench_large_gallery.py --workdir /data/bench           # 10^6: flat,hnsw,ivf,sq8,ivfpq
+    nice -n 10 python benchmarks/bench_large_gallery.py --sizes 1e7 --types ivfpq,sq8 --workdir /data/bench
     python benchmarks/bench_large_gallery.py --compare-opq 1e5                          # OPQ vs PQ at equal bytes
 """
 
@@ -98,7 +98,10 @@ def queries_and_truth(workdir: Path, count: int, dim: int, n_queries: int, path:
 
 
 def child_build(args) -> dict:
-    plan = faiss_index.plan_index(args.index_type, args.count, args.dim)
+    if args.index_type == "sq8":  # what `auto` builds past the HNSW budget (ivf picks Flat codes while they fit 8 GiB)
+        plan = faiss_index.IndexPlan("ivf", f"IVF{faiss_index.nlist_for(args.count)},SQ8", "user")
+    else:
+        plan = faiss_index.plan_index(args.index_type, args.count, args.dim)
     started = time.perf_counter()
     index, tuning = faiss_index.build_and_tune(Path(args.vectors), plan,
                                                on_stage=lambda text: print(f"  [{time.perf_counter() - started:7.1f}s] {text}", file=sys.stderr, flush=True))
@@ -162,7 +165,7 @@ def run_type(workdir: Path, count: int, dim: int, index_type: str, vectors: Path
         argv += ["--train-per-list", str(train_per_list)]
     built, build_peak = run_child(argv)
     row = {"type": index_type, "N": count, **built, "build_peak_mib": build_peak, "bytes": index_path.stat().st_size}
-    modes = ("read", "mmap", "cold") if index_type in ("ivf", "ivfpq") else ("read",)
+    modes = ("read", "mmap", "cold") if index_type in ("ivf", "sq8", "ivfpq") else ("read",)
     for mode in modes:
         answer, peak = run_child(["--child", "query", "--mode", mode, "--index", str(index_path), "--queries-file", str(queries),
                                   "--truth", str(truth), "--params", json.dumps(built["params"])])
@@ -172,10 +175,10 @@ def run_type(workdir: Path, count: int, dim: int, index_type: str, vectors: Path
 
 
 def print_header() -> None:
-    print(f"{'N':>10} {'type':>6} {'factory':>32} {'params':>24} {'build':>8} {'build peak':>10} {'file':>9} {'B/vec':>6} "
-          f"{'load':>5} {'batch':>8} {'single':>8} {'recall@10':>9} {'RSS':>9} {'(file pages)':>12}")
-    print(f"{'':>10} {'':>6} {'':>32} {'':>24} {'s':>8} {'MiB':>10} {'MiB':>9} {'':>6} "
-          f"{'':>5} {'ms/q':>8} {'ms/q':>8} {'':>9} {'MiB':>9} {'MiB':>12}")
+    print(f"{'N':>10} {'type':>6} {'factory':>32} {'search params':>44} {'build':>6} {'peak':>7} {'file':>7} {'B/vec':>5} "
+          f"{'load':>5} {'load':>6} {'RSS':>6} {'batch':>6} {'single':>7} {'recall':>6} {'RSS':>6} {'file':>6} {'anon':>6}")
+    print(f"{'':>10} {'':>6} {'':>32} {'':>44} {'s':>6} {'MiB':>7} {'MiB':>7} {'':>5} "
+          f"{'as':>5} {'s':>6} {'load':>6} {'ms/q':>6} {'ms/q':>7} {'@10':>6} {'after':>6} {'pages':>6} {'':>6}")
 
 
 def print_row(row: dict) -> None:
@@ -185,10 +188,11 @@ def print_row(row: dict) -> None:
         if mode not in row:
             continue
         q = row[mode]
-        lead = (f"{row['N']:>10,} {row['type']:>6} {row['factory']:>32} {params:>24} {row['build_s']:>8.0f} "
-                f"{row['build_peak_mib']:>10,.0f} {row['bytes'] / 2**20:>9,.0f} {row['bytes'] / row['N']:>6.0f}") if first else " " * 118
-        print(f"{lead} {mode:>5} {q['batch_ms']:>8.3f} {q['single_ms']:>8.2f} {q['recall']:>9.3f} "
-              f"{q['rss_after_mib']:>9,.0f} {q['rss_file_mib']:>12,.0f}", flush=True)
+        lead = (f"{row['N']:>10,} {row['type']:>6} {row['factory']:>32} {params:>44} {row['build_s']:>6.0f} "
+                f"{row['build_peak_mib']:>7,.0f} {row['bytes'] / 2**20:>7,.0f} {row['bytes'] / row['N']:>5.0f}") if first else " " * 121
+        print(f"{lead} {mode:>5} {q['load_s']:>6.2f} {q['rss_load_mib']:>6,.0f} {q['batch_ms']:>6.2f} {q['single_ms']:>7.2f} "
+              f"{q['recall']:>6.3f} {q['rss_after_mib']:>6,.0f} {q['rss_file_mib']:>6,.0f} "
+              f"{max(0.0, q['rss_after_mib'] - q['rss_file_mib']):>6,.0f}", flush=True)
         first = False
 
 
@@ -196,8 +200,10 @@ def print_ratios(rows: list[dict]) -> None:
     for row in rows:
         if "mmap" in row:
             read, mapped, cold = row["read"], row["mmap"], row["cold"]
-            print(f"{row['N']:,} {row['type']}: query-process RSS mmap/read {mapped['rss_after_mib'] / read['rss_after_mib']:.3f} "
-                  f"({mapped['rss_after_mib']:,.0f} vs {read['rss_after_mib']:,.0f} MiB); single-query latency mmap/read "
+            print(f"{row['N']:,} {row['type']}: RSS after load mmap {mapped['rss_load_mib']:,.0f} vs read {read['rss_load_mib']:,.0f} MiB; "
+                  f"after the queries, memory the kernel cannot drop (anon) mmap "
+                  f"{max(0.0, mapped['rss_after_mib'] - mapped['rss_file_mib']):,.0f} vs read {max(0.0, read['rss_after_mib'] - read['rss_file_mib']):,.0f} MiB; "
+                  f"single-query latency mmap/read "
                   f"{mapped['single_ms'] / read['single_ms']:.2f}x, cold/read {cold['single_ms'] / read['single_ms']:.2f}x; "
                   f"recall mmap == read: {mapped['recall'] == read['recall']}")
     by = {(r["N"], r["type"]): r for r in rows}
@@ -206,9 +212,9 @@ def print_ratios(rows: list[dict]) -> None:
         if flat and kind != "flat":
             print(f"{count:,} {kind} vs flat: batch q/s {flat['read']['batch_ms'] / row['read']['batch_ms']:.1f}x, "
                   f"single {flat['read']['single_ms'] / row['read']['single_ms']:.1f}x, file {row['bytes'] / flat['bytes']:.2f}x")
-        sq8 = by.get((count, "ivf"))
+        sq8 = by.get((count, "sq8"))
         if sq8 and kind == "ivfpq":
-            print(f"{count:,} ivfpq vs ivf: file {row['bytes'] / sq8['bytes']:.2f}x, build {row['build_s'] / sq8['build_s']:.2f}x, "
+            print(f"{count:,} ivfpq vs sq8: file {row['bytes'] / sq8['bytes']:.2f}x, build {row['build_s'] / sq8['build_s']:.2f}x, "
                   f"batch latency {row['read']['batch_ms'] / sq8['read']['batch_ms']:.2f}x, mmap RSS "
                   f"{row['mmap']['rss_after_mib'] / sq8['mmap']['rss_after_mib']:.2f}x, recall {row['read']['recall']:.3f} vs {sq8['read']['recall']:.3f}")
 
@@ -246,13 +252,14 @@ def compare_opq(workdir: Path, count: int, dim: int, n_queries: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1e6", help="comma-separated gallery sizes, e.g. 1e6,1e7")
-    parser.add_argument("--types", default=None, help="index types (default: flat,hnsw,ivf,ivfpq up to 10^6; ivfpq,ivf above)")
+    parser.add_argument("--types", default=None, help="index types (flat, hnsw, ivf, sq8 = IVF{L},SQ8 as auto builds it past the HNSW budget, ivfpq; default: flat,hnsw,ivf,sq8,ivfpq up to 10^6; ivfpq,sq8 above)")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--workdir", default=None, help="where vectors, ground truth and indexes go (default: a temporary folder)")
     parser.add_argument("--train-per-list", type=int, default=None,
                         help=f"k-means sample per inverted list (default: the project's {faiss_index.TRAIN_POINTS_PER_LIST})")
     parser.add_argument("--compare-opq", default=None, metavar="N", help="only compare OPQ with plain PQ on N vectors")
+    parser.add_argument("--report", nargs="+", metavar="WORKDIR", help="only print the table of earlier runs (their rows.jsonl)")
     # child processes
     parser.add_argument("--child", choices=("build", "query"), help=argparse.SUPPRESS)
     parser.add_argument("--index-type", help=argparse.SUPPRESS)
@@ -270,6 +277,18 @@ def main() -> None:
         print(json.dumps(child_build(args) if args.child == "build" else child_query(args)))
         return
 
+    if args.report:
+        latest = {}
+        for folder in args.report:
+            for line in open(Path(folder) / "rows.jsonl"):
+                row = json.loads(line)
+                latest[(row["N"], row["type"])] = row  # a rerun replaces the earlier row
+        rows = sorted(latest.values(), key=lambda r: (r["N"], ["flat", "hnsw", "ivf", "sq8", "ivfpq"].index(r["type"])))
+        print_header()
+        for row in rows:
+            print_row(row)
+        print_ratios(rows)
+        return
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="siamcli-bench-large-"))
     workdir.mkdir(parents=True, exist_ok=True)
     faiss = faiss_index.faiss_module()
@@ -286,7 +305,7 @@ def main() -> None:
         vectors = vectors_file(workdir, count, args.dim)
         queries, truth = queries_and_truth(workdir, count, args.dim, args.queries, vectors)
         print(f"N={count:,}: vectors and exact ground truth ready in {time.perf_counter() - started:.0f}s", flush=True)
-        types = args.types.split(",") if args.types else (["flat", "hnsw", "ivf", "ivfpq"] if count <= 1_000_000 else ["ivfpq", "ivf"])
+        types = args.types.split(",") if args.types else (["flat", "hnsw", "ivf", "sq8", "ivfpq"] if count <= 1_000_000 else ["ivfpq", "sq8"])
         print_header()
         for index_type in types:
             row = run_type(workdir, count, args.dim, index_type, vectors, queries, truth, args.train_per_list)
