@@ -35,16 +35,28 @@ raw vectors (`IVF{L},Flat`) where they fit in 8 GiB, SQ8 codes past that.
 It takes N·(4d + d/8 + 16) bytes on disk and when read — 4× SQ8's N·(d + 8) — but a query
 process maps it (store.py), and only the PQ lists it scans (d/8 + 8 bytes a vector) and the
 k_factor·k rows it re-ranks per query are read: the hot set is ~6× smaller than SQ8's at d =
-256, the raw vectors stay cold on disk. Tuning raises nprobe at k_factor_rf = 8 (doubling, then
-bisecting, as for ivf), then halves k_factor_rf while recall@10 stays ≥ 0.96; both go into
-search_params. (search.py searches at least 10 deep, the depth recall was tuned at, so --k 1
+256, the raw vectors stay cold on disk. Tuning raises nprobe at k_factor_rf = 32 (doubling, then
+bisecting, as for ivf), then halves k_factor_rf while recall@10 stays ≥ 0.96; with an HNSW
+quantizer its efSearch is 2·nprobe (at FAISS's default 16 the graph returned too few good lists
+and recall@10 stopped at 0.865 at 10^6, whatever nprobe). All go into search_params. (search.py searches at least 10 deep, the depth recall was tuned at, so --k 1
 re-ranks as many candidates as were measured.)
 
 OPQ (a learned rotation before PQ) was measured against plain PQ at equal code bytes (32) on
-benchmarks/bench_large_gallery.py's data, N = 10^5, d = 256, same lists and nprobe:
-OPQ_MEASUREMENT. The OPQ rotation is therefore OPQ_DECISION.
+benchmarks/bench_large_gallery.py's data (N = 10^5, d = 256, IVF1024, nprobe 128, 1,000 fresh
+queries; `--compare-opq`): recall@10 0.811 → 0.938 without re-ranking (k_factor 1), but
+0.977 → 0.985 at k_factor 8 and 0.985 → 0.985 at k_factor 32, for 6.5× the train+add time
+(412 s vs 63 s on 2 busy cores). With exact re-ranking, tuning reaches the same recall at the
+same nprobe by re-ranking a few more candidates, so OPQ does not pay here and is not used.
 
-Why `auto` keeps IVF{L},SQ8 past the HNSW budget rather than ivfpq: AUTO_DECISION.
+Why `auto` keeps IVF{L},SQ8 past the HNSW budget rather than ivfpq: auto switches to IVF only
+when HNSW (≈ N·1.3 KB at d = 256) no longer fits 8 GiB, i.e. past ≈ 6.6 M vectors. ivfpq's
+index holds the raw vectors again (N·1,072 B at d = 256): at that size it is itself past the
+budget, and its build keeps them all in memory (peak 2.2 GB at 10^6, ≈ 11 GB at 10^7), while
+SQ8 takes N·(d + 8) B and reaches recall@10 ≥ 0.95 on its own (both were tuned to ≥ 0.96 on
+held-out vectors and measured ≥ 0.95 on fresh queries at 10^6; see docs/scaling.md). ivfpq is
+for when exact scores matter (thresholds) or the page cache cannot hold SQ8's codes: mapped,
+its hot set is the PQ lists (d/8 + 16 B a vector), the raw vectors are read only for the
+candidates a query re-ranks.
 
 Recall is measured the way queries arrive: on vectors the index has not seen. An approximate
 build holds out a random sample of up to 1,000 gallery vectors (a tenth of a small gallery),
