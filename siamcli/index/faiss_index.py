@@ -297,6 +297,9 @@ def build_and_tune(vectors_path, plan: IndexPlan, seed: int = 0, target: float =
         size = min(len(pool), size)
         index.train(vector_file.read_rows(vectors_path, np.sort(rng.choice(pool, size=size, replace=False))))
     stage(f"adding {count} vectors to {plan.factory}")
+    # Room for every row, held-out ones included: reserved only for the rest, the raw-vector
+    # storage doubled when those came last (build peak 20.5 GB for a 10 GB ivfpq at 10^7).
+    _reserve(index, count)
     add_rows(index, vectors_path, skip=skip)
     if len(held_out):
         stage("measuring recall@10 on held-out vectors against exact search")
