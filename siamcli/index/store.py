@@ -18,7 +18,7 @@ Queries of big indexes (`load_index(full=False)`):
     index, and the kernel can drop them again. Updates (`full=True`) read the index into
     memory, since they add to it and a mapped index is read-only. The build swaps whole
     directories (rename), so a mapped file is never rewritten under a running query.
-  * A file over QUERY_HASH_MAX_BYTES (256 MiB: about 10^6 vectors of ivfpq, 2.5·10^5 of Flat)
+  * A file over QUERY_HASH_MAX_BYTES (256 MiB: ≈ 2.5·10^5 vectors of Flat or ivfpq, 10^6 of sq8, at d = 256)
     is checked by size only at query time. Hashing it would read every byte — at 10^7
     vectors, 10 GB per `siamcli query`, which is what mapping it avoids. Truncation, a
     partial copy or an appended tail is still refused (size), and so is a file FAISS cannot
