@@ -18,7 +18,7 @@ def index(
     paths: Annotated[Optional[list[Path]], typer.Argument(metavar="GALLERY_DIR | PART_DIR", show_default=False, help="Folder of images: sub-folder names become labels; images at its root get an empty label. With --merge: the partial indexes to combine.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Index directory (default: <model run>/index; with --shard I/N: <model run>/index.part-I-of-N).")] = None,
-    index_type: Annotated[Optional[str], typer.Option(help="auto, flat (exact), hnsw or ivf (approximate). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then IVF with 8-bit codes; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,
+    index_type: Annotated[Optional[str], typer.Option(help="auto, flat (exact), hnsw, ivf or ivfpq (approximate; ivfpq: PQ codes with exact re-ranking, memory-mapped by queries, for galleries of millions). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then IVF with 8-bit codes; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (every shard of one gallery must use the same).")] = 32,
     append: Annotated[bool, typer.Option("--append", help="Add images not indexed yet (same path and content = already there); keep every existing entry and id.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Drop entries whose files are gone.")] = False,
