@@ -9,8 +9,9 @@ Keys (a JSON object; unknown keys are kept by readers that do not need them):
     image_size         side the model resizes images to
     metric             "inner_product" (cosine similarity of unit vectors)
     factory            FAISS index_factory string: "Flat", "IDMap,HNSW32,Flat", "IVF4096,Flat"…
-    index_type         flat | hnsw | ivf;  chosen_by: "auto" or "user"
-    search_params      {"efSearch": n} | {"nprobe": n} | {}
+    index_type         flat | hnsw | ivf | ivfpq;  chosen_by: "auto" or "user"
+    search_params      {"efSearch": n} | {"nprobe": n} | {} | for ivfpq
+                       {"nprobe": n, "k_factor_rf": k[, "quantizer_efSearch": e]}
     recall_at_10       measured against exact search (1.0 for flat: exact by construction)
     recall_sample      held-out vectors recall was measured on (0 for flat)
     recall_count       gallery size when it was measured (appends re-measure past 1.25×)
@@ -22,6 +23,10 @@ Keys (a JSON object; unknown keys are kept by readers that do not need them):
     gallery            the gallery folder of the last build
     siamcli_version, faiss_version, created, updated
     files              {name: {"bytes": n, "sha256": hex}} for every other file of the index
+
+A partial written by `siamcli index GALLERY --shard I/N` has "format": "siamcli-index-part/1"
+and its own keys (PART_REQUIRED; see shard.py); read_manifest refuses it with a message that
+says to merge the partials.
 """
 
 from __future__ import annotations
