@@ -39,6 +39,20 @@ def _start_workers(data, out_args, options, tmp_path):
     return processes
 
 
+def _wait_for_workers(processes):
+    """[(returncode, stdout, stderr)] of every worker; all are killed if one runs past 10 minutes."""
+    outputs = []
+    for process in processes:
+        try:
+            out, err = process.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            pytest.fail("a worker did not finish within 10 minutes")
+        outputs.append((process.returncode, out, err))
+    return outputs
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """(data, options, loss per epoch): one single-process run, 1 frozen + 3 fine-tune epochs.
@@ -58,15 +72,7 @@ def reference(tmp_path_factory):
 def test_two_workers_train_one_run_that_matches_a_single_process(tmp_path, reference):
     data, options, single_loss = reference
     processes = _start_workers(data, ["--out", str(tmp_path / "runs" / "multi"), "--strategy", "multi-worker"], options, tmp_path)
-    outputs = []
-    for process in processes:
-        try:
-            out, err = process.communicate(timeout=600)
-        except subprocess.TimeoutExpired:
-            for p in processes:
-                p.kill()
-            pytest.fail("a worker did not finish within 10 minutes")
-        outputs.append((process.returncode, out, err))
+    outputs = _wait_for_workers(processes)
     for code, out, err in outputs:
         assert code == 0, err[-3000:]
 
@@ -108,14 +114,8 @@ def test_two_workers_killed_mid_run_resume_from_the_chiefs_checkpoint(tmp_path, 
     assert json.loads(pointer.read_text())["checkpoint"] in ("epoch-0002", "epoch-0003"), "the run never completed epoch 2"
 
     resumed = _start_workers(None, ["--resume", str(run)], ["--json"], tmp_path)
-    for process in resumed:
-        try:
-            out, err = process.communicate(timeout=600)
-        except subprocess.TimeoutExpired:
-            for p in resumed:
-                p.kill()
-            pytest.fail("a resumed worker did not finish within 10 minutes")
-        assert process.returncode == 0, err[-3000:]
+    for code, _, err in _wait_for_workers(resumed):
+        assert code == 0, err[-3000:]
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4] and list(history["phase"]) == ["frozen"] + ["finetune"] * 3
     np.testing.assert_allclose(history["loss"], single_loss, rtol=2e-3, atol=1e-4)

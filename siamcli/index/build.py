@@ -149,13 +149,7 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
     existing = _existing(out, options, events)
     _warn_leftovers(out, events)
 
-    scan = scan_folder(options.gallery, labelled=False)
-    if scan.skipped:
-        events.message(describe_skipped(scan.skipped))
-    # Parallel lists, not a list of pairs: at a million images every per-image object counts.
-    gallery_paths = [os.path.abspath(item.path) for item in scan.items]
-    gallery_labels = [item.label for item in scan.items]
-    scan.items.clear()
+    scan, gallery_paths, gallery_labels = scan_gallery(options.gallery, events)
 
     from siamcli.models.embed import model_image_size
     from siamcli.models.embedding import file_fingerprint, load_embedding_model
@@ -226,6 +220,20 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
     result.index_bytes = manifest["files"][mf.INDEX_FILE]["bytes"]
     result.seconds = time.perf_counter() - started
     return result
+
+
+def scan_gallery(gallery: str, events: IndexEvents):
+    """(scan, absolute paths, labels) of the gallery's images in sorted order; skipped files reported.
+
+    Parallel lists, not a list of pairs: at a million images every per-image object counts.
+    """
+    scan = scan_folder(gallery, labelled=False)
+    if scan.skipped:
+        events.message(describe_skipped(scan.skipped))
+    paths = [os.path.abspath(item.path) for item in scan.items]
+    labels = [item.label for item in scan.items]
+    scan.items.clear()
+    return scan, paths, labels
 
 
 def index_manifest(tmp: Path, *, fingerprint: str, model_path: Path, dim: int, image_size: int, plan: faiss_index.IndexPlan,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from siamcli import __version__
 from siamcli.atomic import atomic_directory, write_json
-from siamcli.data.scan import Skipped, describe_skipped, require_folder, scan_folder
+from siamcli.data.scan import Skipped, describe_skipped, require_folder
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
@@ -130,12 +130,9 @@ def build_part(options, events) -> PartResult:
     with index_lock(out):
         require_folder(options.gallery)
         _refuse_existing(out, options.force, what="a partial index")
-        scan = scan_folder(options.gallery, labelled=False)
-        if scan.skipped:
-            events.message(describe_skipped(scan.skipped))
-        paths = [os.path.abspath(item.path) for item in scan.items]
-        labels = [item.label for item in scan.items]
-        scan.items.clear()
+        from siamcli.index.build import scan_gallery
+
+        scan, paths, labels = scan_gallery(options.gallery, events)
         if not paths:
             raise UserError(f"{options.gallery} holds no images to index (JPEG, PNG, BMP, GIF, WebP, TIFF, PGM)")
         listing, total = listing_digest(paths, labels), len(paths)
