@@ -77,13 +77,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="siamcli-bench-index-"))
     gallery = make_gallery(work / "gallery", args.images)
     if args.model:
-        from siamcli.training.rundir import find_run
+        from siamcli.rundir import find_run
 
         run_dir = find_run(args.model).run_dir
     else:
         run_dir = make_model_run(work / "run", args.image_size, args.embedding_dim)
 
-    from siamcli.data.pipeline import load_images
+    from siamcli.models.embed import load_pixels
     from siamcli.data.scan import scan_folder
     from siamcli.models.embed import model_image_size
     from siamcli.models.embedding import load_embedding_model
@@ -93,7 +93,7 @@ def main() -> None:
     model = load_embedding_model(run_dir / "model.keras")
     size = model_image_size(model)
     paths = [item.path for item in scan_folder(gallery, labelled=False).items]
-    images = load_images(paths, size).images.astype(np.float32)
+    images = load_pixels(paths, size).images.astype(np.float32)
 
     cpu_rates = []
 

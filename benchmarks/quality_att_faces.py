@@ -48,10 +48,10 @@ def main() -> None:
         sys.exit(f"training failed ({proc.returncode}): {proc.stderr[-2000:]}")
     summary = json.loads(proc.stdout)
 
-    from siamcli.data.pipeline import load_images
+    from siamcli.models.embed import load_pixels
     from siamcli.data.scan import scan_folder
     from siamcli.evaluation.metrics import retrieval_metrics
-    from siamcli.models.embed import embed_paths
+    from siamcli.models.embed import embed
     from siamcli.models.embedding import load_embedding_model
     from siamcli.training.config import TrainConfig
 
@@ -64,8 +64,8 @@ def main() -> None:
         result = retrieval_metrics(vectors, labels, ks=(1,))
         return result.map_at_r, result.precision_at_1
 
-    trained = score(embed_paths(load_embedding_model(run / "model.keras"), paths).embeddings)
-    pixels = load_images(paths, args.image_size).images.reshape(len(paths), -1).astype(np.float32)
+    trained = score(embed(load_embedding_model(run / "model.keras"), paths).vectors)
+    pixels = load_pixels(paths, args.image_size).images.reshape(len(paths), -1).astype(np.float32)
     raw = score(pixels)
 
     from siamcli.models import embedding as nets
@@ -76,7 +76,7 @@ def main() -> None:
     keras.utils.set_random_seed(config.seed)
     backbone = nets.build_backbone(config.image_size, WeightsChoice("none", None), config.feature_layer, config.pooling)
     head = nets.build_head(config.embedding_dim, int(backbone.output_shape[-1]), config.dropout)
-    untrained = score(embed_paths(nets.assemble(backbone, head, config.image_size), paths).embeddings)
+    untrained = score(embed(nets.assemble(backbone, head, config.image_size), paths).vectors)
 
     print(f"\ntraining: {seconds:.0f} s, {summary['epochs']} epochs, best epoch {summary['best_epoch']}, "
           f"images/s {json.dumps({k: round(v, 1) for k, v in summary['images_per_second'].items()})}")

@@ -56,7 +56,8 @@ def main() -> None:
     tf = import_tensorflow()
     import keras
 
-    from siamcli.data.pipeline import PKSampler, load_images, pk_batches
+    from siamcli.data.pipeline import PKSampler, pk_batches
+    from siamcli.models.embed import load_pixels
     from siamcli.data.scan import scan_folder
     from siamcli.models import embedding as nets
     from siamcli.models.backbone_weights import WeightsChoice
@@ -67,7 +68,7 @@ def main() -> None:
     items = scan_folder(data).items
     names = sorted({item.label for item in items})
     labels = np.array([names.index(item.label) for item in items], np.int32)
-    images = load_images([item.path for item in items], args.image_size).images
+    images = load_pixels([item.path for item in items], args.image_size).images
     strategy = tf.distribute.get_strategy()
     backbone = nets.build_backbone(args.image_size, WeightsChoice("none", None), config.feature_layer, config.pooling)
     head = nets.build_head(config.embedding_dim, int(backbone.output_shape[-1]), config.dropout)

@@ -117,16 +117,16 @@ def test_metrics_recomputed_from_the_files_by_an_independent_implementation_agre
 
 
 def test_raw_pixel_baseline_is_the_pixels_compared_by_euclidean_distance(evaluated):
-    from siamcli.data.pipeline import load_images
+    from siamcli.models.embed import load_pixels
     from siamcli.evaluation.metrics import retrieval_metrics
 
     report, out = evaluated
     labels = pd.read_csv(out / "labels.csv")
-    loaded = load_images(labels["path"].tolist(), report.image_size)
+    loaded = load_pixels(labels["path"].tolist(), report.image_size)
     pixels = loaded.images.reshape(len(labels), -1).astype(np.float32) / 255.0
     expected = retrieval_metrics(pixels, labels["label"].to_numpy(), (1, 3))
     baseline = json.loads((out / "metrics.json").read_text())["baselines"]["raw_pixels"]
-    # load_images rounds to uint8; the baseline keeps the resized floats: allow a flip or two.
+    # load_pixels rounds to uint8; the baseline keeps the resized floats: allow a flip or two.
     assert baseline["map_at_r"] == pytest.approx(expected.map_at_r, abs=0.05)
 
 

@@ -532,7 +532,7 @@ def test_unreadable_for_an_ordinary_user(tmp_path):
 
 def test_the_pipeline_names_every_hostile_file_and_keeps_the_good_ones(tmp_path):
     """Scan + decode as training and indexing do: each file is loaded or named with a reason."""
-    from siamcli.data.pipeline import load_images
+    from siamcli.models.embed import load_pixels
 
     root = tmp_path / "data"
     good = {
@@ -562,7 +562,7 @@ def test_the_pipeline_names_every_hostile_file_and_keeps_the_good_ones(tmp_path)
     }
     paths = [item.path for item in result.items]
     with _no_hang(120):
-        loaded = load_images(paths, 16)
+        loaded = load_pixels(paths, 16)
     kept = sorted(os.path.relpath(paths[i], root) for i in loaded.kept)
     assert kept == sorted(good)
     assert loaded.images.shape == (len(good), 16, 16, 3)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from siamcli.data.decode import DecodeError, decode_image
-from siamcli.data.pipeline import load_images
+from siamcli.models.embed import load_pixels
 from siamcli.data.scan import scan_folder
 
 
@@ -58,7 +58,7 @@ def test_each_hostile_file_is_refused_with_a_reason(hostile):
 
 def test_the_pipeline_skips_and_names_them_and_keeps_the_good_image(hostile):
     paths = [str(p) for p in sorted((hostile / "bad").iterdir())] + [str(hostile / "ok" / "a.png")]
-    loaded = load_images(paths, 32)
+    loaded = load_pixels(paths, 32)
     assert loaded.images.shape == (1, 32, 32, 3)
     assert {os.path.basename(f.path) for f in loaded.failures} == {"truncated.png", "truncated.jpg", "empty.jpg", "text.jpg", "bomb.png"}
 
@@ -84,7 +84,7 @@ def test_odd_but_valid_images_decode_correctly(tmp_path):
     strange.parent.mkdir()
     Image.new("RGB", (2, 2)).save(strange)
     assert decode_image(str(strange)).shape == (2, 2, 3)
-    assert load_images([str(strange)], 32).images.shape == (1, 32, 32, 3)
+    assert load_pixels([str(strange)], 32).images.shape == (1, 32, 32, 3)
 
 
 def test_scan_survives_symlink_loops_fifos_and_folders_named_like_images(tmp_path):

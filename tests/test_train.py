@@ -84,7 +84,7 @@ def test_from_scratch_regime_trains_the_whole_network_and_batchnorm(tmp_path, im
 def test_cli_train_writes_the_run_and_the_model_reloads_identically_in_a_new_process(tmp_path, image_folders):
     from siamcli.cli.app import app
     from siamcli.data.scan import scan_folder
-    from siamcli.models.embed import embed_paths
+    from siamcli.models.embed import embed
     from siamcli.models.embedding import load_embedding_model
 
     data = image_folders(identities=5, per_identity=4, size=40)
@@ -106,13 +106,13 @@ def test_cli_train_writes_the_run_and_the_model_reloads_identically_in_a_new_pro
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     paths = [item.path for item in scan_folder(data).items]
-    here = embed_paths(load_embedding_model(run / "model.keras"), paths, batch_size=8).embeddings
+    here = embed(load_embedding_model(run / "model.keras"), paths, batch_size=8).vectors
     script = (
         "import sys, numpy as np\n"
         "from siamcli.models.embedding import load_embedding_model\n"
-        "from siamcli.models.embed import embed_paths\n"
+        "from siamcli.models.embed import embed\n"
         "paths = sys.argv[2:]\n"
-        "e = embed_paths(load_embedding_model(sys.argv[1]), paths, batch_size=8).embeddings\n"
+        "e = embed(load_embedding_model(sys.argv[1]), paths, batch_size=8).vectors\n"
         "np.save(sys.stdout.buffer, e)\n"
     )
     out = subprocess.run([sys.executable, "-c", script, str(run / "model.keras"), *paths], capture_output=True, check=True)
@@ -192,7 +192,7 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_default_strategy(tmp_p
 def test_mixed_precision_trains_with_a_finite_float32_loss(tmp_path, image_folders, precision):
     import keras
 
-    from siamcli.models.embed import embed_paths
+    from siamcli.models.embed import embed
     from siamcli.models.embedding import load_embedding_model
     from siamcli.data.scan import scan_folder
 
@@ -201,6 +201,6 @@ def test_mixed_precision_trains_with_a_finite_float32_loss(tmp_path, image_folde
     assert np.isfinite(result.history["loss"]).all()
     assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is restored
     model = load_embedding_model(result.run_dir / "model.keras")
-    embeddings = embed_paths(model, [item.path for item in scan_folder(data).items]).embeddings
+    embeddings = embed(model, [item.path for item in scan_folder(data).items]).vectors
     assert embeddings.dtype == np.float32
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-3)

@@ -95,10 +95,10 @@ def test_the_static_resnet50_layer_list_matches_keras():
     import_tensorflow()
     import keras
 
-    from siamcli.training.config import resnet50_layer_names
+    from siamcli.models.resnet50 import layer_names
 
     model = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
-    assert [layer.name for layer in model.layers][1:] == resnet50_layer_names()[1:]
+    assert [layer.name for layer in model.layers][1:] == layer_names()[1:]
 
 
 def test_imagenet_weights_already_in_the_keras_cache_are_used_without_network(tmp_path, monkeypatch):

@@ -56,7 +56,12 @@ def index(
                 batch_size=batch_size, append=append, prune=prune, force=force, shard=shard,
             )
             with _ProgressDisplay() as display:
-                result = build_index(options, events=display)
+                if shard is not None:
+                    from siamcli.index.shard import build_part
+
+                    result = build_part(options, display)
+                else:
+                    result = build_index(options, events=display)
     if json_output:
         print_json(result.summary())
     elif shard is not None and not merge:

@@ -50,43 +50,6 @@ def decoded_dataset(paths: Sequence[str], image_size: int):
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-@dataclass
-class LoadedImages:
-    images: np.ndarray  # (n_ok, S, S, 3) uint8
-    kept: list[int]  # positions in the input list of the images that decoded
-    failures: list[Skipped]
-
-
-def load_images(
-    paths: Sequence[str], image_size: int, on_progress: Callable[[int], None] | None = None
-) -> LoadedImages:
-    """Decode and resize every path into one in-memory uint8 array (training sets fit in RAM)."""
-    tf = import_tensorflow()
-    images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
-    ok = np.zeros(len(paths), bool)
-    failures: list[Skipped] = []
-    dataset = decoded_dataset(paths, image_size).batch(64).prefetch(tf.data.AUTOTUNE)
-    for positions, batch, errors in dataset:
-        positions = positions.numpy()
-        batch = np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8)
-        for row, (position, error) in enumerate(zip(positions, errors.numpy())):
-            if error:
-                failures.append(Skipped(paths[position], error.decode()))
-            else:
-                images[position] = batch[row]
-                ok[position] = True
-        if on_progress:
-            on_progress(len(positions))
-    kept = np.flatnonzero(ok).tolist()
-    return LoadedImages(images=images[ok], kept=kept, failures=failures)
-
-
-def embedding_batches(paths: Sequence[str], image_size: int, batch_size: int):
-    """Batches of (positions, images, errors) for embedding, prefetched behind the model."""
-    tf = import_tensorflow()
-    return decoded_dataset(paths, image_size).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 class PKSampler:
     """Index batches of P identities × K images each, reproducible from `seed`.
 

@@ -62,11 +62,13 @@ def baseline_features(
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     on_progress: Callable[[int], None] | None = None,
 ) -> BaselineFeatures:
-    """Raw-pixel and untrained-backbone features of `paths` (which must all decode), in order."""
-    from siamcli.data.pipeline import embedding_batches
-    from siamcli.tf_runtime import import_tensorflow
+    """Raw-pixel and untrained-backbone features of `paths` (which must all decode), in order.
 
-    tf = import_tensorflow()
+    One pass through the embedding path: the untrained backbone embeds each batch while the
+    raw-pixel baseline keeps the very pixels it saw.
+    """
+    from siamcli.models.embed import embedding_stream
+
     result = BaselineFeatures()
     n = len(paths)
     raw_dim = image_size * image_size * 3
@@ -90,17 +92,15 @@ def baseline_features(
 
     raw = np.zeros((n, raw_dim), np.float32) if want_raw else None
     pooled = np.zeros((n, int(backbone.output_shape[-1])), np.float32) if backbone is not None else None
-    forward = tf.function(lambda images: backbone(images, training=False), reduce_retracing=True) if backbone is not None else None
     failed = []
-    for positions, images, errors in embedding_batches(list(paths), image_size, batch_size):
-        positions = positions.numpy()
-        failed.extend(positions[errors.numpy() != b""].tolist())
+    for batch in embedding_stream(backbone, list(paths), batch_size, image_size):
+        failed.extend(batch.positions[~batch.ok].tolist())
         if raw is not None:
-            raw[positions] = images.numpy().reshape(len(positions), -1) / 255.0
+            raw[batch.positions] = batch.pixels.numpy().reshape(len(batch.positions), -1) / 255.0
         if pooled is not None:
-            pooled[positions] = forward(images).numpy()
+            pooled[batch.kept] = batch.vectors
         if on_progress:
-            on_progress(len(positions))
+            on_progress(len(batch.positions))
     if failed:  # a file changed on disk since the model embedded it: the baselines would not line up
         reason = f"{len(failed)} image(s) no longer decode, e.g. {paths[failed[0]]}"
         result.skipped.update({RAW_PIXELS: reason, UNTRAINED_BACKBONE: reason})
@@ -123,9 +123,9 @@ def build_untrained_backbone(image_size: int, choice, config: dict):
     import keras
 
     from siamcli.models.embedding import build_backbone
+    from siamcli.models.resnet50 import default_cut
 
-    from siamcli.training.config import TrainConfig
-
-    resolved = TrainConfig.from_json({"data_dir": "", **config}).resolve()
-    keras.utils.set_random_seed(resolved.seed)
-    return build_backbone(image_size, choice, resolved.feature_layer, resolved.pooling)
+    # config.json records the resolved cut; the regime's default stands in for older runs.
+    feature_layer, pooling = default_cut(choice.pretrained)
+    keras.utils.set_random_seed(int(config.get("seed", 0)))
+    return build_backbone(image_size, choice, config.get("feature_layer") or feature_layer, config.get("pooling") or pooling)

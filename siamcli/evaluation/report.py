@@ -30,7 +30,7 @@ from siamcli.evaluation import plots
 from siamcli.evaluation.classification import ClassificationResult, classify
 from siamcli.evaluation.metrics import DEFAULT_BLOCK_SIZE, RetrievalMetrics, RetrievalResult, evaluate_retrieval, retrieval_metrics
 from siamcli.evaluation.verification import DEFAULT_MAX_PAIRS, VerificationResult, verification_metrics
-from siamcli.training import rundir
+from siamcli import rundir
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
@@ -215,14 +215,14 @@ def evaluate(
             warnings.append(f"{len(missing)} held-out identit{'y has' if len(missing) == 1 else 'ies have'} no images in {selection.root}: {', '.join(missing[:10])}")
     _check_enough([item.label for item in selection.items], selection.root)
 
-    from siamcli.models.embed import embed_paths, model_image_size
+    from siamcli.models.embed import embed, model_image_size
     from siamcli.models.embedding import file_fingerprint, load_embedding_model
 
     network = load_embedding_model(run.model)
     image_size = model_image_size(network)
     paths = [item.path for item in selection.items]
     events.stage("embedding images", len(paths))
-    embedded = embed_paths(network, paths, batch_size=options.batch_size, on_progress=events.advance)
+    embedded = embed(network, paths, batch_size=options.batch_size, on_progress=events.advance)
     skipped = list(selection.skipped) + list(embedded.failures)
     if skipped:
         warnings.append(describe_skipped(skipped))
@@ -230,7 +230,7 @@ def evaluate(
     paths = [item.path for item in kept_items]
     labels = [item.label for item in kept_items]
     _check_enough(labels, selection.root)
-    embeddings = np.asarray(embedded.embeddings, np.float32)
+    embeddings = np.asarray(embedded.vectors, np.float32)
     trained_on = _trained_identities(run, data_dir, labels)
     if trained_on:
         warnings.append(

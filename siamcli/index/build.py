@@ -40,7 +40,7 @@ from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.items import IndexItem, content_hash, write_items
 from siamcli.index.store import LoadedIndex, check_model, is_index_dir, load_index
-from siamcli.training.rundir import find_run
+from siamcli.rundir import find_run
 
 INDEX_DIR_NAME = "index"  # default --out: <model run>/index
 
@@ -56,7 +56,7 @@ class IndexOptions:
     prune: bool = False  # drop rows whose files are gone
     force: bool = False  # rebuild from scratch
     seed: int = 0  # IVF training sample and recall sample
-    shard: str | None = None  # "I/N": embed only that share of the gallery into a partial (shard.py)
+    shard: str | None = None  # "I/N": embed only that share of the gallery into a partial (shard.build_part)
 
 
 class IndexEvents:
@@ -130,14 +130,12 @@ def default_index_dir(run_dir: Path) -> Path:
 
 
 def build_index(options: IndexOptions, events: IndexEvents | None = None):
-    """Build or update the index (an IndexResult); with options.shard, embed one partial (a shard.PartResult)."""
+    """Build or update the index. (A shard's partial is `shard.build_part`'s work.)"""
     events = events or IndexEvents()
     started = time.perf_counter()
-    _validate(options)
+    validate_options(options)
     if options.shard is not None:
-        from siamcli.index.shard import build_part
-
-        return build_part(options, events)
+        raise ValueError("options.shard is set: call siamcli.index.shard.build_part")
     run = find_run(options.model)
     out = Path(options.out) if options.out else default_index_dir(run.run_dir)
     with index_lock(out):
@@ -354,7 +352,7 @@ def _unchanged(result: IndexResult, old: LoadedIndex, started: float) -> IndexRe
     return result
 
 
-def _validate(options: IndexOptions) -> None:
+def validate_options(options: IndexOptions) -> None:
     if options.force and (options.append or options.prune):
         raise UserError("--force rebuilds the index from scratch; it cannot be combined with --append or --prune")
     if options.batch_size < 1:

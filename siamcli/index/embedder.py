@@ -1,10 +1,9 @@
-"""Streaming images through the embedding model, vectors straight to disk.
+"""A gallery through the embedding path, vectors straight to disk.
 
-The same tf.data pipeline as `siamcli.models.embed.embed_paths` (parallel Pillow decode,
-batching, prefetch behind the model), but each batch of vectors is written to a
-`VectorWriter` as soon as it is computed, so memory stays flat however large the gallery:
-one batch of pixels and one of vectors at a time. Content hashes of the files are computed
-on a background thread meanwhile (hashlib releases the GIL).
+`siamcli.models.embed.embedding_stream` embeds batch by batch; each batch of vectors is written
+to a `VectorWriter` as soon as it is computed, so memory stays flat however large the gallery.
+Content hashes of the files are computed on a background thread meanwhile (hashlib releases
+the GIL).
 """
 
 from __future__ import annotations
@@ -17,11 +16,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from siamcli.data.pipeline import embedding_batches
 from siamcli.data.scan import Skipped
 from siamcli.index.items import content_hash
 from siamcli.index.vectors import VectorWriter
-from siamcli.tf_runtime import import_tensorflow
+from siamcli.models.embed import embedding_stream
 
 
 @dataclass
@@ -70,32 +68,19 @@ def embed_to_file(
     known_hashes: dict[int, str] | None = None,
 ) -> StreamOutcome:
     """Embed `paths` in order; write the vectors of those that decode; hash every file."""
-    tf = import_tensorflow()
-
-    # One trace for every batch size (the last batch is usually smaller): tracing ResNet50
-    # costs seconds of CPU, so a second trace at the end would show in the throughput.
-    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
-    def forward(images):
-        return model(images, training=False)
-
     hasher = _Hasher(paths, known_hashes or {})
     hasher.start()
     outcome = StreamOutcome()
     start, cpu_start = time.perf_counter(), time.process_time()
     if len(paths):
-        for positions, images, errors in embedding_batches(paths, image_size, batch_size):
-            vectors = forward(images).numpy().astype(np.float32)
-            errors = errors.numpy()
-            positions = positions.numpy()
-            good = errors == b""
-            for position, error in zip(positions[~good], errors[~good]):
-                outcome.failures.append(Skipped(paths[position], error.decode()))
-            writer.write(vectors[good])
-            outcome.kept.extend(positions[good].tolist())
+        for batch in embedding_stream(model, paths, batch_size, image_size):
+            outcome.failures.extend(batch.failures)
+            writer.write(batch.vectors)
+            outcome.kept.extend(batch.kept.tolist())
             if not outcome.first_batch_seconds:
                 outcome.first_batch_seconds = time.perf_counter() - start
             if on_progress:
-                on_progress(len(positions))
+                on_progress(len(batch.positions))
     outcome.seconds = time.perf_counter() - start
     outcome.cpu_seconds = time.process_time() - cpu_start
     hasher.join()

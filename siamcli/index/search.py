@@ -21,7 +21,7 @@ from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.index import manifest as mf
 from siamcli.index.faiss_index import RECALL_K
 from siamcli.index.store import LoadedIndex, check_model, load_index
-from siamcli.training.rundir import DEFAULT_RUNS_ROOT, LATEST, MODEL_FILE, find_run
+from siamcli.rundir import DEFAULT_RUNS_ROOT, LATEST, MODEL_FILE, find_run
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def query_images(
         raise UserError(f"index {index_dir} is empty; add images with `siamcli index GALLERY --append`")
     model_path = resolve_model(loaded, model)
 
-    from siamcli.models.embed import embed_paths
+    from siamcli.models.embed import embed
     from siamcli.models.embedding import file_fingerprint, load_embedding_model
 
     fingerprint = file_fingerprint(model_path)
@@ -172,7 +172,7 @@ def query_images(
     embedding_model = load_embedding_model(model_path)
     if int(embedding_model.output_shape[-1]) != loaded.dim:
         raise UserError(f"model {model_path} makes {embedding_model.output_shape[-1]}-d vectors, the index holds {loaded.dim}-d ones; rebuild it with --force")
-    embedded = embed_paths(embedding_model, paths, batch_size=batch_size)
+    embedded = embed(embedding_model, paths, batch_size=batch_size)
     named = {str(Path(p)) for p in images if not Path(p).is_dir()}
     for failure in embedded.failures:
         if str(Path(failure.path)) in named:
@@ -189,7 +189,7 @@ def query_images(
         notes.append(describe_skipped(skipped))
     if k > loaded.count:
         notes.append(f"--k {k} is larger than the gallery ({loaded.count} images): returning all {loaded.count}")
-    answers = search_vectors(loaded, embedded.embeddings, k, mf.similarity_threshold(threshold))
+    answers = search_vectors(loaded, embedded.vectors, k, mf.similarity_threshold(threshold))
     results = [QueryResult(paths[position], neighbours) for position, neighbours in zip(embedded.kept, answers)]
     return QueryOutcome(results=results, index_dir=index_dir, model_path=model_path, count=loaded.count,
                         k=min(k, loaded.count), threshold=threshold, notes=notes)

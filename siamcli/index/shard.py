@@ -40,12 +40,12 @@ from siamcli import __version__
 from siamcli.atomic import atomic_directory, write_json
 from siamcli.data.scan import Skipped, describe_skipped, require_folder
 from siamcli.errors import CorruptArtifactError, UserError
-from siamcli.index import faiss_index
+from siamcli.index import build, faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.items import IndexItem, read_items, write_items
 from siamcli.index.lock import index_lock
-from siamcli.training.rundir import find_run
+from siamcli.rundir import find_run
 
 PART_FILES = (mf.ITEMS_FILE, mf.HASHES_FILE, mf.EMBEDDINGS_FILE)
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -120,6 +120,7 @@ class PartResult:
 def build_part(options, events) -> PartResult:
     """Embed shard I/N of the gallery into a partial (options: build.IndexOptions with .shard set)."""
     started = time.perf_counter()
+    build.validate_options(options)
     shard, shards = parse_shard(options.shard)
     if options.append or options.prune:
         raise UserError("--shard writes a new partial index; it cannot be combined with --append or --prune")
@@ -130,9 +131,7 @@ def build_part(options, events) -> PartResult:
     with index_lock(out):
         require_folder(options.gallery)
         _refuse_existing(out, options.force, what="a partial index")
-        from siamcli.index.build import scan_gallery
-
-        scan, paths, labels = scan_gallery(options.gallery, events)
+        scan, paths, labels = build.scan_gallery(options.gallery, events)
         if not paths:
             raise UserError(f"{options.gallery} holds no images to index (JPEG, PNG, BMP, GIF, WebP, TIFF, PGM)")
         listing, total = listing_digest(paths, labels), len(paths)
@@ -208,7 +207,6 @@ class _Part:
 
 def merge_parts(options: MergeOptions, events):
     """Combine the partials of all N shards into one index (an IndexResult), as one build would."""
-    from siamcli.index.build import IndexResult, index_manifest, new_faiss_index
 
     started = time.perf_counter()
     if not options.partials:
@@ -244,16 +242,16 @@ def merge_parts(options: MergeOptions, events):
                         writer.write(chunk)
             write_items(tmp, _renumbered(parts))
             plan = faiss_index.plan_index(options.index_type or "auto", count, dim)
-            index, plan, tuning, recall_count = new_faiss_index(embeddings_path, plan, count, options.seed, events)
+            index, plan, tuning, recall_count = build.new_faiss_index(embeddings_path, plan, count, options.seed, events)
             events.stage("writing the index")
             faiss_index.write_index(index, tmp / mf.INDEX_FILE)
-            manifest = index_manifest(
+            manifest = build.index_manifest(
                 tmp, fingerprint=fingerprint, model_path=run.model, dim=dim, image_size=first["image_size"], plan=plan,
                 tuning=tuning, recall_count=recall_count, count=count, next_id=count, threshold=threshold,
                 threshold_source=threshold_source, gallery=first["gallery"], created=mf.now(),
             )
             write_json(tmp / mf.MANIFEST, manifest)
-    return IndexResult(
+    return build.IndexResult(
         index_dir=out, gallery=first["gallery"], model_path=run.model, mode="merge", written=True,
         index_type=plan.index_type, factory=plan.factory, count=count, added=count, skipped=skipped,
         recall_at_10=round(tuning.recall_at_10, 4), search_params=tuning.params, threshold=threshold,

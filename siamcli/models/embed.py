@@ -1,56 +1,143 @@
-"""Embedding folders of images with a trained model, streamed batch by batch."""
+"""The one embedding path: a model and images in, its outputs out, streamed batch by batch.
+
+Every caller embeds through here: validation during training, `index` (and its shards),
+`query`, `evaluate`, the baselines and the HTTP service. Images come as file paths (decoded in
+parallel by the tf.data pipeline, resized as the model resizes), as an in-memory array, or as a
+tf.data dataset of (position, image, error) elements. Memory stays flat: one batch of pixels and
+one of outputs at a time. A file that does not decode is reported by name, never fatal.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from siamcli.data.pipeline import embedding_batches
+from siamcli.data.pipeline import decoded_dataset
 from siamcli.data.scan import Skipped
 from siamcli.tf_runtime import import_tensorflow
 
+Progress = Callable[[int], None]  # called with the number of images each batch finished
+
 
 @dataclass
-class EmbeddedImages:
-    embeddings: np.ndarray  # (n_ok, dim) float32, unit length
-    kept: list[int]  # positions in the input list of the images that decoded
+class EmbeddedBatch:
+    positions: np.ndarray  # (b,) input positions of this batch, in input order
+    ok: np.ndarray  # (b,) bool: the image decoded
+    vectors: np.ndarray | None  # (ok.sum(), d) float32 model outputs; None when there is no model
+    pixels: object  # (b, S, S, 3) float32 tensor: what the model saw (raw-pixel baselines read it)
+    failures: list[Skipped] = field(default_factory=list)  # the images that did not decode, with why
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.positions[self.ok]
+
+
+@dataclass
+class Embedded:
+    vectors: np.ndarray  # (n_ok, d) float32, in input order
+    kept: list[int]  # input positions of the rows of `vectors`
     failures: list[Skipped]  # images that did not decode, with why
 
 
 def model_image_size(model) -> int:
-    """The side length the saved model resizes to (read from its Resizing layer)."""
+    """The side length a saved siamcli model resizes to (read from its Resizing layer)."""
     return int(model.get_layer("resize").height)
 
 
-def embed_paths(
-    model,
-    paths: Sequence[str],
-    batch_size: int = 32,
-    on_progress: Callable[[int], None] | None = None,
-    image_size: int | None = None,
-) -> EmbeddedImages:
-    """Embed every path; memory stays flat (one batch of pixels at a time)."""
+def embedding_stream(model, images, batch_size: int = 32, image_size: int | None = None) -> Iterator[EmbeddedBatch]:
+    """Yield one EmbeddedBatch per `batch_size` images, prefetching the next batch meanwhile.
+
+    `images`: file paths, a (n, h, w, c) array, or an unbatched tf.data dataset of
+    (position, image, error) as `decoded_dataset` makes. `model=None` only decodes.
+    """
     tf = import_tensorflow()
-    size = image_size or model_image_size(model)
-    dim = int(model.output_shape[-1])
+    batches = _batched(tf, model, images, batch_size, image_size)
+    forward = _forward(tf, model, batches.element_spec[1]) if model is not None else None
+    names = images if isinstance(images, Sequence) and not isinstance(images, np.ndarray) else None
+    for positions, pixels, errors in batches:
+        positions, errors = positions.numpy(), errors.numpy()
+        ok = errors == b""
+        vectors = None
+        if forward is not None:
+            vectors = np.asarray(forward(pixels).numpy(), np.float32)[ok]
+        failures = [
+            Skipped(names[p] if names is not None else f"image {p}", error.decode()) for p, error in zip(positions[~ok], errors[~ok])
+        ]
+        yield EmbeddedBatch(positions=positions, ok=ok, vectors=vectors, pixels=pixels, failures=failures)
 
-    @tf.function(reduce_retracing=True)
-    def forward(images):
-        return model(images, training=False)
 
+def embed(model, images, batch_size: int = 32, image_size: int | None = None, on_progress: Progress | None = None) -> Embedded:
+    """All of `images` through `model`, collected in memory (see `embedding_stream`)."""
     chunks: list[np.ndarray] = []
     kept: list[int] = []
     failures: list[Skipped] = []
-    for positions, images, errors in embedding_batches(paths, size, batch_size):
-        vectors = forward(images).numpy().astype(np.float32)
-        good = errors.numpy() == b""
-        for position, error in zip(positions.numpy()[~good], errors.numpy()[~good]):
-            failures.append(Skipped(paths[position], error.decode()))
-        chunks.append(vectors[good])
-        kept.extend(positions.numpy()[good].tolist())
+    for batch in embedding_stream(model, images, batch_size, image_size):
+        chunks.append(batch.vectors)
+        kept.extend(batch.kept.tolist())
+        failures.extend(batch.failures)
         if on_progress:
-            on_progress(len(good))
-    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    return EmbeddedImages(embeddings=embeddings, kept=kept, failures=failures)
+            on_progress(len(batch.positions))
+    if chunks:
+        vectors = np.concatenate(chunks)
+    else:
+        vectors = np.zeros((0, int(model.output_shape[-1])), np.float32)
+    return Embedded(vectors=vectors, kept=kept, failures=failures)
+
+
+@dataclass
+class LoadedImages:
+    images: np.ndarray  # (n_ok, S, S, 3) uint8
+    kept: list[int]  # positions in the input list of the images that decoded
+    failures: list[Skipped]
+
+
+def load_pixels(paths: Sequence[str], image_size: int, on_progress: Progress | None = None) -> LoadedImages:
+    """Decode and resize every path into one in-memory uint8 array (training sets fit in RAM):
+    the embedding path with no model, so training sees exactly the pixels `embed` would."""
+    images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+    ok = np.zeros(len(paths), bool)
+    failures: list[Skipped] = []
+    for batch in embedding_stream(None, paths, batch_size=64, image_size=image_size):
+        pixels = np.clip(np.round(batch.pixels.numpy()), 0, 255).astype(np.uint8)
+        images[batch.kept] = pixels[batch.ok]
+        ok[batch.kept] = True
+        failures.extend(batch.failures)
+        if on_progress:
+            on_progress(len(batch.positions))
+    return LoadedImages(images=images[ok], kept=np.flatnonzero(ok).tolist(), failures=failures)
+
+
+def _batched(tf, model, images, batch_size: int, image_size: int | None):
+    if isinstance(images, np.ndarray):
+        positions = np.arange(len(images), dtype=np.int64)
+        errors = np.zeros(len(images), dtype="S1")  # b"": every in-memory image is readable
+        dataset = tf.data.Dataset.from_tensor_slices((positions, images, errors))
+        dataset = dataset.map(lambda p, x, e: (p, tf.cast(x, tf.float32), e))
+    elif isinstance(images, tf.data.Dataset):
+        dataset = images
+    else:
+        size = image_size or model_image_size(model)
+        dataset = decoded_dataset(list(images), size)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# One traced forward pass per model and input shape, kept as long as the model lives: tracing
+# ResNet50 costs seconds of CPU, which every validation epoch or served batch would pay again.
+_FORWARDS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def _forward(tf, model, spec):
+    shape = tuple(spec.shape[1:])
+    cache = _FORWARDS.setdefault(model, {})
+    if shape not in cache:
+        signature = [tf.TensorSpec((None, *shape), tf.float32)]  # any batch size, one trace
+
+        @tf.function(input_signature=signature)
+        def forward(pixels):
+            return model(pixels, training=False)
+
+        cache[shape] = forward
+    return cache[shape]

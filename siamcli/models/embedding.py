@@ -19,22 +19,20 @@ from pathlib import Path
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.models.backbone_weights import WeightsChoice
 from siamcli.models.layers import ResNetPreprocess
-from siamcli.training.config import POOLINGS, WHOLE_NETWORK, resnet50_block_outputs
+from siamcli.models.resnet50 import LAST_LAYER, MIN_IMAGE_SIZE, POOLINGS, WHOLE_NETWORK, block_outputs
 from siamcli.tf_runtime import import_tensorflow
 
 import_tensorflow()
 import keras  # noqa: E402
 
-MIN_IMAGE_SIZE = 32  # ResNet50 refuses smaller inputs
-LAST_LAYER = "conv5_block3_out"  # ResNet50's final feature map
 
 
 def build_backbone(image_size: int, weights: WeightsChoice, feature_layer: str = LAST_LAYER, pooling: str = "avg") -> keras.Model:
     """(batch, S, S, 3) pixels in [0, 255] → (batch, features) pooled ResNet50 features."""
     if image_size < MIN_IMAGE_SIZE:
         raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE} (ResNet50's smallest input), got {image_size}")
-    if feature_layer not in resnet50_block_outputs():
-        raise UserError(f"--feature-layer {feature_layer!r} is not a ResNet50 block output; use one of {', '.join(resnet50_block_outputs())}")
+    if feature_layer not in block_outputs():
+        raise UserError(f"--feature-layer {feature_layer!r} is not a ResNet50 block output; use one of {', '.join(block_outputs())}")
     if pooling not in POOLINGS:
         raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     resnet = keras.applications.ResNet50(

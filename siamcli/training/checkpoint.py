@@ -20,7 +20,7 @@ import numpy as np
 
 from siamcli.atomic import atomic_directory, write_json
 from siamcli.errors import CorruptArtifactError, UserError
-from siamcli.training.rundir import read_json
+from siamcli.rundir import read_json
 
 POINTER = "last.json"
 

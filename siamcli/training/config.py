@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from siamcli.errors import UserError
+from siamcli.models import resnet50
 
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 MINING_MODES = ("all", "hard", "semi-hard", "random")
@@ -34,40 +35,15 @@ class RegimeDefaults:
 # ImageNet features are strong and general: the whole ResNet50, pooled globally; fine-tune the
 # last stage gently with BatchNorm frozen.
 PRETRAINED = RegimeDefaults(
-    feature_layer="conv5_block3_out", pooling="avg", dropout=0.0, margin=0.2,
+    *resnet50.PRETRAINED_CUT, dropout=0.0, margin=0.2,
     finetune_from="conv5_block1_out", lr=1e-3, finetune_lr=1e-5, train_batchnorm=False,
 )
 # Random weights: measured on att_faces (docs/training.md), a shallower cut with coarse spatial
 # pooling and a regularised head beats the full network; the whole cut network fine-tunes.
 FROM_SCRATCH = RegimeDefaults(
-    feature_layer="conv3_block4_out", pooling="grid3", dropout=0.3, margin=0.5,
+    *resnet50.FROM_SCRATCH_CUT, dropout=0.3, margin=0.5,
     finetune_from="all", lr=3e-4, finetune_lr=1e-4, train_batchnorm=True,
 )
-POOLINGS = ("avg", "grid2", "grid3", "grid4")
-WHOLE_NETWORK = "all"  # --finetune-from value: every backbone layer trains
-_RESNET50_BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
-
-
-def resnet50_block_outputs() -> list[str]:
-    """ResNet50 layers a backbone may end at: the output of every residual block, in order."""
-    return [f"conv{stage}_block{block}_out" for stage, count in _RESNET50_BLOCKS.items() for block in range(1, count + 1)]
-
-
-def resnet50_layer_names() -> list[str]:
-    """Keras ResNet50's layer names in order (checked against the real model by the tests)."""
-    names = ["input_layer", "conv1_pad", "conv1_conv", "conv1_bn", "conv1_relu", "pool1_pad", "pool1_pool"]
-    for stage, count in _RESNET50_BLOCKS.items():
-        for block in range(1, count + 1):
-            prefix = f"conv{stage}_block{block}"
-            names += [f"{prefix}_1_conv", f"{prefix}_1_bn", f"{prefix}_1_relu", f"{prefix}_2_conv", f"{prefix}_2_bn", f"{prefix}_2_relu"]
-            if block == 1:
-                names += [f"{prefix}_0_conv", f"{prefix}_3_conv", f"{prefix}_0_bn", f"{prefix}_3_bn"]
-            else:
-                names += [f"{prefix}_3_conv", f"{prefix}_3_bn"]
-            names += [f"{prefix}_add", f"{prefix}_out"]
-    return names
-
-
 MIN_STEPS_PER_EPOCH = 100  # P×K sampling has no natural epoch; tiny datasets still get real epochs
 
 
@@ -130,17 +106,17 @@ class TrainConfig:
 
     def _validate_layers(self) -> None:
         resolved = self.resolve()
-        blocks = resnet50_block_outputs()
+        blocks = resnet50.block_outputs()
         if resolved.feature_layer not in blocks:
             raise UserError(f"--feature-layer {resolved.feature_layer!r} is not a ResNet50 block output; use one of {', '.join(blocks)}")
-        if resolved.pooling not in POOLINGS:
-            raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, got {resolved.pooling!r}")
-        names = resnet50_layer_names()
+        if resolved.pooling not in resnet50.POOLINGS:
+            raise UserError(f"--pooling must be one of {', '.join(resnet50.POOLINGS)}, got {resolved.pooling!r}")
+        names = resnet50.layer_names()
         last = names.index(resolved.feature_layer)
-        if resolved.finetune_from != WHOLE_NETWORK and (resolved.finetune_from not in names or names.index(resolved.finetune_from) > last):
+        if resolved.finetune_from != resnet50.WHOLE_NETWORK and (resolved.finetune_from not in names or names.index(resolved.finetune_from) > last):
             raise UserError(
                 f"--finetune-from {resolved.finetune_from!r} is not a ResNet50 layer at or before --feature-layer "
-                f"{resolved.feature_layer}; use '{WHOLE_NETWORK}' or a block output such as "
+                f"{resolved.feature_layer}; use '{resnet50.WHOLE_NETWORK}' or a block output such as "
                 f"{', '.join([b for b in blocks if names.index(b) <= last][-4:])}"
             )
 

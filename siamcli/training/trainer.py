@@ -24,13 +24,14 @@ import pandas as pd
 
 from siamcli import __version__
 from siamcli.atomic import atomic_path, write_csv, write_json
-from siamcli.data.pipeline import PKSampler, load_images, pk_batches
+from siamcli.data.pipeline import PKSampler, pk_batches
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.data.split import IdentitySplit, split_identities
 from siamcli.errors import UserError
 from siamcli.evaluation.metrics import retrieval_metrics
 from siamcli.models.backbone_weights import WeightsChoice, resolve_weights
-from siamcli.training import checkpoint, rundir
+from siamcli import rundir
+from siamcli.training import checkpoint
 from siamcli.training.config import MIN_STEPS_PER_EPOCH, TrainConfig
 from siamcli.training.plots import plot_history
 from siamcli.training.strategy import choose_strategy, is_chief, worker_count
@@ -40,6 +41,7 @@ tf = import_tensorflow()
 import keras  # noqa: E402
 
 from siamcli.models import embedding as nets  # noqa: E402
+from siamcli.models.embed import embed, load_pixels  # noqa: E402
 from siamcli.models.triplet_loss import triplet_loss  # noqa: E402
 
 FROZEN, FINETUNE = "frozen", "finetune"
@@ -247,7 +249,7 @@ def _load(scan, split: IdentitySplit, image_size: int, events: TrainingEvents):
         done += count
         events.loading(done, len(wanted))
 
-    loaded = load_images([item.path for item in wanted], image_size, on_progress=progress)
+    loaded = load_pixels([item.path for item in wanted], image_size, on_progress=progress)
     skipped = list(scan.skipped) + loaded.failures
     if skipped:
         events.message(describe_skipped(skipped))
@@ -385,7 +387,7 @@ class _Session:
             dataset = pk_batches(train_features, self.train_data.labels, self.sampler, self.steps, augment=False, seed=config.seed)
             stats = self._epoch(FROZEN, step, dataset, extra_seconds=cache_seconds if first else 0.0)
             first = False
-            embed_val = (lambda: self.head(val_features, training=False)) if val_features is not None else None
+            embed_val = (lambda: embed(self.head, val_features, batch_size=256).vectors) if val_features is not None else None
             self._end_epoch(FROZEN, stats, embed_val, optimizer)
 
     def _finetune_phase(self) -> None:
@@ -446,16 +448,10 @@ class _Session:
 
     # ---- validation, bookkeeping --------------------------------------------------------
     def _features(self, images: np.ndarray) -> np.ndarray:
-        @tf.function(reduce_retracing=True)
-        def forward(batch):
-            return self.backbone(batch, training=False)
-
-        chunks = [forward(tf.cast(images[i : i + 64], tf.float32)).numpy() for i in range(0, len(images), 64)]
-        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, self.backbone.output_shape[-1]), np.float32)
+        return embed(self.backbone, images, batch_size=64).vectors
 
     def _embed_images(self, images: np.ndarray) -> np.ndarray:
-        chunks = [self.model(tf.cast(images[i : i + 64], tf.float32), training=False).numpy() for i in range(0, len(images), 64)]
-        return np.concatenate(chunks)
+        return embed(self.model, images, batch_size=64).vectors
 
     def _end_epoch(self, phase: str, stats: dict, embed_val, optimizer) -> None:
         state, config = self.state, self.config
