@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from siamcli.cli.common import engine_errors, fail, fmt, print_json, stderr, stdout, warn
+from siamcli.cli.progress import ProgressDisplay
+from siamcli.cli.common import engine_errors, fail, fmt, print_json, stdout
 
 CONFUSION_TABLE_LIMIT = 20  # identities; more and the confusion matrix is only in the files
 
@@ -50,7 +50,7 @@ def evaluate(
             ks=ks, batch_size=batch_size, baselines=baselines, max_pairs=max_pairs, seed=seed,
             projection=projection, normalize_confusion=normalize_confusion,
         )
-        with _ProgressDisplay() as display:
+        with ProgressDisplay() as display:
             report = run_evaluation(model, str(data_dir) if data_dir is not None else None, str(out) if out else None, options, display)
     if json_output:
         print_json(report.metrics_json())
@@ -78,44 +78,6 @@ def parse_ks(values: list[str] | None) -> tuple[int, ...]:
     if not ks:
         fail("--k needs at least one value, such as --k 1,5,10")
     return tuple(sorted(ks))
-
-
-class _ProgressDisplay:
-    """Rich progress on stderr, one bar per stage, only on a terminal; warnings as they come."""
-
-    def __enter__(self):
-        self.progress = None
-        self.task = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            return self.progress.__exit__(*exc)
-        return False
-
-    def message(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-        warn(text)
-        if self.progress is not None:
-            self.progress.start()
-
-    def stage(self, name: str, total: int | None = None) -> None:
-        if not stderr.is_terminal:
-            return
-        if self.progress is None:
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=stderr, transient=True,
-            )
-            self.progress.__enter__()
-        if self.task is not None:
-            self.progress.update(self.task, visible=False)
-        self.task = self.progress.add_task(name, total=total)
-
-    def advance(self, count: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, count)
 
 
 def _print_report(report, show: int) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from siamcli.cli.common import engine_errors, fmt, print_json, stderr, stdout, warn
+from siamcli.cli.progress import ProgressDisplay
+from siamcli.cli.common import engine_errors, fmt, print_json, stdout
 from siamcli.errors import UserError
 
 
@@ -41,7 +40,7 @@ def index(
             _refuse_with_merge(shard=shard, append=append, prune=prune)
             options = MergeOptions(partials=tuple(str(p) for p in paths), model=model, out=str(out) if out else None,
                                    index_type=index_type, force=force)
-            with _ProgressDisplay() as display:
+            with ProgressDisplay() as display:
                 result = merge_parts(options, events=display)
         else:
             from siamcli.index.build import IndexOptions, build_index
@@ -55,7 +54,7 @@ def index(
                 gallery=str(paths[0]), model=model, out=str(out) if out else None, index_type=index_type,
                 batch_size=batch_size, append=append, prune=prune, force=force, shard=shard,
             )
-            with _ProgressDisplay() as display:
+            with ProgressDisplay() as display:
                 if shard is not None:
                     from siamcli.index.shard import build_part
 
@@ -75,73 +74,6 @@ def _refuse_with_merge(shard: str | None, append: bool, prune: bool) -> None:
         raise UserError("--merge combines partials that --shard wrote; run them as separate commands")
     if append or prune:
         raise UserError("--merge builds a new index from the partials; it cannot be combined with --append or --prune")
-
-
-class _ProgressDisplay:
-    """Rich progress on stderr: a transient status line per stage, a bar while embedding (images/s, ETA)."""
-
-    def __enter__(self):
-        self.progress = Progress(
-            TextColumn("embedding"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[speed]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TimeElapsedColumn(),
-            console=stderr,
-            transient=False,
-        )
-        self.status = None
-        self.task = None
-        self.started = 0.0
-        self.done = 0
-        return self
-
-    def __exit__(self, *exc):
-        self._stop_status()
-        if self.task is not None:
-            self.progress.stop()
-        return False
-
-    def _stop_status(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
-
-    def message(self, text: str) -> None:
-        # A warning is a plain stderr line: pause the live status around it.
-        resume = str(self.status.status) if self.status is not None else None
-        self._stop_status()
-        warn(text)
-        if resume is not None:
-            self.stage(resume)
-
-    def stage(self, text: str) -> None:
-        # Transient: in a terminal it shows what is happening; it leaves nothing behind, and
-        # nothing at all when stderr is not a terminal (so an error stays one line).
-        if self.status is None:
-            self.status = stderr.status(text, spinner="dots")
-            self.status.start()
-        else:
-            self.status.update(text)
-
-    def embedding_started(self, total: int) -> None:
-        self._stop_status()
-        if total == 0:
-            return
-        self.started, self.done = time.perf_counter(), 0
-        self.progress.start()
-        self.task = self.progress.add_task("embedding", total=total, speed="")
-
-    def embedded(self, count: int) -> None:
-        self.done += count
-        rate = self.done / max(time.perf_counter() - self.started, 1e-9)
-        self.progress.update(self.task, advance=count, speed=f"{rate:7.1f} img/s")
-
-    def embedding_finished(self) -> None:
-        if self.task is not None:
-            self.progress.stop()
 
 
 def _print_summary(result) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from siamcli.cli.common import engine_errors, fail, fmt, print_json, stderr, stdout, warn
+from siamcli.cli.progress import ProgressDisplay
+from siamcli.cli.common import engine_errors, fail, fmt, print_json, stdout
 
 
 def train(
@@ -56,7 +56,7 @@ def train(
         from siamcli.training.trainer import train as run_training
 
         if resume is not None:
-            with _ProgressDisplay() as display:
+            with ProgressDisplay() as display:
                 result = resume_training(resume, events=display)
             return _report(result, json_output)
 
@@ -67,7 +67,7 @@ def train(
             margin=margin, mining=mining, lr=lr, finetune_lr=finetune_lr, val_fraction=val_fraction, seed=seed,
             strategy=strategy, precision=precision, augment=augment, patience=patience, lr_schedule=lr_schedule,
         )
-        with _ProgressDisplay() as display:
+        with ProgressDisplay() as display:
             result = run_training(config, out=str(out) if out else None, force=force, events=display)
     _report(result, json_output)
 
@@ -77,51 +77,6 @@ def _report(result, json_output: bool) -> None:
         print_json(result.summary())
     else:
         _print_summary(result)
-
-
-class _ProgressDisplay:
-    """Rich progress on stderr: phase, epoch, step, loss, images/s, last validation scores."""
-
-    def __enter__(self):
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=16),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=stderr,
-            transient=False,
-        )
-        self.progress.__enter__()
-        self.task = None
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def message(self, text: str) -> None:
-        self.progress.stop()
-        warn(text)
-        self.progress.start()
-
-    def loading(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task("decoding images", total=total, info="")
-        self.progress.update(self.task, completed=done)
-
-    def phase_started(self, phase: str, epochs: int, steps: int) -> None:
-        self.phase, self.steps = phase, steps
-
-    def step_done(self, phase: str, epoch: int, step: int, loss: float, images_per_second: float) -> None:
-        if step == 1:
-            self.task = self.progress.add_task(f"{phase} {epoch:>3d}", total=self.steps, info="")
-        self.progress.update(self.task, completed=step, info=f"loss {loss:.3f} {images_per_second:5.0f} img/s")
-
-    def epoch_done(self, row: dict) -> None:
-        self.progress.update(
-            self.task,
-            info=f"loss {row['loss']:.3f} {row['images_per_second']:5.0f} img/s "
-            f"val P@1 {fmt(row['precision_at_1'], 2)} MAP@R {fmt(row['map_at_r'], 2)}",
-        )
 
 
 def _print_summary(result) -> None:

@@ -8,13 +8,11 @@ fed through this pipeline give the same embedding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from siamcli.data.decode import DecodeError, decode_image
-from siamcli.data.scan import Skipped
 from siamcli.tf_runtime import import_tensorflow
 
 
