@@ -6,12 +6,42 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from siamcli import __version__
 from siamcli.cli import evaluate_cmd, index_cmd, query_cmd, train_cmd
 
+class _OneLineErrors(TyperGroup):
+    """Usage errors as one stderr line and exit code 2, however siamcli is invoked (the console
+    script, `python -m siamcli`, Typer's test runner), instead of click's framed error box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = list(sys.argv[1:] if args is None else args) or ["--help"]  # bare `siamcli`: the help
+        try:
+            code = super().main(args, prog_name or "siamcli", complete_var, standalone_mode=False, **extra)
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.Abort:
+            sys.stderr.write("error: interrupted\n")
+            code = 130
+        except Exception as exc:
+            if not hasattr(exc, "format_message"):  # not a usage error: a real failure
+                raise
+            # Typer (its bundled click) reports bad usage this way: one line instead.
+            context = getattr(exc, "ctx", None)
+            where = context.command_path if context is not None else "siamcli"
+            message = " ".join(exc.format_message().replace("Value error, ", "").split()).rstrip(".")
+            sys.stderr.write(f"error: {message}; see `{where} --help`\n")
+            code = exc.exit_code
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
     name="siamcli",
+    cls=_OneLineErrors,
     help="Learn image similarity from folders of labelled photos, index a gallery with FAISS, search and evaluate it.",
     no_args_is_help=True,
     add_completion=False,
@@ -43,24 +73,5 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 
 
 def main() -> None:
-    """Console entry point: usage errors become one stderr line and exit code 2."""
-    command = typer.main.get_command(app)
-    args = sys.argv[1:]
-    if not args:  # a bare `siamcli` shows the help, like `siamcli --help`
-        args = ["--help"]
-    try:
-        code = command.main(args=args, prog_name="siamcli", standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.stderr.write("error: interrupted\n")
-        sys.exit(130)
-    except Exception as exc:
-        # Typer's (click's) usage errors carry exit_code 2 and a message; show one line.
-        if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
-            raise
-        context = getattr(exc, "ctx", None)
-        where = context.command_path if context is not None else "siamcli"
-        sys.stderr.write(f"error: {' '.join(exc.format_message().split())}; see `{where} --help`\n")
-        sys.exit(2)
-    sys.exit(code if isinstance(code, int) else 0)
+    """Console entry point."""
+    typer.main.get_command(app).main(prog_name="siamcli")

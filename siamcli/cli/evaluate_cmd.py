@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from siamcli.cli.progress import ProgressDisplay
+from siamcli.choices import Projection
 from siamcli.cli.common import engine_errors, fail, fmt, print_json, stdout
 
 CONFUSION_TABLE_LIMIT = 20  # identities; more and the confusion matrix is only in the files
@@ -24,7 +25,7 @@ def evaluate(
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score raw pixels and the untrained backbone, side by side.")] = True,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     max_pairs: Annotated[int, typer.Option(help="Verification uses every pair up to this many, else a seeded sample of this many.")] = 5_000_000,
-    projection: Annotated[str, typer.Option(help="projection.png method: auto (t-SNE up to 1000 images, else PCA), pca or tsne.")] = "auto",
+    projection: Annotated[Projection, typer.Option(help="projection.png method: auto (t-SNE up to 1000 images, else PCA), pca or tsne.")] = Projection.AUTO,
     normalize_confusion: Annotated[bool, typer.Option("--normalize", help="confusion.png shows each true identity's row as shares instead of counts.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the verification pair sample and the projection.")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics (metrics.json) as one JSON document on stdout.")] = False,
@@ -48,7 +49,7 @@ def evaluate(
 
         options = EvaluateOptions(
             ks=ks, batch_size=batch_size, baselines=baselines, max_pairs=max_pairs, seed=seed,
-            projection=projection, normalize_confusion=normalize_confusion,
+            projection=projection.value, normalize_confusion=normalize_confusion,
         )
         with ProgressDisplay() as display:
             report = run_evaluation(model, str(data_dir) if data_dir is not None else None, str(out) if out else None, options, display)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from siamcli.cli.progress import ProgressDisplay
+from siamcli.choices import IndexType
 from siamcli.cli.common import engine_errors, fmt, print_json, stdout
 from siamcli.errors import UserError
 
@@ -17,7 +18,7 @@ def index(
     paths: Annotated[Optional[list[Path]], typer.Argument(metavar="GALLERY_DIR | PART_DIR", show_default=False, help="Folder of images: sub-folder names become labels; images at its root get an empty label. With --merge: the partial indexes to combine.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Index directory (default: <model run>/index; with --shard I/N: <model run>/index.part-I-of-N).")] = None,
-    index_type: Annotated[Optional[str], typer.Option(help="auto, flat (exact), hnsw, ivf or ivfpq (approximate; ivfpq: PQ codes with exact re-ranking, memory-mapped by queries, for galleries of millions). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then IVF with 8-bit codes; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,
+    index_type: Annotated[Optional[IndexType], typer.Option(show_default=False, help="auto, flat (exact), hnsw, ivf or ivfpq (approximate; ivfpq: PQ codes with exact re-ranking, memory-mapped by queries, for galleries of millions). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then IVF with 8-bit codes; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (every shard of one gallery must use the same).")] = 32,
     append: Annotated[bool, typer.Option("--append", help="Add images not indexed yet (same path and content = already there); keep every existing entry and id.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Drop entries whose files are gone.")] = False,
@@ -39,7 +40,7 @@ def index(
 
             _refuse_with_merge(shard=shard, append=append, prune=prune)
             options = MergeOptions(partials=tuple(str(p) for p in paths), model=model, out=str(out) if out else None,
-                                   index_type=index_type, force=force)
+                                   index_type=index_type.value if index_type else None, force=force)
             with ProgressDisplay() as display:
                 result = merge_parts(options, events=display)
         else:
@@ -51,7 +52,7 @@ def index(
                     f"siamcli index takes one gallery folder, got {len(paths)}; to combine partial indexes pass --merge"
                 )
             options = IndexOptions(
-                gallery=str(paths[0]), model=model, out=str(out) if out else None, index_type=index_type,
+                gallery=str(paths[0]), model=model, out=str(out) if out else None, index_type=index_type.value if index_type else None,
                 batch_size=batch_size, append=append, prune=prune, force=force, shard=shard,
             )
             with ProgressDisplay() as display:

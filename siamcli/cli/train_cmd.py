@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from siamcli.cli.progress import ProgressDisplay
+from siamcli.choices import LrSchedule, Mining, Pooling, Precision, Strategy
 from siamcli.cli.common import engine_errors, fail, fmt, print_json, stdout
 
 
@@ -22,22 +23,22 @@ def train(
     finetune_epochs: Annotated[int, typer.Option(help="Epochs with the backbone trainable from --finetune-from on.")] = 5,
     finetune_from: Annotated[Optional[str], typer.Option(help="First ResNet50 layer to fine-tune, or 'all' (default: conv5_block1_out; all with --weights none).")] = None,
     feature_layer: Annotated[Optional[str], typer.Option(help="ResNet50 block output the backbone ends at (default: conv5_block3_out pretrained; conv3_block4_out from scratch).")] = None,
-    pooling: Annotated[Optional[str], typer.Option(help="avg (global average) or grid2/grid3/grid4 (an N×N grid of averages) (default: avg pretrained; grid3 from scratch).")] = None,
+    pooling: Annotated[Optional[Pooling], typer.Option(help="avg (global average) or gridN (an N×N grid of averages) (default: avg pretrained; grid3 from scratch).", show_default=False)] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout on the features in the head (default: 0 pretrained; 0.3 from scratch).")] = None,
     batch_size: Annotated[int, typer.Option(help="Global batch: P identities × K images, split across replicas.")] = 32,
     images_per_identity: Annotated[int, typer.Option(help="K: images of each identity in a batch.")] = 4,
     steps_per_epoch: Annotated[Optional[int], typer.Option(help="Batches per epoch (default: one pass over the training images, at least 100).")] = None,
     margin: Annotated[Optional[float], typer.Option(help="Triplet margin on squared distances between unit vectors, 0–4 (default: 0.2 pretrained; 0.5 from scratch).")] = None,
-    mining: Annotated[str, typer.Option(help="In-batch triplet selection: all, hard, semi-hard or random.")] = "all",
+    mining: Annotated[Mining, typer.Option(help="In-batch triplet selection: every violating triplet, batch-hard, semi-hard (FaceNet) or one random negative.")] = Mining.ALL,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate of the frozen phase (default: 1e-3 pretrained; 3e-4 from scratch).")] = None,
     finetune_lr: Annotated[Optional[float], typer.Option(help="Learning rate of fine-tuning (default: 1e-5 pretrained; 1e-4 from scratch).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of identities held out for validation (never trained on).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for the split, sampling, augmentation and initialisation.")] = 0,
-    strategy: Annotated[str, typer.Option(help="tf.distribute strategy: auto, default, mirrored or multi-worker.")] = "auto",
-    precision: Annotated[str, typer.Option(help="float32, mixed_bfloat16 or mixed_float16.")] = "float32",
+    strategy: Annotated[Strategy, typer.Option(help="tf.distribute strategy (auto: mirrored when more than one GPU is visible; multi-worker: from TF_CONFIG).")] = Strategy.AUTO,
+    precision: Annotated[Precision, typer.Option(help="Compute precision (the loss is always float32).")] = Precision.FLOAT32,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flip/shift/brightness augmentation when fine-tuning.")] = True,
     patience: Annotated[int, typer.Option(help="End a phase after this many epochs without a better validation MAP@R (0: never).")] = 0,
-    lr_schedule: Annotated[str, typer.Option(help="constant, or cosine (decays to a tenth over each phase).")] = "constant",
+    lr_schedule: Annotated[LrSchedule, typer.Option(help="constant, or cosine (decays to a tenth over each phase).")] = LrSchedule.CONSTANT,
     resume: Annotated[Optional[Path], typer.Option(help="Continue this run from its last complete epoch, with its own data, split and options.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory at --out.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")] = False,
@@ -52,23 +53,25 @@ def train(
         fail("missing DATA_DIR (a folder with one sub-folder per identity), or --resume RUN; see `siamcli train --help`")
     with engine_errors():
         from siamcli.training.config import TrainConfig
-        from siamcli.training.trainer import resume as resume_training
-        from siamcli.training.trainer import train as run_training
 
-        if resume is not None:
-            with ProgressDisplay() as display:
-                result = resume_training(resume, events=display)
-            return _report(result, json_output)
+        config = None
+        if resume is None:  # validated here, before TensorFlow is imported: a typo costs no start-up
+            config = TrainConfig(
+                data_dir=str(data_dir), image_size=image_size, embedding_dim=embedding_dim, weights=weights,
+                frozen_epochs=frozen_epochs, finetune_epochs=finetune_epochs, finetune_from=finetune_from,
+                feature_layer=feature_layer, pooling=pooling.value if pooling else None, dropout=dropout,
+                batch_size=batch_size, images_per_identity=images_per_identity, steps_per_epoch=steps_per_epoch,
+                margin=margin, mining=mining.value, lr=lr, finetune_lr=finetune_lr, val_fraction=val_fraction, seed=seed,
+                strategy=strategy.value, precision=precision.value, augment=augment, patience=patience,
+                lr_schedule=lr_schedule.value,
+            ).validate()
+        from siamcli.training import trainer
 
-        config = TrainConfig(
-            data_dir=str(data_dir), image_size=image_size, embedding_dim=embedding_dim, weights=weights,
-            frozen_epochs=frozen_epochs, finetune_epochs=finetune_epochs, finetune_from=finetune_from,
-            feature_layer=feature_layer, pooling=pooling, dropout=dropout, batch_size=batch_size, images_per_identity=images_per_identity, steps_per_epoch=steps_per_epoch,
-            margin=margin, mining=mining, lr=lr, finetune_lr=finetune_lr, val_fraction=val_fraction, seed=seed,
-            strategy=strategy, precision=precision, augment=augment, patience=patience, lr_schedule=lr_schedule,
-        )
         with ProgressDisplay() as display:
-            result = run_training(config, out=str(out) if out else None, force=force, events=display)
+            if config is None:
+                result = trainer.resume(resume, events=display)
+            else:
+                result = trainer.train(config, out=str(out) if out else None, force=force, events=display)
     _report(result, json_output)
 
 

@@ -7,7 +7,6 @@ validated and `--help` written without loading TensorFlow.
 
 from __future__ import annotations
 
-POOLINGS = ("avg", "grid2", "grid3", "grid4")  # global average, or an N×N grid of averages
 WHOLE_NETWORK = "all"  # --finetune-from value: every backbone layer trains
 LAST_LAYER = "conv5_block3_out"  # ResNet50's final feature map
 MIN_IMAGE_SIZE = 32  # ResNet50 refuses smaller inputs

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from siamcli.choices import Mining
 from siamcli.tf_runtime import import_tensorflow
 
 tf = import_tensorflow()
 
-MINING_MODES = ("all", "hard", "semi-hard", "random")
 
 
 class TripletStats(NamedTuple):
@@ -77,8 +77,8 @@ def triplet_loss(embeddings, labels, image_ids, margin: float, mining: str, rand
     embeddings: (b, d) this replica's embeddings; labels, image_ids: (b,) int.
     random_seed: int32 (2,) seed for `mining="random"` (the same on every replica).
     """
-    if mining not in MINING_MODES:
-        raise ValueError(f"unknown mining mode {mining!r}; choose one of {', '.join(MINING_MODES)}")
+    if mining not in Mining.values():
+        raise ValueError(f"unknown mining mode {mining!r}; choose one of {', '.join(Mining.values())}")
     context = tf.distribute.get_replica_context()
     embeddings = tf.cast(embeddings, tf.float32)
     all_embeddings, offset = _gather_global(embeddings, context)

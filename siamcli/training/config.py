@@ -11,13 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from siamcli.choices import LrSchedule, Mining, Pooling, Precision, Strategy
 from siamcli.errors import UserError
 from siamcli.models import resnet50
 
-STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
-MINING_MODES = ("all", "hard", "semi-hard", "random")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -92,15 +89,15 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.finetune_lr is None or self.finetune_lr > 0, f"--finetune-lr must be positive, got {self.finetune_lr}"),
             (0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}"),
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"),
-            (self.mining in MINING_MODES, f"--mining must be one of {', '.join(MINING_MODES)}, got {self.mining!r}"),
             (self.patience >= 0, f"--patience must be 0 or more, got {self.patience}"),
-            (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        Strategy.check(self.strategy, "--strategy")
+        Mining.check(self.mining, "--mining")
+        LrSchedule.check(self.lr_schedule, "--lr-schedule")
+        Precision.check(self.precision, "--precision")
         self._validate_layers()
         return self
 
@@ -109,8 +106,7 @@ class TrainConfig:
         blocks = resnet50.block_outputs()
         if resolved.feature_layer not in blocks:
             raise UserError(f"--feature-layer {resolved.feature_layer!r} is not a ResNet50 block output; use one of {', '.join(blocks)}")
-        if resolved.pooling not in resnet50.POOLINGS:
-            raise UserError(f"--pooling must be one of {', '.join(resnet50.POOLINGS)}, got {resolved.pooling!r}")
+        Pooling.check(resolved.pooling, "--pooling")
         names = resnet50.layer_names()
         last = names.index(resolved.feature_layer)
         if resolved.finetune_from != resnet50.WHOLE_NETWORK and (resolved.finetune_from not in names or names.index(resolved.finetune_from) > last):
