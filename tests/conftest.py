@@ -1,4 +1,4 @@
-"""Shared fixtures: real image files in tmp_path, the att_faces dataset, and a tiny real run.
+"""Shared fixtures: real image files in tmp_path, the repository's sample_data/, and a tiny real run.
 
 Everything is real and small: PNG/JPEG files written with Pillow, a ResNet50 built with
 weights=None at 32 px, and a run directory in the exact format `siamcli train` writes.
@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-ATT_FACES = Path(os.environ.get("SIAMCLI_ATT_FACES", REPO.parent / "shared" / "datasets" / "att_faces"))
 SAMPLE_DATA = REPO / "sample_data"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -50,13 +49,6 @@ def image_folders(tmp_path):
         return write_identity_folders(tmp_path / name, identities, per_identity, size, seed, ext)
 
     return make
-
-
-@pytest.fixture(scope="session")
-def att_faces() -> Path:
-    if not (ATT_FACES / "s1").is_dir():
-        pytest.fail(f"att_faces not found at {ATT_FACES}; set SIAMCLI_ATT_FACES or place shared/ beside the repo")
-    return ATT_FACES
 
 
 def build_untrained_run(run_dir: Path, data_dir: Path, val: list[str], train: list[str], image_size: int = 32, embedding_dim: int = 16, seed: int = 0) -> Path:

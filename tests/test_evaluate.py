@@ -117,17 +117,33 @@ def test_metrics_recomputed_from_the_files_by_an_independent_implementation_agre
 
 
 def test_raw_pixel_baseline_is_the_pixels_compared_by_euclidean_distance(evaluated):
-    from siamcli.models.embed import load_pixels
-    from siamcli.evaluation.metrics import retrieval_metrics
+    """Recomputed without siamcli: each file decoded by Pillow, resized by TensorFlow's bilinear
+    antialiased resize (the op the model's pipeline documents), scaled to [0, 1], flattened and
+    ranked by squared Euclidean distance in the numpy brute force."""
+    import tensorflow as tf
 
     report, out = evaluated
     labels = pd.read_csv(out / "labels.csv")
-    loaded = load_pixels(labels["path"].tolist(), report.image_size)
-    pixels = loaded.images.reshape(len(labels), -1).astype(np.float32) / 255.0
-    expected = retrieval_metrics(pixels, labels["label"].to_numpy(), (1, 3))
+    size = report.image_size
+    pixels = []
+    for path in labels["path"]:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"), np.float32)
+        resized = tf.image.resize(rgb, (size, size), method="bilinear", antialias=True).numpy()
+        pixels.append(resized.reshape(-1) / 255.0)
+    reference = brute_force_retrieval(np.stack(pixels), labels["label"].to_numpy().astype(str), (1, 3))
     baseline = json.loads((out / "metrics.json").read_text())["baselines"]["raw_pixels"]
-    # load_pixels rounds to uint8; the baseline keeps the resized floats: allow a flip or two.
-    assert baseline["map_at_r"] == pytest.approx(expected.map_at_r, abs=0.05)
+    assert baseline["precision_at_1"] == pytest.approx(reference["precision_at_1"], abs=1e-9)
+    assert baseline["recall_at_k"] == pytest.approx({str(k): v for k, v in reference["recall_at_k"].items()}, abs=1e-9)
+    assert baseline["r_precision"] == pytest.approx(reference["r_precision"], abs=1e-9)
+    assert baseline["map_at_r"] == pytest.approx(reference["map_at_r"], abs=1e-9)
+    # The scores are perfect on this data, so check the features themselves too: the baseline's
+    # raw-pixel matrix is these pixels (the backbone baseline is skipped: its weights are "gone").
+    from siamcli.evaluation.baselines import RAW_PIXELS, baseline_features
+
+    features = baseline_features(labels["path"].tolist(), size, {"weights": str(out / "gone.weights.h5")})
+    assert list(features.features) == [RAW_PIXELS]
+    np.testing.assert_allclose(features.features[RAW_PIXELS], np.stack(pixels), rtol=0, atol=1e-6)
 
 
 def test_cli_defaults_to_the_runs_held_out_identities_and_prints_only_json(tiny_run, tmp_path):

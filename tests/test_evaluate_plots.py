@@ -46,7 +46,14 @@ def test_roc_projection_and_errors_are_pngs(tmp_path):
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     plots.roc_plot(verification_metrics(x, labels), tmp_path / "roc.png")
     assert plots.projection_plot(x, labels, tmp_path / "tsne.png", "tsne") == "t-SNE"
-    assert plots.projection_plot(x, labels, tmp_path / "pca.png", "auto" if len(x) > plots.TSNE_LIMIT else "pca") == "PCA"
+    assert plots.projection_plot(x, labels, tmp_path / "pca.png", "pca") == "PCA"
+    # "auto": t-SNE up to TSNE_LIMIT images, PCA past it.
+    points, used = plots.project(x, "auto", 0)
+    assert used == "t-SNE" and points.shape == (30, 2)
+    many = np.repeat(x, plots.TSNE_LIMIT // len(x) + 1, axis=0)
+    assert len(many) > plots.TSNE_LIMIT
+    points, used = plots.project(many, "auto", 0)
+    assert used == "PCA" and points.shape == (len(many), 2)
     images = write_identity_folders(tmp_path / "imgs", identities=2, per_identity=2, size=24)
     a, b = sorted(images.glob("id_0/*.png")), sorted(images.glob("id_1/*.png"))
     cases = [

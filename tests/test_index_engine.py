@@ -1,7 +1,7 @@
 """The index engine: vectors files, the auto rule, exact and approximate FAISS search, validation.
 
 Real FAISS on small hand-made unit vectors, and real index directories built with the tiny
-untrained run (32 px, 16-d) over its 6 × 5 synthetic identities. Helpers here are shared by
+untrained run (32 px, 16-d) over its 6 × 5 synthetic identities. Helpers here are used by
 test_index_cli.py and test_query_cli.py.
 """
 
@@ -20,7 +20,7 @@ from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 
 
-# ---------------------------------------------------------------- helpers shared by index tests
+# ---------------------------------------------------------------- helpers used by index tests
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0, clusters: int = 0, sample_seed: int | None = None) -> np.ndarray:

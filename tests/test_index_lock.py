@@ -24,19 +24,51 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_index(tiny_run, tm
     assert not (run / "index").exists()
 
 
-def test_concurrent_appends_leave_one_consistent_index(tiny_run, tmp_path):
+def _extra_gallery(root, label, source_images):
+    """root/label/new_<j>.png: copies of `source_images` under a new identity, to append."""
+    (root / label).mkdir(parents=True)
+    for j, source in enumerate(source_images):
+        shutil.copy(source, root / label / f"new_{j}.png")
+    return sorted(str(path) for path in (root / label).iterdir())
+
+
+def test_concurrent_appends_of_different_images_lose_nothing(tiny_run, tmp_path):
+    """Two writers append different images to one index at the same time. Without the lock both
+    would start from the same 30-row index and the later swap would drop the other's rows."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     gallery = tmp_path / "gallery"
     shutil.copytree(tiny_run.parent.parent / "data", gallery)
     first = subprocess.run(_index(run, gallery), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
-    (gallery / "id_0" / "copy_a.png").write_bytes((gallery / "id_1" / "img_0.png").read_bytes())
-    racers = [subprocess.Popen(_index(run, gallery, "--append"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in racers]
-    for code, err in results:
-        assert code == 0 or (code == 2 and "another `siamcli index`" in err), err
-    assert any(code == 0 for code, _ in results)
-    loaded = load_index(run / "index")
-    assert loaded.count == 31 and loaded.index.ntotal == 31  # 30 images + the new one, exactly once
+    original = {item.path for item in load_index(run / "index").items}
+    assert len(original) == 30
+    # Each writer's gallery holds only its own new images (same absolute path never in both).
+    additions = {
+        "a": _extra_gallery(tmp_path / "extra_a", "new_a", sorted(gallery.glob("id_1/*.png"))),
+        "b": _extra_gallery(tmp_path / "extra_b", "new_b", sorted(gallery.glob("id_2/*.png"))),
+    }
+    racers = {name: subprocess.Popen(_index(run, tmp_path / f"extra_{name}", "--append"), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True) for name in additions}
+    results = {}
+    for name, proc in racers.items():
+        _, err = proc.communicate(timeout=300)
+        results[name] = (proc.returncode, err)
+
+    succeeded = [name for name, (code, _) in results.items() if code == 0]
+    refused = [name for name, (code, _) in results.items() if code != 0]
+    assert succeeded, results
+    for name in refused:
+        code, err = results[name]
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and "another `siamcli index`" in err, err
+
+    loaded = load_index(run / "index")  # loads: the manifest, vectors and FAISS index agree
+    paths = [item.path for item in loaded.items]
+    expected = original.union(*(additions[name] for name in succeeded))
+    assert set(paths) == expected  # nothing lost: every original row and every accepted addition
+    assert len(paths) == len(expected) == loaded.index.ntotal == loaded.count  # each exactly once
+    assert len({item.id for item in loaded.items}) == loaded.count
+    labels = {item.path: item.label for item in loaded.items}
+    for name in succeeded:
+        assert {labels[path] for path in additions[name]} == {f"new_{name}"}

@@ -4,9 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-from siamcli.models.triplet_loss import triplet_loss  # noqa: E402
+from siamcli.models.triplet_loss import triplet_loss
 
 
 def _batch(seed=0, n_ids=4, k=3, dim=8):

@@ -1,7 +1,9 @@
 """Every bad option or input: one line on stderr, exit code 2, no traceback."""
 
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -101,16 +103,65 @@ def test_the_static_resnet50_layer_list_matches_keras():
     assert [layer.name for layer in model.layers][1:] == layer_names()[1:]
 
 
-def test_imagenet_weights_already_in_the_keras_cache_are_used_without_network(tmp_path, monkeypatch):
+@pytest.fixture
+def download_host(monkeypatch):
+    """Point the ImageNet download host at a port on this machine, so the probe's answer does not
+    depend on the machine's network. Yields point(listening): a closed port (bound, never
+    listening: the connection is refused at once) or a listening one (the connection succeeds)."""
+    from siamcli.models import backbone_weights
+
+    sockets = []
+
+    def point(listening: bool):
+        server = socket.socket()
+        sockets.append(server)
+        server.bind(("127.0.0.1", 0))
+        if listening:
+            server.listen(1)
+        monkeypatch.setattr(backbone_weights, "_DOWNLOAD_HOST", server.getsockname())
+
+    yield point
+    for server in sockets:
+        server.close()
+
+
+def test_imagenet_weights_already_in_the_keras_cache_are_used_without_network(tmp_path, monkeypatch, download_host):
     from siamcli.models.backbone_weights import IMAGENET_NOTOP_FILE, resolve_weights
 
     cache = tmp_path / "keras" / "models"
     cache.mkdir(parents=True)
     (cache / IMAGENET_NOTOP_FILE).write_bytes(b"weights")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    # A 1 ms probe could never reach the download host: the cached file is taken without asking.
+    download_host(listening=False)  # the host refuses: the cached file is taken without asking
     choice = resolve_weights("imagenet", probe_timeout=0.001)
     assert choice.kind == "imagenet" and choice.path == str(cache / IMAGENET_NOTOP_FILE)
+
+
+def test_imagenet_weights_not_cached_are_left_to_keras_when_the_download_host_answers(tmp_path, monkeypatch, download_host):
+    from siamcli.models.backbone_weights import resolve_weights
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
-    with pytest.raises(Exception, match="--weights none"):
-        resolve_weights("imagenet", probe_timeout=0.5)
+    download_host(listening=True)
+    choice = resolve_weights("imagenet", probe_timeout=5)
+    assert choice.kind == "imagenet" and choice.path is None  # Keras downloads them
+
+
+def test_imagenet_weights_neither_cached_nor_downloadable_are_one_line_exit_2_at_once(tmp_path, data, monkeypatch, download_host):
+    from siamcli.models.backbone_weights import IMAGENET_NOTOP_FILE
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    download_host(listening=False)
+    started = time.monotonic()
+    # --weights imagenet is the default.
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--image-size", "32"])
+    _assert_one_line_usage_error(
+        result,
+        "ImageNet weights are not cached and cannot be downloaded (offline)",
+        f"put {IMAGENET_NOTOP_FILE} in {tmp_path / 'empty' / 'models'}",
+        "pass --weights PATH to a ResNet50 weights file",
+        "train from scratch with --weights none",
+    )
+    assert time.monotonic() - started < 30  # fails fast: before any model is built
+    assert not (tmp_path / "run").exists()
+    explicit = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--weights", "imagenet"])
+    _assert_one_line_usage_error(explicit, "cannot be downloaded", "--weights none")
