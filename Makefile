@@ -12,7 +12,7 @@ DEMO   := runs/demo
 DEMO_TRAIN_FLAGS ?= --image-size 64 --weights none --frozen-epochs 5 --finetune-epochs 2 --steps-per-epoch 50 --val-fraction 0.5
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test clean
+.PHONY: help install demo test lint clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ demo: $(STAMP) ## Train on sample_data, evaluate on held-out people, index, quer
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q; code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$code
+
+lint: $(STAMP) ## Lint the code with ruff (configured in pyproject.toml)
+	$(BIN)/ruff check siamcli tests benchmarks
 
 clean: ## Remove the virtualenv, runs and caches
 	rm -rf $(VENV) runs .pytest_cache
