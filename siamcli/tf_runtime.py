@@ -31,11 +31,11 @@ def import_tensorflow():
     with tempfile.TemporaryFile(mode="w+b") as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            import tensorflow as tf
             import keras  # noqa: F401  (first import also prints)
+            import tensorflow as tf
 
             tf.get_logger().setLevel("ERROR")
-        except BaseException:
+        except Exception:  # a failed import: its messages explain why (Ctrl-C shows none of them)
             os.dup2(saved, 2)
             capture.seek(0)
             sys.stderr.write(capture.read().decode(errors="replace"))

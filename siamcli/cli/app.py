@@ -6,12 +6,28 @@ import sys
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from siamcli import __version__
 from siamcli.cli import evaluate_cmd, index_cmd, query_cmd, train_cmd
 
-class _OneLineErrors(TyperGroup):
+
+class _FlagsWithoutTypes:
+    """Help shows `--json`, not `--json <bool>`: a type beside a flag invites `--json true`."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsWithoutTypes, TyperCommand):
+    pass
+
+
+class _OneLineErrors(_FlagsWithoutTypes, TyperGroup):
     """Usage errors as one stderr line and exit code 2, however siamcli is invoked (the console
     script, `python -m siamcli`, Typer's test runner), instead of click's framed error box."""
 
@@ -44,7 +60,7 @@ app = typer.Typer(
     cls=_OneLineErrors,
     help="Learn image similarity from folders of labelled photos, index a gallery with FAISS, search and evaluate it.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -66,10 +82,10 @@ def root(
     """Learn image similarity from folders of labelled photos, index a gallery with FAISS, search and evaluate it."""
 
 
-app.command("train")(train_cmd.train)
-app.command("index")(index_cmd.index)
-app.command("query")(query_cmd.query)
-app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("train", cls=_Command)(train_cmd.train)
+app.command("index", cls=_Command)(index_cmd.index)
+app.command("query", cls=_Command)(query_cmd.query)
+app.command("evaluate", cls=_Command)(evaluate_cmd.evaluate)
 
 
 def main() -> None:

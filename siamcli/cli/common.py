@@ -11,6 +11,8 @@ from typing import Any, Iterator, NoReturn
 import typer
 from rich.console import Console
 
+from siamcli.jsonio import json_default
+
 # Human-facing output (tables, progress) goes to stderr when --json owns stdout.
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -38,17 +40,25 @@ def warn(message: str) -> None:
 
 @contextlib.contextmanager
 def engine_errors() -> Iterator[None]:
-    """Map engine exceptions to exit codes: UserError → 2, Ctrl-C → 130, anything else → 1."""
-    from siamcli.errors import UserError
+    """Map engine exceptions to exit codes: UserError or an OSError on a path → 2, Ctrl-C → 130,
+    anything else → 1."""
+    from siamcli.errors import Interrupted, UserError
 
     try:
         yield
     except typer.Exit:
         raise
+    except Interrupted as exc:
+        fail(str(exc), EXIT_INTERRUPTED)
     except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted; artifacts written so far are intact", EXIT_INTERRUPTED)
+    except OSError as exc:
+        if exc.filename is None or os.environ.get("SIAMCLI_DEBUG"):
+            raise
+        # A path the user gave (or one under it) cannot be read or written: say which and why.
+        fail(f"cannot use {exc.filename}: {exc.strerror or exc}; check that it exists and that you may read (and write) it")
     except Exception as exc:  # an unexpected failure: one line, traceback on request
         if os.environ.get("SIAMCLI_DEBUG"):
             raise
@@ -57,16 +67,8 @@ def engine_errors() -> Iterator[None]:
 
 def print_json(document: Any) -> None:
     """One JSON document on stdout and nothing else."""
-    sys.stdout.write(json.dumps(document, indent=2, default=_default) + "\n")
+    sys.stdout.write(json.dumps(document, indent=2, default=json_default) + "\n")
     sys.stdout.flush()
-
-
-def _default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -9,15 +9,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from siamcli.cli.progress import ProgressDisplay
 from siamcli.choices import Projection
 from siamcli.cli.common import engine_errors, fail, fmt, print_json, stdout
+from siamcli.cli.progress import ProgressDisplay
 
 CONFUSION_TABLE_LIMIT = 20  # identities; more and the confusion matrix is only in the files
 
 
 def evaluate(
-    data_dir: Annotated[Optional[Path], typer.Argument(help="Labelled folder to evaluate (default: the run's held-out identities, from split.json).", show_default=False)] = None,
+    data_dir: Annotated[Optional[Path], typer.Argument(metavar="DATA_DIR", help="Labelled folder to evaluate (default: the run's held-out identities, from split.json).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: <run>/eval).", show_default=False)] = None,
     k: Annotated[Optional[list[str]], typer.Option("--k", metavar="K[,K...]", help="k of recall@k: a comma list and/or repeated (default: 1,5,10).", show_default=False)] = None,

@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from siamcli.cli.progress import ProgressDisplay
 from siamcli.choices import IndexType
 from siamcli.cli.common import engine_errors, fmt, print_json, stdout
+from siamcli.cli.progress import ProgressDisplay
 from siamcli.errors import UserError
 
 
 def index(
-    paths: Annotated[Optional[list[Path]], typer.Argument(metavar="GALLERY_DIR | PART_DIR", show_default=False, help="Folder of images: sub-folder names become labels; images at its root get an empty label. With --merge: the partial indexes to combine.")] = None,
+    paths: Annotated[Optional[list[Path]], typer.Argument(metavar="GALLERY_DIR", show_default=False, help="Folder of images: sub-folder names become labels; images at its root get an empty label. With --merge: the PART_DIRs (partial indexes) to combine.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Index directory (default: <model run>/index; with --shard I/N: <model run>/index.part-I-of-N).")] = None,
     index_type: Annotated[Optional[IndexType], typer.Option(show_default=False, help="auto, flat (exact), hnsw, ivf or ivfpq (approximate; ivfpq: PQ codes with exact re-ranking, memory-mapped by queries, for galleries of millions). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then IVF with 8-bit codes; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,

@@ -12,7 +12,7 @@ from siamcli.cli.common import engine_errors, print_json, stdout, warn
 
 
 def query(
-    images: Annotated[List[str], typer.Argument(help="Query images, or folders of them.")],
+    images: Annotated[List[str], typer.Argument(metavar="IMAGE", show_default=False, help="Query images, or folders of them.")],
     k: Annotated[int, typer.Option("--k", help="Neighbours per query (the whole gallery if it is smaller).")] = 5,
     index: Annotated[Optional[str], typer.Option(help="Index directory (default: the index of --model's run, else runs/latest/index).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or model.keras to embed the queries with; must be the index's model (default: the one in its manifest).")] = None,

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from siamcli.cli.progress import ProgressDisplay
 from siamcli.choices import LrSchedule, Mining, Pooling, Precision, Strategy
 from siamcli.cli.common import engine_errors, fail, fmt, print_json, stdout
+from siamcli.cli.progress import ProgressDisplay
 
 
 def train(
-    data_dir: Annotated[Optional[Path], typer.Argument(help="Folder with one sub-folder of images per identity.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Argument(metavar="DATA_DIR", show_default=False, help="Folder with one sub-folder of images per identity.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/TIMESTAMP); `latest` beside it will point at it.")] = None,
     image_size: Annotated[int, typer.Option(help="Side of the square images the network sees (≥ 32).")] = 224,
     embedding_dim: Annotated[int, typer.Option(help="Length of the L2-normalised embedding.")] = 256,
@@ -67,12 +68,17 @@ def train(
             ).validate()
         from siamcli.training import trainer
 
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends like Ctrl-C: with the resume command
         with ProgressDisplay() as display:
             if config is None:
                 result = trainer.resume(resume, events=display)
             else:
                 result = trainer.train(config, out=str(out) if out else None, force=force, events=display)
     _report(result, json_output)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _report(result, json_output: bool) -> None:
