@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from siamcli.errors import UserError
+from siamcli.jsonio import json_default
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -63,7 +64,7 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(target: str | os.PathLike, obj: Any) -> None:
-    write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def write_csv(target: str | os.PathLike, frame) -> None:
@@ -116,12 +117,3 @@ def _fsync_file(path: Path) -> None:
 def _remove_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
-
-
-def _json_default(value: Any) -> Any:
-    # numpy scalars and paths appear in configs and metrics; JSON knows neither.
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

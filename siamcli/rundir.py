@@ -13,7 +13,6 @@ at the newest run; `index`, `query` and `evaluate` default to it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siamcli.errors import CorruptArtifactError, UserError
+from siamcli.jsonio import read_json  # run configs, split files, checkpoint state: `rundir.read_json`
 
 DEFAULT_RUNS_ROOT = Path("runs")
 LATEST = "latest"
@@ -87,18 +87,6 @@ def find_run(model: str | None) -> RunPaths:
     if not model_path.is_file():
         raise UserError(f"{run_dir} has no {MODEL_FILE}; is it a finished siamcli run?")
     return RunPaths(run_dir=run_dir, model=model_path)
-
-
-def read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CorruptArtifactError(f"{what} {path} is missing; the run is incomplete") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptArtifactError(f"{what} {path} is not valid JSON; the file is damaged") from exc
-    if not isinstance(data, dict):
-        raise CorruptArtifactError(f"{what} {path} does not hold a JSON object; the file is damaged")
-    return data
 
 
 def read_split(run: RunPaths) -> dict:

@@ -7,6 +7,10 @@ Every figure follows scikit-learn's definitions with `zero_division=0`:
 precision = tp / predicted, recall = tp / support, F1 = 2·tp / (2·tp + fp + fn) (0 when
 undefined), accuracy = share of correct predictions, macro F1 = unweighted mean of the classes'
 F1. The confusion matrix has true identities as rows and predicted ones as columns.
+
+Per-class figures come from scikit-learn's `precision_recall_fscore_support` (on integer codes
+of the sorted classes, so in label order). The confusion matrix is kept here as its non-zero
+cells: scikit-learn's is dense, classes², which thousands of identities cannot afford.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import precision_recall_fscore_support
 
 PER_CLASS_COLUMNS = ["label", "precision", "recall", "f1", "support"]
 DENSE_CONFUSION_LIMIT = 1000  # identities; past this confusion.csv lists non-zero cells instead
@@ -67,13 +72,14 @@ def classify(true_labels, predicted_labels) -> ClassificationResult:
     count = len(true_labels)
     true_codes, predicted_codes = codes[:count], codes[count:]
     classes = len(labels)
-    support = np.bincount(true_codes, minlength=classes)
-    predicted = np.bincount(predicted_codes, minlength=classes)
     correct = true_codes == predicted_codes
-    tp = np.bincount(true_codes[correct], minlength=classes)
-    precision = _safe_divide(tp, predicted)
-    recall = _safe_divide(tp, support)
-    f1 = _safe_divide(2 * tp, 2 * tp + (predicted - tp) + (support - tp))
+    if count:
+        precision, recall, f1, support = precision_recall_fscore_support(
+            true_codes, predicted_codes, labels=np.arange(classes), average=None, zero_division=0
+        )
+    else:
+        precision = recall = f1 = np.zeros(0)
+        support = np.zeros(0, np.int64)
     per_class = pd.DataFrame(
         {"label": labels, "precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
     )
@@ -89,10 +95,3 @@ def classify(true_labels, predicted_labels) -> ClassificationResult:
         macro_f1=float(f1.mean()) if classes else float("nan"),
         predictions=count,
     )
-
-
-def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    numerator = numerator.astype(np.float64)
-    out = np.zeros_like(numerator)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out

@@ -30,6 +30,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from siamcli.jsonio import json_float
+
 DEFAULT_BLOCK_SIZE = 1024  # queries per FAISS search
 DEFAULT_MEMORY_BYTES = 256 << 20  # working memory for one block of neighbour lists
 _UNIT_ROUNDOFF = 2.0**-24  # float32
@@ -47,10 +49,10 @@ class RetrievalMetrics:
     def to_json(self) -> dict:
         """DESIGN.md's keys; recall_at_k keyed by k as a string ({"1": …, "5": …}); NaN → null."""
         return {
-            "precision_at_1": _json_float(self.precision_at_1),
-            "recall_at_k": {str(k): _json_float(v) for k, v in sorted(self.recall_at_k.items())},
-            "r_precision": _json_float(self.r_precision),
-            "map_at_r": _json_float(self.map_at_r),
+            "precision_at_1": json_float(self.precision_at_1),
+            "recall_at_k": {str(k): json_float(v) for k, v in sorted(self.recall_at_k.items())},
+            "r_precision": json_float(self.r_precision),
+            "map_at_r": json_float(self.map_at_r),
         }
 
 
@@ -213,18 +215,33 @@ class ExactNeighbours:
         return exact, candidates, settled
 
     def _exact_distances(self, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Squared distances of each row to its candidates, float64 then rounded to float32."""
-        width = candidates.shape[1]
-        d = self.vectors.shape[1]
-        out = np.empty(candidates.shape, np.float32)
-        chunk = max(1, self.memory_bytes // max(width * d * 8, 1))
-        for start in range(0, len(rows), chunk):
-            part = slice(start, start + chunk)
-            difference = self.vectors[candidates[part]].astype(np.float64)
-            difference -= self.vectors[rows[part]].astype(np.float64)[:, None, :]
+        return exact_distances(self.vectors, rows, candidates, self.memory_bytes)
+
+
+def exact_distances(vectors: np.ndarray, rows: np.ndarray, candidates: np.ndarray,
+                    memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
+    """Squared distances of each of `rows` to its `candidates` (b, w): float64, rounded to float32.
+
+    The one definition of distance behind every metric and error case. Each value is a sum
+    over the d coordinates alone, so it does not depend on how rows and candidates are chunked
+    (memory: about `memory_bytes` of float64 differences at a time).
+    """
+    rows = np.asarray(rows, np.int64)
+    candidates = np.asarray(candidates, np.int64)
+    d = vectors.shape[1]
+    out = np.empty(candidates.shape, np.float32)
+    row_chunk = max(1, memory_bytes // max(candidates.shape[1] * d * 8, 1))
+    column_chunk = max(1, memory_bytes // max(d * 8, 1))  # when one row's candidates alone are too many
+    for start in range(0, len(rows), row_chunk):
+        part = slice(start, start + row_chunk)
+        query = vectors[rows[part]].astype(np.float64)[:, None, :]
+        for first in range(0, candidates.shape[1], column_chunk):
+            columns = slice(first, first + column_chunk)
+            difference = vectors[candidates[part, columns]].astype(np.float64)
+            difference -= query
             np.square(difference, out=difference)
-            out[part] = difference.sum(axis=2)
-        return out
+            out[part, columns] = difference.sum(axis=2)
+    return out
 
 
 def _padded(k: int, n: int) -> int:
@@ -257,8 +274,3 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     if values[0] < 1:
         raise ValueError(f"every k must be at least 1, got {values[0]}")
     return values
-
-
-def _json_float(value: float):
-    value = float(value)
-    return None if value != value else value

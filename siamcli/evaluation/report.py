@@ -25,10 +25,13 @@ from siamcli import __version__
 from siamcli.atomic import atomic_path, write_csv, write_json
 from siamcli.data.scan import ImageItem, Skipped, describe_skipped, scan_folder
 from siamcli.errors import UserError
+from siamcli.hashing import file_sha256
+from siamcli.jsonio import json_float
 from siamcli.evaluation import baselines as base
 from siamcli.evaluation import plots
 from siamcli.evaluation.classification import ClassificationResult, classify
-from siamcli.evaluation.metrics import DEFAULT_BLOCK_SIZE, RetrievalMetrics, RetrievalResult, evaluate_retrieval, retrieval_metrics
+from siamcli.evaluation.metrics import (DEFAULT_BLOCK_SIZE, RetrievalMetrics, RetrievalResult, evaluate_retrieval, exact_distances,
+                                        retrieval_metrics)
 from siamcli.evaluation.verification import DEFAULT_MAX_PAIRS, VerificationResult, verification_metrics
 from siamcli import rundir
 
@@ -121,11 +124,11 @@ class EvaluationReport:
         """metrics.json and `--json`: DESIGN.md's nine keys, then "baselines" (name → retrieval keys)."""
         document = self.metrics.to_json()
         document.update({
-            "accuracy": _json_float(self.classification.accuracy),
-            "macro_f1": _json_float(self.classification.macro_f1),
-            "roc_auc": _json_float(self.verification.roc_auc),
-            "eer": _json_float(self.verification.eer),
-            "threshold": _json_float(self.verification.threshold),
+            "accuracy": json_float(self.classification.accuracy),
+            "macro_f1": json_float(self.classification.macro_f1),
+            "roc_auc": json_float(self.verification.roc_auc),
+            "eer": json_float(self.verification.eer),
+            "threshold": json_float(self.verification.threshold),
         })
         document = {key: document[key] for key in METRIC_KEYS}
         document["baselines"] = {name: metrics.to_json() for name, metrics in self.baselines.items()}
@@ -216,7 +219,7 @@ def evaluate(
     _check_enough([item.label for item in selection.items], selection.root)
 
     from siamcli.models.embed import embed, model_image_size
-    from siamcli.models.embedding import file_fingerprint, load_embedding_model
+    from siamcli.models.embedding import load_embedding_model
 
     network = load_embedding_model(run.model)
     image_size = model_image_size(network)
@@ -271,7 +274,7 @@ def evaluate(
 
     events.stage("writing files")
     tick = time.perf_counter()
-    report.model_sha256 = file_fingerprint(run.model)
+    report.model_sha256 = file_sha256(run.model)
     _write_files(report, options)
     seconds["files"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
@@ -294,7 +297,7 @@ def error_cases(report: EvaluationReport, limit: int) -> list[plots.ErrorCase]:
     cases = []
     for i in wrong[order][:limit]:
         neighbour = int(retrieval.nearest[i])
-        distances = _distances_from(vectors, int(i))  # (n,) one row at a time: n floats, never n × n
+        distances = exact_distances(vectors, np.array([i]), np.arange(len(vectors))[None, :])[0]  # (n,): never n × n
         same = np.flatnonzero(labels == labels[i])
         same = same[same != i]
         right = int(same[np.lexsort((same, distances[same]))[0]])
@@ -307,16 +310,6 @@ def error_cases(report: EvaluationReport, limit: int) -> list[plots.ErrorCase]:
             correct_path=report.paths[right], correct_distance=float(distances[right]), correct_rank=rank,
         ))
     return cases
-
-
-def _distances_from(vectors: np.ndarray, row: int) -> np.ndarray:
-    """Squared distances of one row to every row, computed as the metrics compute them."""
-    out = np.empty(len(vectors), np.float32)
-    query = vectors[row].astype(np.float64)
-    for start in range(0, len(vectors), 4096):
-        difference = vectors[start : start + 4096].astype(np.float64) - query
-        out[start : start + 4096] = np.einsum("ij,ij->i", difference, difference)
-    return out
 
 
 def _score_baselines(report: EvaluationReport, run: rundir.RunPaths, options: EvaluateOptions, events: EvaluationEvents) -> None:
@@ -392,8 +385,3 @@ def _top_folder(path: str, root: str) -> str | None:
     except ValueError:
         return None
     return parts[0] if parts else None
-
-
-def _json_float(value: float):
-    value = float(value)
-    return None if value != value else value

@@ -35,6 +35,7 @@ from siamcli.atomic import atomic_directory, write_json
 from siamcli.index.lock import index_lock
 from siamcli.data.scan import Skipped, describe_skipped, require_folder, scan_folder
 from siamcli.errors import UserError
+from siamcli.hashing import file_sha256
 from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
@@ -150,9 +151,9 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
     scan, gallery_paths, gallery_labels = scan_gallery(options.gallery, events)
 
     from siamcli.models.embed import model_image_size
-    from siamcli.models.embedding import file_fingerprint, load_embedding_model
+    from siamcli.models.embedding import load_embedding_model
 
-    fingerprint = file_fingerprint(run.model)
+    fingerprint = file_sha256(run.model)
     old: LoadedIndex | None = None
     if existing:
         events.stage(f"checking the index at {out}")
@@ -357,8 +358,8 @@ def validate_options(options: IndexOptions) -> None:
         raise UserError("--force rebuilds the index from scratch; it cannot be combined with --append or --prune")
     if options.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if options.index_type is not None and options.index_type not in faiss_index.INDEX_TYPES:
-        raise UserError(f"--index-type must be one of {', '.join(faiss_index.INDEX_TYPES)}, got {options.index_type!r}")
+    if options.index_type is not None:  # None: an update keeps its type, a new index is auto
+        faiss_index.check_index_type(options.index_type)
 
 
 def _existing(out: Path, options: IndexOptions, events: IndexEvents) -> bool:

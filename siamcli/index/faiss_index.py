@@ -38,8 +38,9 @@ k_factor·k rows it re-ranks per query are read: the hot set is ~6× smaller tha
 256, the raw vectors stay cold on disk. Tuning raises nprobe at k_factor_rf = 32 (doubling, then
 bisecting, as for ivf), then halves k_factor_rf while recall@10 stays ≥ 0.96; with an HNSW
 quantizer its efSearch is 2·nprobe (at FAISS's default 16 the graph returned too few good lists
-and recall@10 stopped at 0.865 at 10^6, whatever nprobe). All go into search_params. (search.py searches at least 10 deep, the depth recall was tuned at, so --k 1
-re-ranks as many candidates as were measured.)
+and recall@10 stopped at 0.865 at 10^6, whatever nprobe). All go into search_params. (search.py
+searches at least 10 deep, the depth recall was tuned at, so --k 1 re-ranks as many candidates
+as were measured.)
 
 OPQ (a learned rotation before PQ) was measured against plain PQ at equal code bytes (32) on
 benchmarks/bench_large_gallery.py's data (N = 10^5, d = 256, IVF1024, nprobe 128, 1,000 fresh
@@ -82,10 +83,11 @@ from typing import Callable
 
 import numpy as np
 
+from siamcli.choices import IndexType
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.index import vectors as vector_file
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+INDEX_TYPES = IndexType.values()
 FLAT_MAX = 50_000  # auto: exact search up to this many images
 MEMORY_BUDGET = 8 << 30  # auto: HNSW (raw vectors + graph) up to this size, IVF with SQ8 codes past it
 HNSW_M = 32  # graph degree: the usual speed/recall sweet spot for d in 64…512
@@ -189,10 +191,14 @@ def hnsw_bytes(count: int, dim: int) -> int:
 FLAT = IndexPlan("flat", "Flat", "auto")
 
 
+def check_index_type(index_type: str) -> None:
+    """--index-type must be one of INDEX_TYPES, else UserError (the one check, used before any work starts)."""
+    IndexType.check(index_type, "--index-type")
+
+
 def plan_index(index_type: str, count: int, dim: int) -> IndexPlan:
     """Resolve --index-type (auto|flat|hnsw|ivf|ivfpq) for a gallery of `count` vectors (module rule)."""
-    if index_type not in INDEX_TYPES:
-        raise UserError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
+    check_index_type(index_type)
     chosen_by = "user"
     if index_type == "auto":
         chosen_by = "auto"

@@ -14,13 +14,13 @@ content) and what changed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from siamcli.errors import CorruptArtifactError
+from siamcli.hashing import file_sha256
 
 ITEMS_COLUMNS = ["id", "path", "label"]
 HASHES_COLUMNS = ["id", "sha256"]
@@ -36,14 +36,10 @@ class IndexItem:
 
 def content_hash(path: str | os.PathLike) -> str:
     """sha256 of the file's bytes ("" when it cannot be read: it then never matches)."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError:
         return ""
-    return digest.hexdigest()
 
 
 def write_items(directory: Path, items: Iterable[IndexItem]) -> None:

@@ -31,14 +31,14 @@ says to merge the partials.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 from siamcli.errors import CorruptArtifactError, UserError
+from siamcli.hashing import file_sha256
+from siamcli.jsonio import read_json
 
 FORMAT = "siamcli-index/1"
 PART_FORMAT = "siamcli-index-part/1"  # one shard's vectors, before `siamcli index --merge` (shard.py)
@@ -59,11 +59,7 @@ def now() -> str:
 
 
 def file_record(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def read_manifest(directory: Path) -> dict:
@@ -97,16 +93,9 @@ def read_part_manifest(directory: Path) -> dict:
 
 
 def _read_object(directory: Path) -> dict:
-    path = directory / MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CorruptArtifactError(f"{directory} has no {MANIFEST}; it is not a siamcli index (build one with `siamcli index GALLERY`)") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptArtifactError(f"{path} is not valid JSON; the index is damaged: rebuild it with --force") from exc
-    if not isinstance(data, dict):
-        raise CorruptArtifactError(f"{path} does not hold a JSON object; rebuild the index with --force")
-    return data
+    return read_json(directory / MANIFEST, "index manifest",
+                     missing="it is not a siamcli index (build one with `siamcli index GALLERY`)",
+                     damaged="the index is damaged: rebuild it with --force")
 
 
 def _checked(path: Path, data: dict) -> dict:
@@ -154,10 +143,8 @@ def threshold_from_run(run_dir: Path, model_fingerprint: str) -> tuple[float | N
     """
     path = run_dir / EVAL_METRICS
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None, None
-    if not isinstance(data, dict):
+        data = read_json(path, "evaluation metrics")
+    except (CorruptArtifactError, OSError):  # absent, unreadable or not an object: no threshold
         return None, None
     recorded = data.get("model_fingerprint")
     if isinstance(recorded, str) and recorded != model_fingerprint:

@@ -18,6 +18,7 @@ import numpy as np
 
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.errors import CorruptArtifactError, UserError
+from siamcli.hashing import file_sha256
 from siamcli.index import manifest as mf
 from siamcli.index.faiss_index import RECALL_K
 from siamcli.index.store import LoadedIndex, check_model, load_index
@@ -165,9 +166,9 @@ def query_images(
     model_path = resolve_model(loaded, model)
 
     from siamcli.models.embed import embed
-    from siamcli.models.embedding import file_fingerprint, load_embedding_model
+    from siamcli.models.embedding import load_embedding_model
 
-    fingerprint = file_fingerprint(model_path)
+    fingerprint = file_sha256(model_path)
     check_model(loaded.manifest, model_path, fingerprint, index_dir)
     embedding_model = load_embedding_model(model_path)
     if int(embedding_model.output_shape[-1]) != loaded.dim:

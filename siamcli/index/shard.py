@@ -40,6 +40,7 @@ from siamcli import __version__
 from siamcli.atomic import atomic_directory, write_json
 from siamcli.data.scan import Skipped, describe_skipped, require_folder
 from siamcli.errors import CorruptArtifactError, UserError
+from siamcli.hashing import file_sha256
 from siamcli.index import build, faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
@@ -139,9 +140,9 @@ def build_part(options, events) -> PartResult:
 
         from siamcli.index.embedder import embed_to_file
         from siamcli.models.embed import model_image_size
-        from siamcli.models.embedding import file_fingerprint, load_embedding_model
+        from siamcli.models.embedding import load_embedding_model
 
-        fingerprint = file_fingerprint(run.model)
+        fingerprint = file_sha256(run.model)
         events.stage(f"loading model {run.model}")
         model = load_embedding_model(run.model)
         dim, image_size = int(model.output_shape[-1]), model_image_size(model)
@@ -211,14 +212,12 @@ def merge_parts(options: MergeOptions, events):
     started = time.perf_counter()
     if not options.partials:
         raise UserError("--merge needs the partial indexes to combine: siamcli index --merge PART_DIR...")
-    if options.index_type is not None and options.index_type not in faiss_index.INDEX_TYPES:
-        raise UserError(f"--index-type must be one of {', '.join(faiss_index.INDEX_TYPES)}, got {options.index_type!r}")
+    if options.index_type is not None:  # None: auto
+        faiss_index.check_index_type(options.index_type)
     parts = _read_parts(options.partials)
     first = parts[0].manifest
     run = find_run(options.model)
-    from siamcli.models.embedding import file_fingerprint
-
-    fingerprint = file_fingerprint(run.model)
+    fingerprint = file_sha256(run.model)
     if fingerprint != first["model_fingerprint"]:
         raise UserError(
             f"the partials were embedded with {first['model_path']} (fingerprint {first['model_fingerprint'][:12]}…), "

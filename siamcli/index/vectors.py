@@ -5,6 +5,11 @@ computed and are read back in fixed-size chunks to build the index. The writer r
 header big enough for the largest count it may hold and rewrites it, with the same length,
 to the true count on close: the result is an ordinary `.npy` file (`np.load` reads it, no
 pickle: `allow_pickle=False` everywhere).
+
+Reading is numpy's memory map (`np.load(mmap_mode="r")`, after `read_shape` has checked the
+file), opened afresh for each chunk and dropped once the chunk is copied out: only that
+chunk's pages are ever mapped, so a 10^7 × 256 file (10 GB) is never resident as a whole, not
+even as page-cache pages counted in the process's RSS.
 """
 
 from __future__ import annotations
@@ -89,31 +94,26 @@ def read_shape(path: str | os.PathLike) -> tuple[tuple[int, int], int]:
 
 
 def iter_chunks(path: str | os.PathLike, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (first row, (m, dim) float32 array) over the file without mapping it whole."""
-    (count, dim), offset = read_shape(path)
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        for start in range(0, count, chunk_rows):
-            rows = min(chunk_rows, count - start)
-            chunk = np.empty((rows, dim), np.float32)
-            handle.readinto(memoryview(chunk).cast("B"))
-            yield start, chunk
+    """Yield (first row, (m, dim) float32 array, an in-memory copy) over the file, chunk by chunk."""
+    (count, _), _ = read_shape(path)
+    for start in range(0, count, chunk_rows):
+        yield start, np.array(_mapped(path)[start : start + chunk_rows])
 
 
 def read_rows(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
-    """The given rows (any order) as a (len(rows), dim) float32 array, read one by one."""
-    (count, dim), offset = read_shape(path)
+    """The given rows (any order, repeats allowed) as a (len(rows), dim) float32 array."""
+    (count, dim), _ = read_shape(path)
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    outside = (rows < 0) | (rows >= count)
+    if outside.any():
+        raise IndexError(f"row {rows[outside][0]} outside 0..{count - 1}")
     out = np.empty((len(rows), dim), np.float32)
-    with open(path, "rb") as handle:
-        for position, row in enumerate(np.asarray(rows, np.int64)):
-            if not 0 <= row < count:
-                raise IndexError(f"row {row} outside 0..{count - 1}")
-            handle.seek(offset + int(row) * dim * 4)
-            handle.readinto(memoryview(out[position]).cast("B"))
+    for start in range(0, len(rows), CHUNK_ROWS):  # a fresh map per chunk: at most CHUNK_ROWS rows' pages mapped
+        part = slice(start, start + CHUNK_ROWS)
+        out[part] = _mapped(path)[rows[part]]
     return out
 
 
-def read_all(path: str | os.PathLike) -> np.ndarray:
-    """The whole file in memory (small indexes, tests)."""
-    read_shape(path)  # validates before numpy sees it
-    return np.load(path, allow_pickle=False)
+def _mapped(path: str | os.PathLike) -> np.ndarray:
+    """The file as a read-only memory map (call `read_shape` first: it validates what numpy trusts)."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)

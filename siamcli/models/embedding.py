@@ -13,7 +13,6 @@ with grid pooling is what measured best (docs/training.md).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from siamcli.errors import CorruptArtifactError, UserError
@@ -126,12 +125,3 @@ def load_embedding_model(path: str | Path) -> keras.Model:
             f"cannot load model {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
             "it is damaged or not a siamcli model: retrain or restore it"
         ) from exc
-
-
-def file_fingerprint(path: str | Path) -> str:
-    """sha256 of a file's bytes: ties an index or a report to the exact model it came from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
