@@ -89,6 +89,17 @@ def find_run(model: str | None) -> RunPaths:
     return RunPaths(run_dir=run_dir, model=model_path)
 
 
+def data_dir_of(run_dir: Path, config: dict) -> Path | None:
+    """The run's training data: config.json's absolute `data_dir`; if that is gone, the same
+    folder seen from the run directory (`data_dir_from_run`: run and data moved together); older
+    runs recorded a path relative to where training ran. None when none of these exists."""
+    recorded = config.get("data_dir")
+    candidates = [Path(str(recorded))] if recorded else []
+    if config.get("data_dir_from_run"):
+        candidates.append(run_dir / str(config["data_dir_from_run"]))
+    return next((path.resolve() for path in candidates if path.is_dir()), None)
+
+
 def read_split(run: RunPaths) -> dict:
     data = read_json(run.split, "split file")
     if not all(isinstance(data.get(key), list) for key in ("train", "val")):

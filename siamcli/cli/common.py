@@ -13,9 +13,17 @@ from rich.console import Console
 
 from siamcli.jsonio import json_default
 
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 1000  # a pipe or a file: never fold a path to fit an imaginary 80 columns
+    return console
+
+
 # Human-facing output (tables, progress) goes to stderr when --json owns stdout.
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+stdout = _console()
+stderr = _console(stderr=True)
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1

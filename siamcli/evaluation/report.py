@@ -24,7 +24,9 @@ import pandas as pd
 from siamcli import __version__
 from siamcli.atomic import atomic_path, write_csv, write_json
 from siamcli.data.scan import ImageItem, Skipped, describe_skipped, scan_folder
+from siamcli.choices import Projection
 from siamcli.errors import UserError
+from siamcli.events import NO_EVENTS, Events
 from siamcli.hashing import file_sha256
 from siamcli.jsonio import json_float
 from siamcli.evaluation import baselines as base
@@ -39,7 +41,6 @@ EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.json"
 METRIC_KEYS = ("precision_at_1", "recall_at_k", "r_precision", "map_at_r", "accuracy", "macro_f1", "roc_auc", "eer", "threshold")
-PROJECTIONS = ("auto", "pca", "tsne")
 
 
 @dataclass(frozen=True)
@@ -63,22 +64,14 @@ class EvaluateOptions:
         checks = [
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.max_pairs >= 2, f"--max-pairs must be at least 2, got {self.max_pairs}"),
-            (self.projection in PROJECTIONS, f"--projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}"),
             (self.error_cases >= 1, f"error cases must be at least 1, got {self.error_cases}"),
             (self.block_size >= 1, f"block size must be at least 1, got {self.block_size}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        Projection.check(self.projection, "--projection")
         return self
-
-
-class EvaluationEvents:
-    """What the evaluation tells its caller; the CLI draws progress from it."""
-
-    def message(self, text: str) -> None: ...
-    def stage(self, name: str, total: int | None = None) -> None: ...
-    def advance(self, count: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -182,11 +175,12 @@ def select_data(run: rundir.RunPaths, data_dir: str | None) -> DataSelection:
     held_out = [str(name) for name in split["val"]]
     if not held_out:
         raise UserError(f"the run {run.run_dir} held out no identities (split.json 'val' is empty); pass DATA_DIR to evaluate a labelled folder")
-    root = config.get("data_dir")
-    if not root:
+    if not config.get("data_dir"):
         raise UserError(f"{run.config} does not name the training data (data_dir); pass DATA_DIR")
-    if not Path(root).is_dir():
-        raise UserError(f"the run's data folder {root} (config.json data_dir) is not there from here; pass DATA_DIR")
+    root = rundir.data_dir_of(run.run_dir, config)
+    if root is None:
+        raise UserError(f"the run's data folder {config['data_dir']} (config.json data_dir) is not there; pass DATA_DIR")
+    root = str(root)
     scan = scan_folder(root, labelled=True)
     wanted = set(held_out)
     items = [item for item in scan.items if item.label in wanted]
@@ -199,9 +193,9 @@ def evaluate(
     data_dir: str | None = None,
     out: str | None = None,
     options: EvaluateOptions | None = None,
-    events: EvaluationEvents | None = None,
+    events: Events | None = None,
 ) -> EvaluationReport:
-    events = events or EvaluationEvents()
+    events = events or NO_EVENTS
     options = (options or EvaluateOptions()).validate()
     ks = tuple(sorted(set(options.ks)))
     started = time.perf_counter()
@@ -312,7 +306,7 @@ def error_cases(report: EvaluationReport, limit: int) -> list[plots.ErrorCase]:
     return cases
 
 
-def _score_baselines(report: EvaluationReport, run: rundir.RunPaths, options: EvaluateOptions, events: EvaluationEvents) -> None:
+def _score_baselines(report: EvaluationReport, run: rundir.RunPaths, options: EvaluateOptions, events: Events) -> None:
     try:
         config = rundir.read_json(run.config, "run config")
     except UserError:

@@ -35,6 +35,7 @@ from siamcli.atomic import atomic_directory, write_json
 from siamcli.index.lock import index_lock
 from siamcli.data.scan import Skipped, describe_skipped, require_folder, scan_folder
 from siamcli.errors import UserError
+from siamcli.events import NO_EVENTS, Events
 from siamcli.hashing import file_sha256
 from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
@@ -58,16 +59,6 @@ class IndexOptions:
     force: bool = False  # rebuild from scratch
     seed: int = 0  # IVF training sample and recall sample
     shard: str | None = None  # "I/N": embed only that share of the gallery into a partial (shard.build_part)
-
-
-class IndexEvents:
-    """What a build reports as it goes; the CLI renders it (the engine never imports Rich)."""
-
-    def message(self, text: str) -> None: ...
-    def stage(self, text: str) -> None: ...
-    def embedding_started(self, total: int) -> None: ...
-    def embedded(self, count: int) -> None: ...
-    def embedding_finished(self) -> None: ...
 
 
 @dataclass
@@ -130,9 +121,9 @@ def default_index_dir(run_dir: Path) -> Path:
     return run_dir / INDEX_DIR_NAME
 
 
-def build_index(options: IndexOptions, events: IndexEvents | None = None):
+def build_index(options: IndexOptions, events: Events | None = None):
     """Build or update the index. (A shard's partial is `shard.build_part`'s work.)"""
-    events = events or IndexEvents()
+    events = events or NO_EVENTS
     started = time.perf_counter()
     validate_options(options)
     if options.shard is not None:
@@ -143,7 +134,7 @@ def build_index(options: IndexOptions, events: IndexEvents | None = None):
         return _build_locked(options, events, run, out, started)
 
 
-def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, started: float) -> IndexResult:
+def _build_locked(options: IndexOptions, events: Events, run, out: Path, started: float) -> IndexResult:
     require_folder(options.gallery)  # a wrong gallery path is the first thing to report
     existing = _existing(out, options, events)
     _warn_leftovers(out, events)
@@ -221,7 +212,7 @@ def _build_locked(options: IndexOptions, events: IndexEvents, run, out: Path, st
     return result
 
 
-def scan_gallery(gallery: str, events: IndexEvents):
+def scan_gallery(gallery: str, events: Events):
     """(scan, absolute paths, labels) of the gallery's images in sorted order; skipped files reported.
 
     Parallel lists, not a list of pairs: at a million images every per-image object counts.
@@ -283,9 +274,8 @@ def _write_vectors(embeddings_path, model, image_size, dim, old, plan, options, 
     with vector_file.VectorWriter(embeddings_path, dim, capacity=len(plan.kept) + len(plan.paths)) as writer:
         if old is not None and plan.kept:
             _copy_rows(old.embeddings_path, plan.kept_rows, writer)
-        events.embedding_started(len(plan.paths))
-        outcome = embed_to_file(model, plan.paths, writer, image_size, options.batch_size, events.embedded, plan.known_hashes)
-        events.embedding_finished()
+        events.stage("embedding", len(plan.paths))
+        outcome = embed_to_file(model, plan.paths, writer, image_size, options.batch_size, events.advance, plan.known_hashes)
     if outcome.failures:
         events.message(describe_skipped(outcome.failures))
     return outcome, _next_id(old)
@@ -318,7 +308,7 @@ def _faiss_index(embeddings_path, index_plan, old, plan, added: int, seed: int, 
     return new_faiss_index(embeddings_path, index_plan, count, seed, events)
 
 
-def new_faiss_index(embeddings_path: Path, index_plan: faiss_index.IndexPlan, count: int, seed: int, events: IndexEvents):
+def new_faiss_index(embeddings_path: Path, index_plan: faiss_index.IndexPlan, count: int, seed: int, events: Events):
     """(index, plan, tuning, recall_count) built from scratch over every row of the vectors file.
 
     `auto` falls back to an exact Flat index when the approximate one cannot reach the recall
@@ -362,7 +352,7 @@ def validate_options(options: IndexOptions) -> None:
         faiss_index.check_index_type(options.index_type)
 
 
-def _existing(out: Path, options: IndexOptions, events: IndexEvents) -> bool:
+def _existing(out: Path, options: IndexOptions, events: Events) -> bool:
     """Whether `out` holds an index to update; refuses to overwrite without the right option."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the index")
@@ -384,7 +374,7 @@ def _existing(out: Path, options: IndexOptions, events: IndexEvents) -> bool:
     return False
 
 
-def _warn_leftovers(out: Path, events: IndexEvents) -> None:
+def _warn_leftovers(out: Path, events: Events) -> None:
     if not out.parent.is_dir():
         return
     leftovers = sorted(out.parent.glob(f".{out.name}.*.tmp"))
@@ -409,7 +399,7 @@ class _Changes:
         return sum(1 for p in kept_positions if self.paths[p] in self.changed_paths)
 
 
-def _plan_changes(paths: list[str], labels: list[str], old: LoadedIndex | None, options: IndexOptions, events: IndexEvents) -> _Changes:
+def _plan_changes(paths: list[str], labels: list[str], old: LoadedIndex | None, options: IndexOptions, events: Events) -> _Changes:
     if old is None:
         return _Changes([], np.zeros(0, np.int64), [], paths, labels, {}, set())
     events.stage("comparing the gallery with the index (content hashes)")

@@ -40,6 +40,7 @@ from siamcli import __version__
 from siamcli.atomic import atomic_directory, write_json
 from siamcli.data.scan import Skipped, describe_skipped, require_folder
 from siamcli.errors import CorruptArtifactError, UserError
+from siamcli.events import NO_EVENTS, Events
 from siamcli.hashing import file_sha256
 from siamcli.index import build, faiss_index
 from siamcli.index import manifest as mf
@@ -118,7 +119,7 @@ class PartResult:
         }
 
 
-def build_part(options, events) -> PartResult:
+def build_part(options: build.IndexOptions, events: Events = NO_EVENTS) -> PartResult:
     """Embed shard I/N of the gallery into a partial (options: build.IndexOptions with .shard set)."""
     started = time.perf_counter()
     build.validate_options(options)
@@ -150,9 +151,8 @@ def build_part(options, events) -> PartResult:
         del paths, labels
         with atomic_directory(out) as tmp:
             with vector_file.VectorWriter(tmp / mf.EMBEDDINGS_FILE, dim, capacity=len(part_paths)) as writer:
-                events.embedding_started(len(part_paths))
-                outcome = embed_to_file(model, part_paths, writer, image_size, options.batch_size, events.embedded)
-                events.embedding_finished()
+                events.stage("embedding", len(part_paths))
+                outcome = embed_to_file(model, part_paths, writer, image_size, options.batch_size, events.advance)
             if outcome.failures:
                 events.message(describe_skipped(outcome.failures))
             write_items(tmp, (IndexItem(id=row, path=part_paths[p], label=part_labels[p], sha256=outcome.sha256(p))
@@ -206,7 +206,7 @@ class _Part:
         return self.manifest["shard"]
 
 
-def merge_parts(options: MergeOptions, events):
+def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
     """Combine the partials of all N shards into one index (an IndexResult), as one build would."""
 
     started = time.perf_counter()

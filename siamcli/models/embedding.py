@@ -18,7 +18,8 @@ from pathlib import Path
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.models.backbone_weights import WeightsChoice
 from siamcli.models.layers import ResNetPreprocess
-from siamcli.models.resnet50 import LAST_LAYER, MIN_IMAGE_SIZE, POOLINGS, WHOLE_NETWORK, block_outputs
+from siamcli.choices import Pooling
+from siamcli.models.resnet50 import LAST_LAYER, MIN_IMAGE_SIZE, WHOLE_NETWORK, block_outputs
 from siamcli.tf_runtime import import_tensorflow
 
 import_tensorflow()
@@ -32,8 +33,7 @@ def build_backbone(image_size: int, weights: WeightsChoice, feature_layer: str =
         raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE} (ResNet50's smallest input), got {image_size}")
     if feature_layer not in block_outputs():
         raise UserError(f"--feature-layer {feature_layer!r} is not a ResNet50 block output; use one of {', '.join(block_outputs())}")
-    if pooling not in POOLINGS:
-        raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    Pooling.check(pooling, "--pooling")
     resnet = keras.applications.ResNet50(
         include_top=False,
         weights="imagenet" if weights.kind == "imagenet" else None,

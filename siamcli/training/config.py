@@ -9,6 +9,7 @@ BatchNorm learning its statistics, and larger learning rates.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass
 
 from siamcli.choices import LrSchedule, Mining, Pooling, Precision, Strategy
@@ -129,6 +130,7 @@ class TrainConfig:
         regime = self.regime
         return dataclasses.replace(
             self,
+            data_dir=str(Path(self.data_dir).resolve()) if self.data_dir else self.data_dir,  # valid from any folder
             finetune_from=self.finetune_from or regime.finetune_from,
             feature_layer=self.feature_layer or regime.feature_layer,
             pooling=self.pooling or regime.pooling,
