@@ -1,8 +1,12 @@
 """Building, assembling, freezing and loading the embedding network.
 
-    image (any size, RGB 0–255) → Resizing(S) → ResNetPreprocess → ResNet50 up to `feature_layer`
+    image (any size, RGB 0–255) → Resizing(S) → resnet_preprocess (fixed 1×1 conv: BGR, means removed)
+        → ResNet50 up to `feature_layer`
         → pooling (global average, or an N×N grid of averages that keeps coarse layout)
         → head: BatchNorm → Dropout → Dense(embedding_dim) → L2-normalise → embedding (unit length)
+
+Every layer is one of Keras's own, so `model.keras` loads with plain
+`keras.saving.load_model(path, safe_mode=True)`, without siamcli (tests/test_portable_model.py).
 
 The backbone (everything up to the pooled features) and the head are separate sub-models so
 the frozen phase can train the head on cached backbone features. With ImageNet weights the
@@ -15,16 +19,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from siamcli.choices import Pooling
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.models.backbone_weights import WeightsChoice
-from siamcli.models.layers import ResNetPreprocess
-from siamcli.choices import Pooling
+
+# Importing layers also registers ResNetPreprocess, so models saved by siamcli 0.1.0 still load.
+from siamcli.models.layers import PREPROCESS_LAYER, resnet_preprocess, set_preprocess_weights
 from siamcli.models.resnet50 import LAST_LAYER, MIN_IMAGE_SIZE, WHOLE_NETWORK, block_outputs
 from siamcli.tf_runtime import import_tensorflow
 
 import_tensorflow()
 import keras  # noqa: E402
-
 
 
 def build_backbone(image_size: int, weights: WeightsChoice, feature_layer: str = LAST_LAYER, pooling: str = "avg") -> keras.Model:
@@ -50,7 +55,9 @@ def build_backbone(image_size: int, weights: WeightsChoice, feature_layer: str =
     if feature_layer != LAST_LAYER:
         resnet = keras.Model(resnet.input, resnet.get_layer(feature_layer).output, name="resnet50")
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    features = resnet(ResNetPreprocess(name="resnet_preprocess")(pixels))
+    preprocess = resnet_preprocess()
+    features = resnet(preprocess(pixels))
+    set_preprocess_weights(preprocess)
     if pooling == "avg":
         features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     else:
@@ -96,6 +103,7 @@ def set_backbone_trainable(backbone: keras.Model, finetune_from: str | None, tra
         backbone.trainable = False
         return
     backbone.trainable = True
+    _keep_preprocess_fixed(backbone)
     if finetune_from == WHOLE_NETWORK:
         start = 0
     elif finetune_from in names:
@@ -111,6 +119,12 @@ def set_backbone_trainable(backbone: keras.Model, finetune_from: str | None, tra
         if isinstance(layer, keras.layers.BatchNormalization) and not train_batchnorm:
             trainable = False
         layer.trainable = trainable
+
+
+def _keep_preprocess_fixed(backbone: keras.Model) -> None:
+    """`backbone.trainable = True` unfreezes every sub-layer; the preprocessing conv is a constant."""
+    if any(layer.name == PREPROCESS_LAYER for layer in backbone.layers):
+        backbone.get_layer(PREPROCESS_LAYER).trainable = False
 
 
 def load_embedding_model(path: str | Path) -> keras.Model:
