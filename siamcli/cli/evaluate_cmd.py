@@ -19,7 +19,7 @@ CONFUSION_TABLE_LIMIT = 20  # identities; more and the confusion matrix is only 
 def evaluate(
     data_dir: Annotated[Optional[Path], typer.Argument(metavar="DATA_DIR", help="Labelled folder to evaluate (default: the run's held-out identities, from split.json).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: <run>/eval).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: <run>/eval for the held-out identities, <run>/eval-<folder> for a DATA_DIR).", show_default=False)] = None,
     k: Annotated[Optional[list[str]], typer.Option("--k", metavar="K[,K...]", help="k of recall@k: a comma list and/or repeated (default: 1,5,10).", show_default=False)] = None,
     show: Annotated[int, typer.Option(help="Rows of the per-class table, worst first (all rows are in per_class.csv).")] = 10,
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score raw pixels and the untrained backbone, side by side.")] = True,
@@ -28,6 +28,7 @@ def evaluate(
     projection: Annotated[Projection, typer.Option(help="projection.png method: auto (t-SNE up to 1000 images, else PCA), pca or tsne.")] = Projection.AUTO,
     normalize_confusion: Annotated[bool, typer.Option("--normalize", help="confusion.png shows each true identity's row as shares instead of counts.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the verification pair sample and the projection.")] = 0,
+    target_far: Annotated[Optional[float], typer.Option(help="Match threshold at this false-match rate, e.g. 0.001 (default: the equal error rate).", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics (metrics.json) as one JSON document on stdout.")] = False,
 ) -> None:
     """Score a trained embedding: retrieval, per identity, confusion, verification.
@@ -49,7 +50,7 @@ def evaluate(
 
         options = EvaluateOptions(
             ks=ks, batch_size=batch_size, baselines=baselines, max_pairs=max_pairs, seed=seed,
-            projection=projection.value, normalize_confusion=normalize_confusion,
+            projection=projection.value, normalize_confusion=normalize_confusion, target_far=target_far,
         )
         with ProgressDisplay() as display:
             report = run_evaluation(model, str(data_dir) if data_dir is not None else None, str(out) if out else None, options, display)
@@ -123,11 +124,23 @@ def _print_report(report, show: int) -> None:
     summary.add_row("macro F1", fmt(classification.macro_f1))
     summary.add_row("ROC AUC (same vs different identity)", fmt(verification.roc_auc))
     summary.add_row("EER", fmt(verification.eer))
-    summary.add_row("threshold (match when distance ≤)", fmt(verification.threshold, 4))
+    summary.add_row("threshold at the EER (match when distance ≤)", fmt(verification.threshold, 4))
     pairs = f"{verification.same_pairs:,} same + {verification.different_pairs:,} different"
     summary.add_row("pairs" + (" (seeded sample)" if verification.sampled else " (all)"), pairs)
+    if report.calibration is not None:
+        _calibration_rows(summary, report.calibration)
     stdout.print(summary)
     stdout.print(escape(f"Report written to {report.out_dir}: {', '.join(report.files)}"))
+
+
+def _calibration_rows(table: Table, calibration) -> None:
+    """The operating threshold query will use, its error rates with 95 % intervals, and trust."""
+    point = "EER" if calibration.operating_point == "eer" else f"FAR ≤ {calibration.target_far:g}"
+    table.add_row(f"match threshold ({point})", f"distance ≤ {calibration.threshold:.4f} (similarity ≥ {calibration.similarity:.4f})")
+    table.add_row("false-match rate [95 % CI]", f"{calibration.far:.4f} [{calibration.far_ci95[0]:.4f}, {calibration.far_ci95[1]:.4f}]")
+    table.add_row("false-non-match rate [95 % CI]", f"{calibration.frr:.4f} [{calibration.frr_ci95[0]:.4f}, {calibration.frr_ci95[1]:.4f}]")
+    trust = "reliable" if calibration.reliable else f"[red]not reliable[/red]: {escape(calibration.reason)}"
+    table.add_row("calibration", trust)
 
 
 def _confusion_table(classification) -> Table:

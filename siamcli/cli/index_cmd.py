@@ -23,6 +23,8 @@ def index(
     append: Annotated[bool, typer.Option("--append", help="Add images not indexed yet (same path and content = already there); keep every existing entry and id.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Drop entries whose files are gone.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild an existing index from scratch.")] = False,
+    moved: Annotated[bool, typer.Option("--moved", help="With --append: the indexed gallery now lives at GALLERY_DIR; rewrite the stored paths.")] = False,
+    add_gallery: Annotated[bool, typer.Option("--add-gallery", help="With --append: GALLERY_DIR is a further folder; the index spans several.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", metavar="I/N", help="Embed only share I of N of the gallery into a partial index (run the N shards on N machines, then --merge).")] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Combine the partial indexes of all N shards (given as arguments) into one index, identical to a single-machine build.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")] = False,
@@ -53,7 +55,7 @@ def index(
                 )
             options = IndexOptions(
                 gallery=str(paths[0]), model=model, out=str(out) if out else None, index_type=index_type.value if index_type else None,
-                batch_size=batch_size, append=append, prune=prune, force=force, shard=shard,
+                batch_size=batch_size, append=append, prune=prune, force=force, shard=shard, moved=moved, add_gallery=add_gallery,
             )
             with ProgressDisplay() as display:
                 if shard is not None:

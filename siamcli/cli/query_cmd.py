@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from siamcli.cli.common import engine_errors, print_json, stdout, warn
@@ -38,7 +39,7 @@ def query(
         print_json(outcome.to_json())
         return
     for result in outcome.results:
-        table = Table(title=f"{result.query}", title_justify="left")
+        table = Table(title=escape(result.query), title_justify="left")
         table.add_column("rank", justify="right")
         table.add_column("similarity", justify="right")
         if outcome.threshold is not None:
@@ -49,7 +50,7 @@ def query(
             row = [str(n.rank), f"{n.similarity:.4f}"]
             if outcome.threshold is not None:
                 row.append("[green]match[/green]" if n.match else "[red]no match[/red]")
-            row += [n.label or "–", n.path]
+            row += [escape(n.label) or "–", escape(n.path) + (" [red](file gone: siamcli index --prune)[/red]" if n.missing else "")]
             table.add_row(*row)
         stdout.print(table)
     if outcome.threshold is not None:

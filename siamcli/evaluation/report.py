@@ -21,21 +21,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from siamcli import __version__
+from siamcli import __version__, rundir
 from siamcli.atomic import atomic_path, write_csv, write_json
-from siamcli.data.scan import ImageItem, Skipped, describe_skipped, scan_folder
+from siamcli.calibration import CALIBRATION_FILE, Calibration, write_calibration
 from siamcli.choices import Projection
+from siamcli.data.scan import ImageItem, Skipped, describe_skipped, scan_folder
 from siamcli.errors import UserError
+from siamcli.evaluation import baselines as base
+from siamcli.evaluation import plots
+from siamcli.evaluation.calibrate import calibrate
+from siamcli.evaluation.classification import ClassificationResult, classify
+from siamcli.evaluation.metrics import DEFAULT_BLOCK_SIZE, RetrievalMetrics, RetrievalResult, evaluate_retrieval, exact_distances, retrieval_metrics
+from siamcli.evaluation.verification import DEFAULT_MAX_PAIRS, VerificationResult, pair_distances, verify
 from siamcli.events import NO_EVENTS, Events
 from siamcli.hashing import file_sha256
 from siamcli.jsonio import json_float
-from siamcli.evaluation import baselines as base
-from siamcli.evaluation import plots
-from siamcli.evaluation.classification import ClassificationResult, classify
-from siamcli.evaluation.metrics import (DEFAULT_BLOCK_SIZE, RetrievalMetrics, RetrievalResult, evaluate_retrieval, exact_distances,
-                                        retrieval_metrics)
-from siamcli.evaluation.verification import DEFAULT_MAX_PAIRS, VerificationResult, verification_metrics
-from siamcli import rundir
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
@@ -54,6 +54,7 @@ class EvaluateOptions:
     normalize_confusion: bool = False  # heatmap of row shares instead of counts
     error_cases: int = 8  # rows of errors.png
     block_size: int = DEFAULT_BLOCK_SIZE  # queries per FAISS search
+    target_far: float | None = None  # operating point of the match threshold: this false-match rate, else the EER
 
     def validate(self) -> "EvaluateOptions":
         if not self.ks:
@@ -66,6 +67,7 @@ class EvaluateOptions:
             (self.max_pairs >= 2, f"--max-pairs must be at least 2, got {self.max_pairs}"),
             (self.error_cases >= 1, f"error cases must be at least 1, got {self.error_cases}"),
             (self.block_size >= 1, f"block size must be at least 1, got {self.block_size}"),
+            (self.target_far is None or 0 < self.target_far < 1, f"--target-far must be between 0 and 1 (exclusive), got {self.target_far}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -96,6 +98,7 @@ class EvaluationReport:
     retrieval: RetrievalResult
     classification: ClassificationResult
     verification: VerificationResult
+    calibration: Calibration | None  # None when there are no pairs of both kinds
     ks: tuple[int, ...]
     baselines: dict[str, RetrievalMetrics] = field(default_factory=dict)
     baseline_descriptions: dict[str, str] = field(default_factory=dict)
@@ -125,7 +128,13 @@ class EvaluationReport:
         })
         document = {key: document[key] for key in METRIC_KEYS}
         document["baselines"] = {name: metrics.to_json() for name, metrics in self.baselines.items()}
+        document["calibration"] = None if self.calibration is None else self._calibration_json()
         return document
+
+    def _calibration_json(self) -> dict:
+        data = self.calibration.to_json()
+        data.pop("provenance")
+        return {key: json_float(value) if isinstance(value, float) else value for key, value in data.items()}
 
     def report_json(self) -> dict:
         counts = pd.Series(self.labels).value_counts()
@@ -165,6 +174,12 @@ class EvaluationReport:
         }
 
 
+def default_out_dir(run_dir: Path, data_dir: str | None) -> Path:
+    """<run>/eval for the held-out identities; <run>/eval-<folder> for a DATA_DIR, so evaluating
+    another folder never overwrites the held-out report."""
+    return run_dir / (EVAL_DIR if data_dir is None else f"{EVAL_DIR}-{Path(data_dir).resolve().name}")
+
+
 def select_data(run: rundir.RunPaths, data_dir: str | None) -> DataSelection:
     """DATA_DIR if given (every identity in it), else the run's held-out identities."""
     if data_dir is not None:
@@ -200,7 +215,7 @@ def evaluate(
     ks = tuple(sorted(set(options.ks)))
     started = time.perf_counter()
     run = rundir.find_run(model)
-    out_dir = Path(out) if out else run.run_dir / EVAL_DIR
+    out_dir = Path(out) if out else default_out_dir(run.run_dir, data_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a folder for the evaluation")
     selection = select_data(run, data_dir)
@@ -209,7 +224,8 @@ def evaluate(
         wanted = set(str(v) for v in rundir.read_split(run)["val"])
         missing = sorted(wanted - {item.label for item in selection.items})
         if missing:
-            warnings.append(f"{len(missing)} held-out identit{'y has' if len(missing) == 1 else 'ies have'} no images in {selection.root}: {', '.join(missing[:10])}")
+            warnings.append(f"{len(missing)} held-out identit{'y has' if len(missing) == 1 else 'ies have'} no images in "
+                            f"{selection.root}: {', '.join(missing[:10])}")
     _check_enough([item.label for item in selection.items], selection.root)
 
     from siamcli.models.embed import embed, model_image_size
@@ -249,15 +265,23 @@ def evaluate(
     label_array = np.asarray(labels)
     classification = classify(label_array[queries], label_array[retrieval.nearest[queries]])
     events.stage("verification pairs")
-    verification = verification_metrics(embeddings, labels, max_pairs=options.max_pairs, seed=options.seed)
+    pairs = pair_distances(embeddings, labels, max_pairs=options.max_pairs, seed=options.seed)
+    verification = verify(pairs)
+    calibration = None
     if verification.roc_auc != verification.roc_auc:
         warnings.append("verification needs both same- and different-identity pairs: roc_auc, eer and threshold are null")
+    else:
+        calibration = calibrate(pairs, verification, options.target_far, options.seed, {
+            "model_sha256": file_sha256(run.model), "data": selection.source, "identities": sorted(set(labels)),
+            "trained_on": trained_on, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+    del pairs
     seconds["metrics"] = time.perf_counter() - tick
 
     report = EvaluationReport(
         out_dir=out_dir, run_dir=run.run_dir, model=run.model, data=selection, image_size=image_size,
         paths=paths, labels=labels, embeddings=embeddings, retrieval=retrieval, classification=classification,
-        verification=verification, ks=ks, skipped=skipped, warnings=warnings, max_pairs=options.max_pairs, seed=options.seed,
+        verification=verification, calibration=calibration, ks=ks, skipped=skipped, warnings=warnings, max_pairs=options.max_pairs, seed=options.seed,
     )
     if options.baselines:
         tick = time.perf_counter()
@@ -274,8 +298,23 @@ def evaluate(
     seconds["total"] = time.perf_counter() - started
     report.seconds = seconds
     write_json(out_dir / REPORT_FILE, report.report_json())
-    write_json(out_dir / METRICS_FILE, report.metrics_json())  # last: index reads the threshold from it
+    write_json(out_dir / METRICS_FILE, report.metrics_json())  # last: it says the report is complete
+    _keep_calibration(report, run, events)
     return report
+
+
+def _keep_calibration(report: EvaluationReport, run: rundir.RunPaths, events: Events) -> None:
+    """Write <run>/calibration.json, the threshold every command reads, from a held-out evaluation
+    only: identities the model trained on would make any threshold look better than it is."""
+    calibration = report.calibration
+    if calibration is None:
+        return
+    if calibration.provenance.get("trained_on"):
+        events.message(f"{run.run_dir / CALIBRATION_FILE} left as it was: the evaluated identities include ones the model trained on")
+        return
+    write_calibration(run.run_dir, calibration)
+    if not calibration.reliable:
+        events.message(f"match threshold not reliable: {calibration.reason}; queries will show no match column")
 
 
 def error_cases(report: EvaluationReport, limit: int) -> list[plots.ErrorCase]:
@@ -352,16 +391,15 @@ def _write_files(report: EvaluationReport, options: EvaluateOptions) -> None:
 
 
 def _trained_identities(run: rundir.RunPaths, data_dir: str | None, labels: list[str]) -> list[str]:
-    """Identities of DATA_DIR the run trained on, when DATA_DIR is the run's own data folder."""
+    """Identities of DATA_DIR named like ones the run trained on (split.json "train"), wherever
+    DATA_DIR is: a copy of the training folder is still the training data."""
     if data_dir is None:
         return []
     try:
-        config = rundir.read_json(run.config, "run config")
         split = rundir.read_split(run)
-        same_folder = Path(str(config.get("data_dir", ""))).resolve() == Path(data_dir).resolve()
     except (UserError, OSError):
         return []
-    return sorted(set(map(str, split["train"])) & set(labels)) if same_folder else []
+    return sorted(set(map(str, split["train"])) & set(labels))
 
 
 def _check_enough(labels: list[str], root: str) -> None:

@@ -39,6 +39,8 @@ class PairDistances:
     different: np.ndarray  # (q,) float64 distances of different-identity pairs
     sampled: bool  # False: every pair; True: the seeded sample described above
     total_pairs: int  # n·(n−1)/2, whether or not all were used
+    same_identity: np.ndarray | None = None  # (p,) identity code of each same pair (calibration's bootstrap)
+    different_identities: np.ndarray | None = None  # (q, 2) identity codes of each different pair
 
 
 @dataclass(frozen=True)
@@ -133,21 +135,22 @@ def pair_distances(embeddings, labels, max_pairs: int = DEFAULT_MAX_PAIRS, seed:
     if max_pairs < 2:
         raise ValueError("max_pairs must be at least 2")
     if total <= max_pairs:
-        same, different = _all_pairs(vectors, codes)
-        return PairDistances(same, different, sampled=False, total_pairs=total)
+        same, different, same_identity, different_identities = _all_pairs(vectors, codes)
+        return PairDistances(same, different, False, total, same_identity, different_identities)
     rng = np.random.default_rng(seed)
     half = max_pairs // 2
     first, second = _same_identity_pairs(codes, half, rng)
-    same = _distances(vectors, first, second)
+    same, same_identity = _distances(vectors, first, second), codes[first].astype(np.int32)
     first, second = _different_identity_pairs(codes, half, rng)
     different = _distances(vectors, first, second)
-    return PairDistances(same, different, sampled=True, total_pairs=total)
+    return PairDistances(same, different, True, total, same_identity, np.stack([codes[first], codes[second]], 1).astype(np.int32))
 
 
-def _all_pairs(vectors: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Blocks of rows against the rows after them: memory is one block, never n × n."""
+def _all_pairs(vectors: np.ndarray, codes: np.ndarray):
+    """(same, different distances, identity of each same pair, the two identities of each
+    different pair). Blocks of rows against the rows after them: memory is one block, never n × n."""
     n = len(vectors)
-    same, different = [], []
+    same, different, same_identity, different_identities = [], [], [], []
     wide = vectors.astype(np.float64)
     squares = np.einsum("ij,ij->i", wide, wide)
     rows_per_block = max(1, _PAIRS_PER_CHUNK // max(n, 1))
@@ -161,9 +164,11 @@ def _all_pairs(vectors: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.n
         matches = codes[start + rows] == codes[columns]
         same.append(values[matches])
         different.append(values[~matches])
+        same_identity.append(codes[columns[matches]].astype(np.int32))
+        different_identities.append(np.stack([codes[start + rows[~matches]], codes[columns[~matches]]], 1).astype(np.int32))
     if not same:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(same), np.concatenate(different)
+        return np.zeros(0), np.zeros(0), np.zeros(0, np.int32), np.zeros((0, 2), np.int32)
+    return np.concatenate(same), np.concatenate(different), np.concatenate(same_identity), np.concatenate(different_identities)
 
 
 def _same_identity_pairs(codes: np.ndarray, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

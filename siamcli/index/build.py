@@ -23,6 +23,7 @@ rebuilds from embeddings.npy and measures recall again. Nothing is ever re-embed
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ import numpy as np
 
 from siamcli import __version__
 from siamcli.atomic import atomic_directory, write_json
-from siamcli.index.lock import index_lock
 from siamcli.data.scan import Skipped, describe_skipped, require_folder, scan_folder
 from siamcli.errors import UserError
 from siamcli.events import NO_EVENTS, Events
@@ -41,6 +41,8 @@ from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.items import IndexItem, content_hash, write_items
+from siamcli.index.lock import index_lock
+from siamcli.index.search import run_threshold
 from siamcli.index.store import LoadedIndex, check_model, is_index_dir, load_index
 from siamcli.rundir import find_run
 
@@ -59,6 +61,8 @@ class IndexOptions:
     force: bool = False  # rebuild from scratch
     seed: int = 0  # IVF training sample and recall sample
     shard: str | None = None  # "I/N": embed only that share of the gallery into a partial (shard.build_part)
+    moved: bool = False  # with append: the indexed gallery now lives at `gallery` (stored paths are rewritten)
+    add_gallery: bool = False  # with append: `gallery` is a further folder; the index then spans several
 
 
 @dataclass
@@ -78,7 +82,7 @@ class IndexResult:
     skipped: list[Skipped] = field(default_factory=list)
     recall_at_10: float = 1.0
     search_params: dict = field(default_factory=dict)
-    threshold: float | None = None
+    threshold: float | None = None  # the model run's reliable match threshold, for the summary (not stored)
     embedded_images: int = 0
     embed_seconds: float = 0.0
     first_batch_seconds: float = 0.0  # part of embed_seconds: pipeline start and tracing the model
@@ -146,10 +150,12 @@ def _build_locked(options: IndexOptions, events: Events, run, out: Path, started
 
     fingerprint = file_sha256(run.model)
     old: LoadedIndex | None = None
+    galleries = [os.path.abspath(options.gallery)]
     if existing:
         events.stage(f"checking the index at {out}")
         old = load_index(out, full=True)
         check_model(old.manifest, run.model, fingerprint, out)
+        galleries = _galleries_after(old, options)
     if not gallery_paths and old is None:
         raise UserError(f"{options.gallery} holds no images to index (JPEG, PNG, BMP, GIF, WebP, TIFF, PGM)")
     events.stage(f"loading model {run.model}")
@@ -161,14 +167,10 @@ def _build_locked(options: IndexOptions, events: Events, run, out: Path, started
 
     plan = _plan_changes(gallery_paths, gallery_labels, old, options, events)
     del gallery_paths, gallery_labels
-    threshold, threshold_source = mf.threshold_from_run(run.run_dir, fingerprint)
-    if threshold is None and old is not None:
-        threshold = mf.valid_threshold(old.manifest.get("threshold"))
-        threshold_source = old.manifest.get("threshold_source")
     mode = "build" if old is None else "+".join(m for m, on in (("append", options.append), ("prune", options.prune)) if on)
     result = IndexResult(index_dir=out, gallery=str(options.gallery), model_path=run.model, mode=mode, written=False,
-                         index_type="", factory="", count=0, skipped=list(scan.skipped), threshold=threshold)
-    if old is not None and not plan.paths and not plan.removed_rows and threshold == mf.valid_threshold(old.manifest.get("threshold")):
+                         index_type="", factory="", count=0, skipped=list(scan.skipped), threshold=run_threshold(run.run_dir, fingerprint)[0])
+    if old is not None and not plan.paths and not plan.removed_rows:
         return _unchanged(result, old, started)  # leave the index (and its files' timestamps) as they are
 
     try:
@@ -179,7 +181,7 @@ def _build_locked(options: IndexOptions, events: Events, run, out: Path, started
             count = len(plan.kept) + added
             if not count:
                 raise UserError(f"no image of {options.gallery} could be indexed (none decoded); nothing was written")
-            if old is not None and not added and not plan.removed_rows and threshold == mf.valid_threshold(old.manifest.get("threshold")):
+            if old is not None and not added and not plan.removed_rows:
                 raise _NothingChanged  # only images that fail to decode were new: keep the index as it is
             index_plan = _resolve_plan(options, old, count, dim)
             index, index_plan, tuning, recall_count = _faiss_index(embeddings_path, index_plan, old, plan, added, options.seed, events)
@@ -188,8 +190,8 @@ def _build_locked(options: IndexOptions, events: Events, run, out: Path, started
             write_items(tmp, _rows(plan, outcome, first_id))
             manifest = index_manifest(
                 tmp, fingerprint=fingerprint, model_path=run.model, dim=dim, image_size=image_size, plan=index_plan,
-                tuning=tuning, recall_count=recall_count, count=count, next_id=first_id + added, threshold=threshold,
-                threshold_source=threshold_source, gallery=options.gallery,
+                tuning=tuning, recall_count=recall_count, count=count, next_id=first_id + added, gallery=options.gallery,
+                galleries=galleries,
                 created=old.manifest.get("created", mf.now()) if old is not None else mf.now(),
             )
             write_json(tmp / mf.MANIFEST, manifest)
@@ -227,8 +229,8 @@ def scan_gallery(gallery: str, events: Events):
 
 
 def index_manifest(tmp: Path, *, fingerprint: str, model_path: Path, dim: int, image_size: int, plan: faiss_index.IndexPlan,
-                   tuning: faiss_index.Tuning, recall_count: int, count: int, next_id: int, threshold: float | None,
-                   threshold_source: str | None, gallery: str, created: str) -> dict:
+                   tuning: faiss_index.Tuning, recall_count: int, count: int, next_id: int, gallery: str, created: str,
+                   galleries: list[str] | None = None) -> dict:
     """manifest.json's content for the index files already written to `tmp` (keys: manifest.py)."""
     return {
         "format": mf.FORMAT,
@@ -246,10 +248,8 @@ def index_manifest(tmp: Path, *, fingerprint: str, model_path: Path, dim: int, i
         "recall_count": recall_count,
         "count": count,
         "next_id": next_id,
-        "threshold": threshold,
-        "threshold_metric": "squared_l2",
-        "threshold_source": threshold_source,
         "gallery": os.path.abspath(gallery),
+        "galleries": galleries or [os.path.abspath(gallery)],
         "siamcli_version": __version__,
         "faiss_version": faiss_index.faiss_module().__version__,
         "created": created,
@@ -348,6 +348,10 @@ def validate_options(options: IndexOptions) -> None:
         raise UserError("--force rebuilds the index from scratch; it cannot be combined with --append or --prune")
     if options.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if (options.moved or options.add_gallery) and not options.append:
+        raise UserError("--moved and --add-gallery change how --append treats GALLERY_DIR; pass --append too")
+    if options.moved and options.add_gallery:
+        raise UserError("--moved (the gallery changed folder) and --add-gallery (a further folder) exclude each other; choose one")
     if options.index_type is not None:  # None: an update keeps its type, a new index is auto
         faiss_index.check_index_type(options.index_type)
 
@@ -423,9 +427,34 @@ def _plan_changes(paths: list[str], labels: list[str], old: LoadedIndex | None, 
             new_labels.append(label)
     if options.prune:
         drop.update(row for row, item in enumerate(old.items) if not os.path.isfile(item.path))
+    gone = [item.path for item in old.items if not os.path.isfile(item.path)] if not options.prune else []
+    if gone:
+        events.message(f"{len(gone)} indexed file{'s are' if len(gone) > 1 else ' is'} gone (e.g. {gone[0]}); "
+                       f"`siamcli index {options.gallery} --prune` drops {'them' if len(gone) > 1 else 'it'}")
     kept_rows = np.array([row for row in range(old.count) if row not in drop], np.int64)
     kept = [old.items[row] for row in kept_rows]
     return _Changes(kept, kept_rows, sorted(drop), new_paths, new_labels, known, changed)
+
+
+def _galleries_after(old: LoadedIndex, options: IndexOptions) -> list[str]:
+    """The gallery folders the updated index will span. --append from a folder the index does not
+    know is refused (it would index the same photos twice) unless the user says the gallery moved
+    (stored paths are rewritten, in `old.items`) or that the folder is a further gallery."""
+    here = os.path.abspath(options.gallery)
+    known = old.manifest.get("galleries") or [old.manifest.get("gallery", here)]
+    if here in known or not options.append:
+        return known
+    if options.add_gallery:
+        return known + [here]
+    if options.moved:
+        if len(known) != 1:
+            raise UserError(f"index {old.directory} spans {len(known)} galleries; --moved rewrites one: rebuild with --force instead")
+        prefix = os.path.join(known[0], "")
+        old.items[:] = [dataclasses.replace(item, path=os.path.join(here, item.path[len(prefix):]))
+                        if item.path.startswith(prefix) else item for item in old.items]
+        return [here]
+    raise UserError(f"index {old.directory} was built from {', '.join(known)}, not {here}: pass --moved if the gallery "
+                    "moved there, --add-gallery to index this folder too, or --force to rebuild from it alone")
 
 
 def _copy_rows(source: Path, rows: np.ndarray, writer: vector_file.VectorWriter) -> None:

@@ -16,11 +16,11 @@ Keys (a JSON object; unknown keys are kept by readers that do not need them):
     recall_sample      held-out vectors recall was measured on (0 for flat)
     recall_count       gallery size when it was measured (appends re-measure past 1.25×)
     count, next_id     rows in the index; the id the next new image gets (ids are never reused)
-    threshold          calibrated squared-L2 distance between unit vectors (a pair matches when
-                       d ≤ threshold, i.e. cosine ≥ 1 − threshold/2), copied from
-                       <run>/eval/metrics.json by `siamcli evaluate`; null when unknown
-    threshold_metric   "squared_l2"
     gallery            the gallery folder of the last build
+    galleries          every gallery folder the index spans (`--append --add-gallery` adds one;
+                       `--append --moved` replaces the one it had)
+
+No match threshold: it belongs to the model's run (`<run>/calibration.json`), read from there.
     siamcli_version, faiss_version, created, updated
     files              {name: {"bytes": n, "sha256": hex}} for every other file of the index
 
@@ -31,10 +31,8 @@ says to merge the partials.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
-from typing import Any
 
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.hashing import file_sha256
@@ -48,7 +46,6 @@ ITEMS_FILE = "items.csv"
 HASHES_FILE = "hashes.csv"
 EMBEDDINGS_FILE = "embeddings.npy"
 DATA_FILES = (INDEX_FILE, ITEMS_FILE, HASHES_FILE, EMBEDDINGS_FILE)
-EVAL_METRICS = Path("eval") / "metrics.json"
 REQUIRED = ("model_fingerprint", "model_path", "embedding_dim", "metric", "factory", "index_type", "image_size", "count", "files")
 PART_REQUIRED = ("shard", "shards", "gallery", "gallery_count", "listing_sha256", "batch_size", "range", "count",
                  "model_fingerprint", "model_path", "embedding_dim", "image_size", "files")
@@ -125,34 +122,3 @@ def verify_files(directory: Path, manifest: dict, names: tuple[str, ...]) -> Non
             )
         if file_record(path)["sha256"] != record["sha256"]:
             raise CorruptArtifactError(f"{path} does not match the checksum in {MANIFEST} (damaged or edited); rebuild the index with --force")
-
-
-def valid_threshold(value: Any) -> float | None:
-    """A squared-L2 distance between unit vectors lies in [0, 4]; anything else is unusable."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) and 0.0 <= value <= 4.0 else None
-
-
-def threshold_from_run(run_dir: Path, model_fingerprint: str) -> tuple[float | None, str | None]:
-    """(threshold, its source) from <run>/eval/metrics.json, or (None, None) if absent or unusable.
-
-    `siamcli evaluate` writes "threshold" there (squared-L2 distance at the EER). When the file
-    also records the model's fingerprint, it must be this model's.
-    """
-    path = run_dir / EVAL_METRICS
-    try:
-        data = read_json(path, "evaluation metrics")
-    except (CorruptArtifactError, OSError):  # absent, unreadable or not an object: no threshold
-        return None, None
-    recorded = data.get("model_fingerprint")
-    if isinstance(recorded, str) and recorded != model_fingerprint:
-        return None, None
-    value = valid_threshold(data.get("threshold"))
-    return (value, str(path)) if value is not None else (None, None)
-
-
-def similarity_threshold(distance_threshold: float | None) -> float | None:
-    """Cosine similarity at which a pair matches: d = 2 − 2·cos ≤ t  ⇔  cos ≥ 1 − t/2."""
-    return None if distance_threshold is None else 1.0 - distance_threshold / 2.0

@@ -3,23 +3,25 @@
 The query images go through the model the index was built with — checked by its sha256
 fingerprint, so vectors from another model are never compared with the gallery's — and
 FAISS returns the k most similar rows by cosine similarity (inner product of unit vectors).
-When a verification threshold is known (the manifest's, else `<run>/eval/metrics.json` of
-the same model), each neighbour is marked match / no match: similarity ≥ 1 − threshold/2,
-the threshold being a squared-L2 distance between unit vectors (d = 2 − 2·cos).
+When the model's run holds a reliable calibration (`<run>/calibration.json`, written by
+`siamcli evaluate` for this very model), each neighbour is marked match / no match:
+similarity ≥ 1 − threshold/2, the threshold being a squared-L2 distance between unit vectors
+(d = 2 − 2·cos). A neighbour whose file is gone since it was indexed is marked missing.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from siamcli.calibration import read_calibration, similarity_threshold
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.hashing import file_sha256
-from siamcli.index import manifest as mf
 from siamcli.index.faiss_index import RECALL_K
 from siamcli.index.store import LoadedIndex, check_model, load_index
 from siamcli.rundir import DEFAULT_RUNS_ROOT, LATEST, MODEL_FILE, find_run
@@ -33,11 +35,14 @@ class Neighbour:
     label: str
     similarity: float  # cosine similarity, in [-1, 1]
     match: bool | None = None  # None when no threshold is calibrated
+    missing: bool = False  # the file is gone since it was indexed (`siamcli index --prune` drops it)
 
     def to_json(self) -> dict:
         row = {"rank": self.rank, "id": self.id, "path": self.path, "label": self.label, "similarity": round(self.similarity, 6)}
         if self.match is not None:
             row["match"] = self.match
+        if self.missing:
+            row["missing"] = True
         return row
 
 
@@ -62,7 +67,7 @@ class QueryOutcome:
 
     @property
     def similarity_threshold(self) -> float | None:
-        return mf.similarity_threshold(self.threshold)
+        return similarity_threshold(self.threshold)
 
     def to_json(self) -> list[dict]:
         return [r.to_json() for r in self.results]
@@ -141,9 +146,20 @@ def search_vectors(loaded: LoadedIndex, vectors: np.ndarray, k: int, similarity_
                 continue
             item = loaded.items[row]
             match = None if similarity_threshold is None else bool(score >= similarity_threshold)
-            neighbours.append(Neighbour(len(neighbours) + 1, item.id, item.path, item.label, float(score), match))
+            missing = not os.path.exists(item.path)
+            neighbours.append(Neighbour(len(neighbours) + 1, item.id, item.path, item.label, float(score), match, missing))
         answers.append(neighbours)
     return answers
+
+
+def run_threshold(run_dir: Path, model_sha256: str) -> tuple[float | None, list[str]]:
+    """(the reliable match threshold of the model's run or None, notes saying why there is none)."""
+    calibration, why = read_calibration(run_dir, model_sha256)
+    if calibration is None:
+        return None, [why] if "another model" in why or "damaged" in why else []
+    if not calibration.reliable:
+        return None, [f"no match column: the run's threshold is not reliable ({calibration.reason})"]
+    return calibration.threshold, []
 
 
 def query_images(
@@ -182,15 +198,12 @@ def query_images(
     if not embedded.kept:
         raise UserError("none of the query images could be read; " + describe_skipped(embedded.failures))
 
-    threshold = mf.valid_threshold(loaded.manifest.get("threshold"))
-    if threshold is None:
-        threshold, _ = mf.threshold_from_run(model_path.parent, fingerprint)
-    notes = []
+    threshold, notes = run_threshold(model_path.parent, fingerprint)
     if skipped:
         notes.append(describe_skipped(skipped))
     if k > loaded.count:
         notes.append(f"--k {k} is larger than the gallery ({loaded.count} images): returning all {loaded.count}")
-    answers = search_vectors(loaded, embedded.vectors, k, mf.similarity_threshold(threshold))
+    answers = search_vectors(loaded, embedded.vectors, k, similarity_threshold(threshold))
     results = [QueryResult(paths[position], neighbours) for position, neighbours in zip(embedded.kept, answers)]
     return QueryOutcome(results=results, index_dir=index_dir, model_path=model_path, count=loaded.count,
                         k=min(k, loaded.count), threshold=threshold, notes=notes)

@@ -42,7 +42,7 @@ from siamcli.data.scan import Skipped, describe_skipped, require_folder
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.events import NO_EVENTS, Events
 from siamcli.hashing import file_sha256
-from siamcli.index import build, faiss_index
+from siamcli.index import build, faiss_index, search
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.items import IndexItem, read_items, write_items
@@ -231,7 +231,6 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
         _refuse_existing(out, options.force, what="an index")
         if not count:
             raise UserError(f"no image of {first['gallery']} could be indexed (none decoded in any shard); nothing was written")
-        threshold, threshold_source = mf.threshold_from_run(run.run_dir, fingerprint)
         with atomic_directory(out) as tmp:
             embeddings_path = tmp / mf.EMBEDDINGS_FILE
             events.stage(f"concatenating {count} vectors from {len(parts)} partials")
@@ -246,14 +245,13 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
             faiss_index.write_index(index, tmp / mf.INDEX_FILE)
             manifest = build.index_manifest(
                 tmp, fingerprint=fingerprint, model_path=run.model, dim=dim, image_size=first["image_size"], plan=plan,
-                tuning=tuning, recall_count=recall_count, count=count, next_id=count, threshold=threshold,
-                threshold_source=threshold_source, gallery=first["gallery"], created=mf.now(),
+                tuning=tuning, recall_count=recall_count, count=count, next_id=count, gallery=first["gallery"], created=mf.now(),
             )
             write_json(tmp / mf.MANIFEST, manifest)
     return build.IndexResult(
         index_dir=out, gallery=first["gallery"], model_path=run.model, mode="merge", written=True,
         index_type=plan.index_type, factory=plan.factory, count=count, added=count, skipped=skipped,
-        recall_at_10=round(tuning.recall_at_10, 4), search_params=tuning.params, threshold=threshold,
+        recall_at_10=round(tuning.recall_at_10, 4), search_params=tuning.params, threshold=search.run_threshold(run.run_dir, fingerprint)[0],
         index_bytes=manifest["files"][mf.INDEX_FILE]["bytes"], seconds=time.perf_counter() - started,
     )
 

@@ -44,7 +44,8 @@ def cluster_config() -> dict:
     task = config.get("task", {}) if isinstance(config, dict) else {}
     cluster = config.get("cluster", {}) if isinstance(config, dict) else {}
     if not isinstance(cluster, dict) or not cluster.get("worker") or task.get("type") not in cluster or not isinstance(task.get("index"), int):
-        raise UserError('TF_CONFIG must name the cluster\'s workers and this task, e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}')
+        raise UserError('TF_CONFIG must name the cluster\'s workers and this task, e.g. '
+                        '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}')
     return config
 
 
