@@ -127,7 +127,6 @@ def project(vectors: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[n
         use_tsne = False
     if use_tsne:
         from sklearn.manifold import TSNE
-
         from threadpoolctl import threadpool_limits
 
         perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))

@@ -39,7 +39,6 @@ from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.items import IndexItem, read_items
 
-
 QUERY_HASH_MAX_BYTES = 256 << 20  # query-time loads hash files up to this size; bigger ones: size only
 MMAP_TYPES = ("ivf", "ivfpq")  # index types a query process memory-maps
 

@@ -9,13 +9,12 @@ BatchNorm learning its statistics, and larger learning rates.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from siamcli.choices import LrSchedule, Mining, Pooling, Precision, Strategy
 from siamcli.errors import UserError
 from siamcli.models import resnet50
-
 
 
 @dataclass(frozen=True)
