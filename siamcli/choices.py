@@ -73,3 +73,9 @@ class Projection(Choice):
     AUTO = "auto"  # t-SNE up to 1,000 images, else PCA
     PCA = "pca"
     TSNE = "tsne"
+
+
+class ExportFormat(Choice):
+    SAVEDMODEL = "savedmodel"  # TensorFlow SavedModel: TF Serving, any TensorFlow runtime
+    LITERT = "litert"  # LiteRT (TFLite) flatbuffer
+    ONNX = "onnx"  # ONNX, converted by tf2onnx

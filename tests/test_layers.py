@@ -1,6 +1,7 @@
 """The package's layers import downward only, with no cycles, and the engine never imports the CLI's libraries.
 
-    cli, serve  →  training  →  index, evaluation  →  models  →  data  →  top-level helpers
+    siamcli (the package: its lazy notebook facade), api, cli, serve  →  training, export
+        →  index, evaluation  →  models  →  data  →  top-level helpers
 
 Read from the source (every import, lazy ones inside functions too), so a violation fails here
 before it becomes a tangle.
@@ -14,15 +15,17 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "siamcli"
-RANK = {"top": 0, "data": 1, "models": 2, "index": 3, "evaluation": 3, "training": 4, "serve": 5, "cli": 6, "__main__": 7}
-ENGINE = ("data", "models", "index", "evaluation", "training", "top")
+RANK = {"top": 0, "data": 1, "models": 2, "index": 3, "evaluation": 3, "training": 4, "export": 4, "api": 5, "serve": 5, "cli": 6,
+        "facade": 6, "__main__": 7}
+ENGINE = ("data", "models", "index", "evaluation", "training", "export", "api", "facade", "top")
 
 
 def _layer(module: str) -> str:
-    """'siamcli.index.build' → 'index'; top-level modules (siamcli.atomic, …) → 'top'."""
+    """'siamcli.index.build' → 'index'; top-level modules (siamcli.atomic, …) → 'top'; the package
+    itself (siamcli/__init__.py, whose module __getattr__ imports the notebook API lazily) → 'facade'."""
     parts = module.split(".")
     if len(parts) == 1:
-        return "top"
+        return "facade"
     if parts[1] == "__main__":
         return "__main__"
     return parts[1] if (PACKAGE / parts[1]).is_dir() else "top"

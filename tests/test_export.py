@@ -1,0 +1,178 @@
+"""`siamcli export`: each format is written by the real CLI, then loaded in a fresh process that
+has only that format's runtime (plain TensorFlow; the LiteRT interpreter; onnxruntime) and
+cannot import siamcli, and must give the embeddings siamcli gives for the same image files.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+# A fresh interpreter in which siamcli (and the listed modules) cannot be imported.
+BLOCK = textwrap.dedent(
+    """
+    import importlib.abc, os, sys
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    BLOCKED = {blocked!r}
+    class _Blocked(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(name + " is not installed in this process")
+    sys.meta_path.insert(0, _Blocked())
+    """
+)
+TOLERANCE = 1e-4  # what `siamcli export` promises (siamcli.export.artifacts.TOLERANCE)
+
+
+def _fresh(script: str, *args: str, blocked: tuple[str, ...] = ("siamcli",)) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK.format(blocked=set(blocked)) + textwrap.dedent(script), *map(str, args)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _images(run: Path) -> list[str]:
+    config = json.loads((run / "config.json").read_text())
+    return sorted(str(p) for p in Path(config["data_dir"]).rglob("*.png"))[:8]
+
+
+def _siamcli_embeddings(run: Path, paths: list[str]) -> np.ndarray:
+    from siamcli.models.embed import embed
+    from siamcli.models.embedding import load_embedding_model
+
+    return embed(load_embedding_model(run / "model.keras"), paths, batch_size=8).vectors
+
+
+def _resized_pixels(paths: list[str], size: int) -> np.ndarray:
+    """What LiteRT and ONNX take: the images decoded and resized to S×S, float32 (siamcli's pipeline)."""
+    from siamcli.models.embed import embedding_stream
+
+    return np.concatenate([batch.pixels.numpy() for batch in embedding_stream(None, paths, batch_size=64, image_size=size)])
+
+
+def _export(run: Path, out: Path, *flags: str) -> dict:
+    done = run_cli("export", str(run), "--out", str(out), "--json", *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert all(diff <= summary["tolerance"] for diff in summary["max_abs_diff"].values()), summary
+    assert json.loads((out / "export.json").read_text())["max_abs_diff"] == summary["max_abs_diff"]
+    return summary
+
+
+def test_savedmodel_embeds_image_bytes_and_pixels_in_plain_tensorflow(tiny_run, tmp_path):
+    summary = _export(tiny_run, tmp_path / "sm", "--format", "savedmodel")
+    assert {"saved_model.pb", "export.json"} <= set(summary["files"])
+    paths = _images(tiny_run)
+    _fresh(
+        """
+        import numpy as np, tensorflow as tf
+        from PIL import Image
+        model = tf.saved_model.load(sys.argv[1])
+        paths = sys.argv[3:]
+        data = tf.constant([open(p, "rb").read() for p in paths])
+        by_bytes = model.signatures["serving_default"](images=data)["embedding"].numpy()
+        pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])  # all 40x40: one batch
+        by_pixels = model.signatures["embed_pixels"](pixels=tf.constant(pixels))["embedding"].numpy()
+        np.save(sys.argv[2], np.stack([by_bytes, by_pixels]))
+        """,
+        tmp_path / "sm", tmp_path / "out.npy", *paths,
+    )
+    by_bytes, by_pixels = np.load(tmp_path / "out.npy")
+    expected = _siamcli_embeddings(tiny_run, paths)
+    assert np.max(np.abs(by_bytes - expected)) <= TOLERANCE
+    assert np.max(np.abs(by_pixels - expected)) <= TOLERANCE
+
+
+def test_litert_float_and_quantised_run_in_the_litert_interpreter_alone(tiny_run, tmp_path):
+    summary = _export(tiny_run, tmp_path / "lite", "--format", "litert", "--quantize")
+    files = summary["files"]
+    assert files["model_dynamic_range.tflite"] < files["model.tflite"] / 2
+    retrieval = summary["quantised"]["retrieval"]
+    assert retrieval["images"] == 10 and retrieval["identities"] == 2  # the held-out id_4, id_5
+    assert 0 <= retrieval["dynamic_range"]["map_at_r"] <= 1 and retrieval["map_at_r_change"] == pytest.approx(
+        retrieval["dynamic_range"]["map_at_r"] - retrieval["float32"]["map_at_r"])
+    paths = _images(tiny_run)
+    np.save(tmp_path / "pixels.npy", _resized_pixels(paths, 32))
+    _fresh(
+        """
+        import numpy as np
+        from ai_edge_litert.interpreter import Interpreter
+        out = []
+        for name in ("model.tflite", "model_dynamic_range.tflite"):
+            runner = Interpreter(model_path=sys.argv[1] + "/" + name).get_signature_runner()
+            out.append(runner(pixels=np.load(sys.argv[2]))["embedding"])
+        np.save(sys.argv[3], np.stack(out))
+        assert "tensorflow" not in sys.modules
+        """,
+        tmp_path / "lite", tmp_path / "pixels.npy", tmp_path / "out.npy", blocked=("siamcli", "tensorflow", "keras"),
+    )
+    floats, quantised = np.load(tmp_path / "out.npy")
+    expected = _siamcli_embeddings(tiny_run, paths)
+    assert np.max(np.abs(floats - expected)) <= TOLERANCE
+    assert np.min(np.sum(quantised * expected, axis=1)) > 0.99  # close, not equal: int8 weights
+
+
+def test_onnx_runs_in_onnxruntime_alone(tiny_run, tmp_path):
+    summary = _export(tiny_run, tmp_path / "onnx", "--format", "onnx")
+    assert "model.onnx" in summary["files"]
+    paths = _images(tiny_run)
+    np.save(tmp_path / "pixels.npy", _resized_pixels(paths, 32))
+    _fresh(
+        """
+        import numpy as np, onnxruntime
+        session = onnxruntime.InferenceSession(sys.argv[1] + "/model.onnx", providers=["CPUExecutionProvider"])
+        np.save(sys.argv[3], session.run(["embedding"], {"pixels": np.load(sys.argv[2])})[0])
+        assert "tensorflow" not in sys.modules
+        """,
+        tmp_path / "onnx", tmp_path / "pixels.npy", tmp_path / "out.npy", blocked=("siamcli", "tensorflow", "keras"),
+    )
+    assert np.max(np.abs(np.load(tmp_path / "out.npy") - _siamcli_embeddings(tiny_run, paths))) <= TOLERANCE
+
+
+def test_an_export_that_does_not_match_model_keras_is_refused_and_not_written(tiny_run, tmp_path, monkeypatch):
+    from siamcli.errors import UserError
+    from siamcli.export import artifacts
+
+    monkeypatch.setattr(artifacts, "TOLERANCE", -1.0)  # every measured difference now fails the check
+    with pytest.raises(UserError, match="does not reproduce model.keras"):
+        artifacts.export_run(str(tiny_run), "onnx", out=str(tmp_path / "onnx"))
+    assert not (tmp_path / "onnx").exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--format", "savedmodel", "--quantize"), "--quantize applies to --format litert only"),
+        (("--format", "tflite"), "savedmodel"),
+        (("--samples", "1"), "--samples must be at least 2"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(tiny_run, tmp_path, flags, message):
+    done = run_cli("export", str(tiny_run), "--out", str(tmp_path / "x"), *flags)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_non_empty_out_folder_needs_force(tiny_run, tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    done = run_cli("export", str(tiny_run), "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "--force" in done.stderr
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_onnx_without_its_converter_says_what_to_install(tiny_run, tmp_path):
+    script = BLOCK.format(blocked={"tf2onnx"}) + "from siamcli.cli.app import main\nsys.argv[0] = 'siamcli'\nmain()\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script, "export", str(tiny_run), "--format", "onnx", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2 and "needs tf2onnx" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
