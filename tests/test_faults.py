@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import resnet_weights_file
+from siamcli.training.checkpoint import latest_epoch
 
 pytestmark = pytest.mark.slow
 
@@ -49,14 +50,14 @@ def test_train_killed_mid_epoch_resumes_from_the_last_complete_epoch(tmp_path, i
     run = tmp_path / "killed"
     process = subprocess.Popen(_siamcli("train", str(data), "--out", str(run), *options),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    pointer = run / "checkpoints" / "last.json"
+    checkpoints = run / "checkpoints"
     # Kill it inside epoch 3 (the first fine-tune epoch), after epoch 2's checkpoint exists.
-    reached = _wait_for(lambda: pointer.is_file() and json.loads(pointer.read_text())["checkpoint"] == "epoch-0002", process)
+    reached = _wait_for(lambda: latest_epoch(checkpoints) == 2, process)
     assert reached, "the run never completed epoch 2"
     time.sleep(1.0)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert json.loads(pointer.read_text())["checkpoint"] in ("epoch-0002", "epoch-0003")
+    assert latest_epoch(checkpoints) in (2, 3)
     assert (run / "model.keras").is_file()
 
     resumed = subprocess.run(_siamcli("train", "--resume", str(run), "--json"), capture_output=True, text=True, cwd=tmp_path)
@@ -87,7 +88,7 @@ def test_train_killed_before_its_first_checkpoint_can_be_started_again(tmp_path,
     assert _wait_for(lambda: (run / "config.json").is_file(), process), "the run never started"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (run / "checkpoints" / "last.json").exists()
+    assert not (run / "checkpoints" / "checkpoint").exists() and latest_epoch(run / "checkpoints") is None
     resumed = subprocess.run(_siamcli("train", "--resume", str(run)), capture_output=True, text=True, cwd=tmp_path)
     assert resumed.returncode == 2 and "no complete checkpoint" in resumed.stderr
     assert len(resumed.stderr.strip().splitlines()) == 1

@@ -1,28 +1,41 @@
 """Checkpoints: everything needed to continue a run after its last complete epoch.
 
-    checkpoints/epoch-0007/model.weights.h5   all model weights
-    checkpoints/epoch-0007/optimizer.npz      the current phase's optimiser variables (Adam moments, step)
-    checkpoints/epoch-0007/state.json         epoch, phase, best epoch, history rows, sampler state
-    checkpoints/last.json                     {"checkpoint": "epoch-0007"}: the newest complete one
+    checkpoints/checkpoint                  the CheckpointManager's pointer: model_checkpoint_path: "ckpt-7"
+    checkpoints/ckpt-7.index                TensorFlow checkpoint of epoch 7 (`tf.train.Checkpoint`):
+    checkpoints/ckpt-7.data-00000-of-00001    every model weight and the current phase's optimiser
+                                              variables (Adam moments, step), each under its name
+    checkpoints/ckpt-7.state.json           epoch, phase counts, best epoch, history rows, sampler state
 
-Each epoch's checkpoint is built as a directory under a temporary name and renamed into
-place; only then is `last.json` (atomically) pointed at it and the older one removed. A kill
-at any moment leaves `last.json` naming a complete checkpoint.
+The checkpoint number is the epoch. Variables are stored by name, not by position: a model
+weight under `model/<Keras variable path>` (`model/conv1_conv/kernel`; a Dropout's random-seed
+state under its layer's name, `model/dropout/seed_generator_state`), an optimiser variable
+under `optimizer/<its path without the optimiser's own name>` (`optimizer/projection_kernel_momentum`;
+a LossScaleOptimizer's inner optimiser under `optimizer/inner/`), so the optimiser's automatic
+name (`adam`, `adam_1`, ...) and the order in which variables were created do not matter.
+`tf.train.list_variables(prefix)` lists them. (A `tf.train.Checkpoint(model=..., optimizer=...)`
+of the Keras 3 objects themselves would key them by list position: `model/_operations/2/...`,
+`optimizer/_variables/7/...`.)
+
+Order of a save, so that a kill at any moment leaves the pointer naming a complete pair:
+`ckpt-N.state.json` is written first (atomically); then the CheckpointManager writes the
+TensorFlow files, which are fsynced before the manager atomically rewrites `checkpoint` to name
+`ckpt-N`; only then are the previous epoch's files and leftovers of killed saves removed.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from siamcli.atomic import atomic_directory, write_json
+from siamcli.atomic import write_json
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.rundir import read_json
 
-POINTER = "last.json"
+NAME = "ckpt"  # checkpoint files are <NAME>-<epoch>.*
+POINTER = "checkpoint"  # the CheckpointManager's (TensorFlow's) pointer file
+STATE_SUFFIX = ".state.json"
 
 
 @dataclass
@@ -51,48 +64,161 @@ class TrainerState:
         return state
 
 
+def _tf():
+    from siamcli.tf_runtime import import_tensorflow
+
+    return import_tensorflow()
+
+
+def named_variables(model, optimizer=None) -> dict:
+    """{name: variable} for `model`'s variables and, when given, `optimizer`'s (built)."""
+    named: dict = {}
+
+    def add(name: str, variable) -> None:
+        if name in named:
+            raise ValueError(f"two variables would be checkpointed as {name}")
+        named[name] = variable
+
+    seeds = _seed_state_names(model)
+    for variable in model.variables:
+        add(f"model/{seeds.get(id(variable), variable.path)}", variable)
+    if optimizer is not None:
+        roles = {optimizer.name: "optimizer"}
+        inner = getattr(optimizer, "inner_optimizer", None)
+        if inner is not None:
+            roles[inner.name] = "optimizer/inner"
+        for variable in optimizer.variables:
+            owner, _, rest = variable.path.partition("/")
+            add(f"{roles.get(owner, 'optimizer/' + owner)}/{rest}", variable)
+    return named
+
+
+def _seed_state_names(model) -> dict:
+    """{id(state): name} for random-seed states (Dropout's), named after the layer holding them.
+
+    Their own path starts with the SeedGenerator's automatic name (`seed_generator_3/...`), a
+    process-wide counter that a resumed run need not reach in the same way.
+    """
+    names: dict = {}
+
+    def walk(layer) -> None:
+        for inner in getattr(layer, "layers", []):  # innermost layers claim their states first
+            walk(inner)
+        weights = {id(v) for v in layer.weights}
+        states = [v for v in layer.variables if id(v) not in weights and id(v) not in names]
+        for index, state in enumerate(states):
+            names[id(state)] = f"{layer.name}/seed_generator{f'_{index}' if index else ''}_state"
+
+    walk(model)
+    return names
+
+
+def _tf_checkpoint(named: dict):
+    """A tf.train.Checkpoint whose object graph is the names' path components (nested dicts)."""
+    tree: dict = {}
+    for name, variable in named.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = variable
+    return _tf().train.Checkpoint(**tree)
+
+
+def _prefix(checkpoints: Path, epoch: int) -> Path:
+    return checkpoints / f"{NAME}-{epoch}"
+
+
+def _state_file(prefix: Path) -> Path:
+    return prefix.with_name(prefix.name + STATE_SUFFIX)
+
+
 def save(checkpoints: Path, model, optimizer, state: TrainerState) -> Path:
-    name = f"epoch-{state.epoch:04d}"
-    with atomic_directory(checkpoints / name) as building:
-        model.save_weights(building / "model.weights.h5")
-        arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
-        with open(building / "optimizer.npz", "wb") as handle:
-            np.savez(handle, **arrays)
-        write_json(building / "state.json", state.to_json())
-    write_json(checkpoints / POINTER, {"checkpoint": name})
-    for old in checkpoints.glob("epoch-*"):
-        if old.name != name and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-    return checkpoints / name
+    """Checkpoint epoch `state.epoch` in `checkpoints`; returns its prefix (`.../ckpt-N`)."""
+    tf = _tf()
+    prefix = _prefix(checkpoints, state.epoch)
+    write_json(_state_file(prefix), state.to_json())
+    manager = tf.train.CheckpointManager(
+        _tf_checkpoint(named_variables(model, optimizer)), str(checkpoints), max_to_keep=1, checkpoint_name=NAME
+    )
+    # Runs before the manager's own callback, which points `checkpoint` at the new files.
+    options = tf.train.CheckpointOptions(experimental_write_callbacks=[_fsync_checkpoint])
+    manager.save(checkpoint_number=state.epoch, options=options)
+    _remove_all_but(checkpoints, prefix)
+    return prefix
+
+
+def _fsync_checkpoint(save_path: str) -> None:
+    directory = Path(save_path).parent
+    for path in directory.glob(Path(save_path).name + ".*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _remove_all_but(checkpoints: Path, keep: Path) -> None:
+    """Delete other epochs' files and what killed saves left (`ckpt-8_temp/`, `.ckpt-8.state.json.*.tmp`)."""
+    for path in checkpoints.iterdir():
+        if path.name.lstrip(".").startswith(f"{NAME}-") and not path.name.startswith(keep.name + "."):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def latest(checkpoints: Path) -> Path:
+    """The prefix of the newest complete checkpoint (`.../ckpt-N`)."""
     pointer = checkpoints / POINTER
+    if not pointer.is_file() and (checkpoints / "last.json").is_file():
+        raise UserError(f"{checkpoints.parent} was checkpointed by an older siamcli (checkpoints/last.json); resume it with that version")
     if not pointer.is_file():
         raise UserError(f"{checkpoints.parent} has no complete checkpoint to resume from; start a new run instead")
-    name = read_json(pointer, "checkpoint pointer").get("checkpoint")
-    directory = checkpoints / str(name)
-    if not isinstance(name, str) or not (directory / "state.json").is_file():
+    prefix = latest_prefix(checkpoints)
+    if prefix is None or not Path(str(prefix) + ".index").is_file() or not _state_file(prefix).is_file():
         raise CorruptArtifactError(f"checkpoint pointer {pointer} names a missing checkpoint; the run's checkpoints are damaged")
-    return directory
+    return prefix
 
 
-def load_state(directory: Path) -> TrainerState:
-    return TrainerState.from_json(read_json(directory / "state.json", "checkpoint state"))
-
-
-def restore(directory: Path, model, optimizer=None) -> None:
-    """Load weights into `model` and, when given, the saved variables into `optimizer` (built)."""
+def latest_prefix(checkpoints: Path) -> Path | None:
+    """What the pointer names (`.../ckpt-N`), or None: no pointer, or one that cannot be read."""
     try:
-        model.load_weights(directory / "model.weights.h5")
+        found = _tf().train.get_checkpoint_state(str(checkpoints))
+    except Exception:  # a damaged pointer file
+        return None
+    if found is None or not found.model_checkpoint_path:
+        return None
+    return checkpoints / Path(found.model_checkpoint_path).name
+
+
+def latest_epoch(checkpoints: Path) -> int | None:
+    """The epoch of the newest complete checkpoint, or None when there is none."""
+    prefix = latest_prefix(checkpoints)
+    if prefix is None:
+        return None
+    try:
+        return int(prefix.name.rpartition("-")[2])
+    except ValueError:
+        return None
+
+
+def load_state(prefix: Path) -> TrainerState:
+    state = TrainerState.from_json(read_json(_state_file(prefix), "checkpoint state"))
+    if f"{NAME}-{state.epoch}" != prefix.name:
+        raise CorruptArtifactError(
+            f"{_state_file(prefix)} describes epoch {state.epoch}, not {prefix.name}; the run's checkpoints are damaged"
+        )
+    return state
+
+
+def restore(prefix: Path, model, optimizer=None) -> None:
+    """Load every weight of `model` and, when given, of `optimizer` (built) from `prefix`, by name."""
+    try:
+        status = _tf_checkpoint(named_variables(model, optimizer)).read(str(prefix))
+        status.expect_partial()  # the file may hold more (another call restores the optimiser)
+        status.assert_existing_objects_matched()  # ...but every variable asked for must be there
     except Exception as exc:
-        raise CorruptArtifactError(f"cannot load checkpoint weights from {directory} ({exc}); the checkpoint is damaged") from exc
-    if optimizer is None:
-        return
-    with np.load(directory / "optimizer.npz") as saved:
-        values = [saved[key] for key in sorted(saved.files)]
-    variables = optimizer.variables
-    if len(values) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
-        raise CorruptArtifactError(f"optimizer state in {directory} does not match the model; the checkpoint is damaged")
-    for variable, value in zip(variables, values):
-        variable.assign(value)
+        what = "optimizer state" if optimizer is not None else "weights"
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CorruptArtifactError(
+            f"cannot load checkpoint {what} from {prefix} ({detail}); the checkpoint is damaged or does not match the model"
+        ) from exc

@@ -333,13 +333,13 @@ class _Session:
         self.state.warnings.append(text)
         self.events.message(text)
 
-    def load(self, directory: Path) -> None:
-        """Continue after the checkpoint in `directory` (weights now; optimiser when its phase starts)."""
-        self.state = checkpoint.load_state(directory)
-        checkpoint.restore(directory, self.model)
+    def load(self, saved: Path) -> None:
+        """Continue after checkpoint `saved` (`.../ckpt-N`): weights now, optimiser when its phase starts."""
+        self.state = checkpoint.load_state(saved)
+        checkpoint.restore(saved, self.model)
         if self.state.sampler_state:
             self.sampler.rng.bit_generator.state = self.state.sampler_state
-        self.resume_dir = directory
+        self.resume_dir = saved
 
     def _epochs_left(self, phase: str) -> int:
         return _epochs_left(self.config, self.state, phase)
