@@ -67,7 +67,9 @@ def test_every_import_goes_down_a_layer_or_stays_in_its_package():
 
 
 def test_no_import_cycles_between_modules():
-    internal = {m: {t for t in ts if t in GRAPH and t != m} for m, ts in GRAPH.items()}
+    # `from siamcli import rundir` or `__version__` names a submodule (counted as siamcli.rundir) or
+    # a constant the package defines first, not the facade's lazily imported API: no edge to it.
+    internal = {m: {t for t in ts if t in GRAPH and t != m and t != "siamcli"} for m, ts in GRAPH.items()}
     cycles, state = [], {}
 
     def visit(module: str, stack: list[str]) -> None:
