@@ -16,7 +16,7 @@ from siamcli.jsonio import json_default
 
 def _console(stderr: bool = False) -> Console:
     console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = 1000  # a pipe or a file: never fold a path to fit an imaginary 80 columns
     return console
 

@@ -39,7 +39,8 @@ def query(
         print_json(outcome.to_json())
         return
     for result in outcome.results:
-        table = Table(title=escape(result.query), title_justify="left")
+        stdout.print(escape(result.query), style="bold", soft_wrap=True)  # a line of its own: never folded
+        table = Table()
         table.add_column("rank", justify="right")
         table.add_column("similarity", justify="right")
         if outcome.threshold is not None:

@@ -170,7 +170,8 @@ def _build_locked(options: IndexOptions, events: Events, run, out: Path, started
     mode = "build" if old is None else "+".join(m for m, on in (("append", options.append), ("prune", options.prune)) if on)
     result = IndexResult(index_dir=out, gallery=str(options.gallery), model_path=run.model, mode=mode, written=False,
                          index_type="", factory="", count=0, skipped=list(scan.skipped), threshold=run_threshold(run.run_dir, fingerprint)[0])
-    if old is not None and not plan.paths and not plan.removed_rows:
+    same_galleries = old is not None and galleries == _known_galleries(old)
+    if same_galleries and not plan.paths and not plan.removed_rows:
         return _unchanged(result, old, started)  # leave the index (and its files' timestamps) as they are
 
     try:
@@ -181,7 +182,7 @@ def _build_locked(options: IndexOptions, events: Events, run, out: Path, started
             count = len(plan.kept) + added
             if not count:
                 raise UserError(f"no image of {options.gallery} could be indexed (none decoded); nothing was written")
-            if old is not None and not added and not plan.removed_rows:
+            if same_galleries and not added and not plan.removed_rows:
                 raise _NothingChanged  # only images that fail to decode were new: keep the index as it is
             index_plan = _resolve_plan(options, old, count, dim)
             index, index_plan, tuning, recall_count = _faiss_index(embeddings_path, index_plan, old, plan, added, options.seed, events)
@@ -441,7 +442,7 @@ def _galleries_after(old: LoadedIndex, options: IndexOptions) -> list[str]:
     know is refused (it would index the same photos twice) unless the user says the gallery moved
     (stored paths are rewritten, in `old.items`) or that the folder is a further gallery."""
     here = os.path.abspath(options.gallery)
-    known = old.manifest.get("galleries") or [old.manifest.get("gallery", here)]
+    known = _known_galleries(old) or [here]
     if here in known or not options.append:
         return known
     if options.add_gallery:
@@ -455,6 +456,11 @@ def _galleries_after(old: LoadedIndex, options: IndexOptions) -> list[str]:
         return [here]
     raise UserError(f"index {old.directory} was built from {', '.join(known)}, not {here}: pass --moved if the gallery "
                     "moved there, --add-gallery to index this folder too, or --force to rebuild from it alone")
+
+
+def _known_galleries(old: LoadedIndex) -> list[str]:
+    manifest = old.manifest
+    return list(manifest.get("galleries") or ([manifest["gallery"]] if manifest.get("gallery") else []))
 
 
 def _copy_rows(source: Path, rows: np.ndarray, writer: vector_file.VectorWriter) -> None:

@@ -13,7 +13,9 @@ epoch by validation MAP@R, and a checkpoint of the epoch lets `resume` continue 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -22,20 +24,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from siamcli import __version__
+from siamcli import __version__, rundir
 from siamcli.atomic import atomic_path, write_csv, write_json
 from siamcli.data.pipeline import PKSampler, pk_batches
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.data.split import IdentitySplit, split_identities
-from siamcli.errors import UserError
+from siamcli.errors import Interrupted, UserError
 from siamcli.evaluation.metrics import retrieval_metrics
+from siamcli.events import NO_EVENTS, Events
 from siamcli.models.backbone_weights import WeightsChoice, resolve_weights
-from siamcli import rundir
+from siamcli.tf_runtime import import_tensorflow
 from siamcli.training import checkpoint
 from siamcli.training.config import MIN_STEPS_PER_EPOCH, TrainConfig
 from siamcli.training.plots import plot_history
 from siamcli.training.strategy import choose_strategy, is_chief, worker_count
-from siamcli.tf_runtime import import_tensorflow
 
 tf = import_tensorflow()
 import keras  # noqa: E402
@@ -50,16 +52,6 @@ HISTORY_COLUMNS = [
     "epoch", "phase", "loss", "precision_at_1", "map_at_r", "active_fraction",
     "positive_distance", "negative_distance", "distance_gap", "images_per_second", "seconds", "lr", "collapsed",
 ]
-
-
-class TrainingEvents:
-    """What the trainer tells its caller; the CLI draws a progress display from it."""
-
-    def message(self, text: str) -> None: ...
-    def loading(self, done: int, total: int) -> None: ...
-    def phase_started(self, phase: str, epochs: int, steps: int) -> None: ...
-    def step_done(self, phase: str, epoch: int, step: int, loss: float, images_per_second: float) -> None: ...
-    def epoch_done(self, row: dict) -> None: ...
 
 
 @dataclass
@@ -113,9 +105,9 @@ def library_versions() -> dict:
     }
 
 
-def train(config: TrainConfig, out: str | None = None, force: bool = False, events: TrainingEvents | None = None) -> TrainResult:
+def train(config: TrainConfig, out: str | None = None, force: bool = False, events: Events | None = None) -> TrainResult:
     """Start a new run in `out` (default runs/<timestamp>)."""
-    events = events or TrainingEvents()
+    events = events or NO_EVENTS
     config = config.validate().resolve()
     weights = resolve_weights(config.weights)  # fail fast, before any slow work
     scan = scan_folder(config.data_dir, labelled=True)
@@ -127,13 +119,14 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
     return _run(config, weights, scan, split, run_dir, events, resume_from=None)
 
 
-def resume(run: str | Path, events: TrainingEvents | None = None) -> TrainResult:
+def resume(run: str | Path, events: Events | None = None) -> TrainResult:
     """Continue `run` from its last complete epoch, with its own options and split."""
-    events = events or TrainingEvents()
+    events = events or NO_EVENTS
     run_dir = Path(run)
     if not (run_dir / rundir.CONFIG_FILE).is_file():
         raise UserError(f"{run_dir} is not a siamcli run (no {rundir.CONFIG_FILE}); give the run directory to --resume")
-    config = TrainConfig.from_json(rundir.read_json(run_dir / rundir.CONFIG_FILE, "run config")).validate()
+    recorded = rundir.read_json(run_dir / rundir.CONFIG_FILE, "run config")
+    config = TrainConfig.from_json(recorded).validate()
     split_json = rundir.read_split(rundir.RunPaths(run_dir, run_dir / rundir.MODEL_FILE))
     split = IdentitySplit(train=list(split_json["train"]), val=list(split_json["val"]))
     saved = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
@@ -141,6 +134,10 @@ def resume(run: str | Path, events: TrainingEvents | None = None) -> TrainResult
     if not any(_epochs_left(config, state, phase) for phase in PHASES):
         raise UserError(f"{run_dir} already finished all its epochs; nothing to resume")
     # The checkpoint holds every weight: the backbone's starting point no longer matters.
+    data_dir = rundir.data_dir_of(run_dir, recorded)
+    if data_dir is None:
+        raise UserError(f"the run's data folder {config.data_dir} is not there; restore it to resume")
+    config = dataclasses.replace(config, data_dir=str(data_dir))
     scan = scan_folder(config.data_dir, labelled=True)
     missing = sorted(set(split.train) - set(scan.counts()))
     if missing:
@@ -148,6 +145,15 @@ def resume(run: str | Path, events: TrainingEvents | None = None) -> TrainResult
     if not is_chief(config.strategy):  # another worker: read the chief's checkpoint, write elsewhere
         run_dir = _worker_scratch_dir()
     return _run(config, WeightsChoice("none", None), scan, split, run_dir, events, resume_from=saved)
+
+
+def _how_to_continue(run_dir: Path) -> str:
+    """What an interrupted run tells its user: the exact command that continues it, if any can."""
+    try:
+        checkpoint.latest(run_dir / rundir.CHECKPOINTS)
+    except UserError:
+        return f"interrupted before the first epoch was complete: nothing to resume; start again with --out {run_dir} --force"
+    return f"interrupted; every complete epoch is saved: continue with `siamcli train --resume {run_dir}`"
 
 
 def _worker_scratch_dir() -> Path:
@@ -160,6 +166,8 @@ def _run(config, weights, scan, split, run_dir, events, resume_from) -> TrainRes
     previous_policy = keras.mixed_precision.dtype_policy()
     try:
         return _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(_how_to_continue(run_dir)) from exc
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)  # a library must not leak global state
 
@@ -189,6 +197,7 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
     if resume_from is None:
         write_json(run_dir / rundir.CONFIG_FILE, {
             **config.to_json(),
+            "data_dir_from_run": os.path.relpath(config.data_dir, run_dir.resolve()),  # found again if both move
             "replicas": replicas,
             "workers": worker_count(config.strategy),
             "strategy_class": type(strategy).__name__,
@@ -238,18 +247,12 @@ def _batchnorm_layers(model):
             yield layer
 
 
-def _load(scan, split: IdentitySplit, image_size: int, events: TrainingEvents):
+def _load(scan, split: IdentitySplit, image_size: int, events: Events):
     """Decode every image once into memory; undecodable files are skipped and reported."""
     wanted_names = set(split.train) | set(split.val)
     wanted = [item for item in scan.items if item.label in wanted_names]
-    done = 0
-
-    def progress(count: int) -> None:
-        nonlocal done
-        done += count
-        events.loading(done, len(wanted))
-
-    loaded = load_pixels([item.path for item in wanted], image_size, on_progress=progress)
+    events.stage("decoding images", len(wanted))
+    loaded = load_pixels([item.path for item in wanted], image_size, on_progress=events.advance)
     skipped = list(scan.skipped) + loaded.failures
     if skipped:
         events.message(describe_skipped(skipped))
@@ -372,9 +375,9 @@ class _Session:
     def _frozen_phase(self) -> None:
         config = self.config
         nets.set_backbone_trainable(self.backbone, None, train_batchnorm=False)
-        self.events.phase_started(FROZEN, config.frozen_epochs, self.steps)
         started = time.perf_counter()
         # Cached once: the frozen backbone in inference mode is a fixed function of the image.
+        self.events.stage("caching backbone features", len(self.train_data.labels) + len(self.val_data.labels))
         train_features = self._features(self.train_data.images)
         val_features = self._features(self.val_data.images) if len(self.val_data.labels) else None
         cache_seconds = time.perf_counter() - started
@@ -397,7 +400,6 @@ class _Session:
             net = self._image_model()
             optimizer = self._optimizer(config.finetune_lr, net.trainable_variables, config.finetune_epochs)
         self._restore_optimizer(FINETUNE, optimizer)
-        self.events.phase_started(FINETUNE, config.finetune_epochs, self.steps)
         step = make_train_step(net, optimizer, self.strategy, config.margin, config.mining)
         while self._epochs_left(FINETUNE) > 0:
             dataset = pk_batches(
@@ -417,6 +419,8 @@ class _Session:
     def _epoch(self, phase: str, step, dataset, extra_seconds: float = 0.0) -> dict:
         totals = dict.fromkeys(checkpoint_stat_keys(), 0.0)
         epoch = self.state.epoch + 1
+        planned = self.config.frozen_epochs if phase == FROZEN else self.config.finetune_epochs
+        self.events.stage(f"epoch {epoch} ({phase} {self.state.phase_epochs[phase] + 1}/{planned})", self.steps)
         started = time.perf_counter()
         images = 0
         options = tf.data.Options()
@@ -435,7 +439,7 @@ class _Session:
                 raise UserError(
                     f"the loss became {batch_loss} at epoch {epoch}, step {index + 1}; lower the learning rate or use --precision float32"
                 )
-            self.events.step_done(phase, epoch, index + 1, batch_loss, images / max(time.perf_counter() - started, 1e-9))
+            self.events.advance(1, f"loss {batch_loss:.3f}  {images / max(time.perf_counter() - started, 1e-9):.0f} img/s")
         seconds = time.perf_counter() - started + extra_seconds
         return {
             "loss": totals["loss_sum"] / max(totals["loss_count"], 1.0),
@@ -448,7 +452,7 @@ class _Session:
 
     # ---- validation, bookkeeping --------------------------------------------------------
     def _features(self, images: np.ndarray) -> np.ndarray:
-        return embed(self.backbone, images, batch_size=64).vectors
+        return embed(self.backbone, images, batch_size=64, on_progress=self.events.advance).vectors
 
     def _embed_images(self, images: np.ndarray) -> np.ndarray:
         return embed(self.model, images, batch_size=64).vectors
@@ -493,7 +497,7 @@ class _Session:
         state.sampler_state = self.sampler.rng.bit_generator.state
         checkpoint.save(self.run_dir / rundir.CHECKPOINTS, self.model, optimizer, state)
         self.write_history()
-        self.events.epoch_done(row)
+        self.events.result(epoch_line(row))
 
     def _save_model(self) -> None:
         with atomic_path(self.run_dir / rundir.MODEL_FILE, suffix=".keras") as temporary:
@@ -518,6 +522,15 @@ class _Session:
             if len(rows):
                 out[phase] = float(rows.iloc[1:].mean() if len(rows) > 1 else rows.iloc[0])
         return out
+
+
+def epoch_line(row: dict) -> str:
+    """One history row as the line a log shows: loss, speed, validation scores, time."""
+    scores = "no validation"
+    if row["map_at_r"] == row["map_at_r"]:  # not NaN
+        scores = f"val P@1 {row['precision_at_1']:.3f}  MAP@R {row['map_at_r']:.3f}"
+    return (f"loss {row['loss']:.4f}  {row['images_per_second']:.0f} img/s  {scores}  {row['seconds']:.1f} s"
+            + ("  (collapsed)" if row["collapsed"] else ""))
 
 
 def checkpoint_stat_keys() -> tuple[str, ...]:
