@@ -15,6 +15,7 @@ from siamcli.cli.progress import ProgressDisplay
 
 
 def train(
+    ctx: typer.Context,
     data_dir: Annotated[Optional[Path], typer.Argument(metavar="DATA_DIR", show_default=False, help="Folder with one sub-folder of images per identity.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/TIMESTAMP); `latest` beside it will point at it.")] = None,
     image_size: Annotated[int, typer.Option(help="Side of the square images the network sees (≥ 32).")] = 224,
@@ -41,31 +42,42 @@ def train(
     patience: Annotated[int, typer.Option(help="End a phase after this many epochs without a better validation MAP@R (0: never).")] = 0,
     lr_schedule: Annotated[LrSchedule, typer.Option(help="constant, or cosine (decays to a tenth over each phase).")] = LrSchedule.CONSTANT,
     resume: Annotated[Optional[Path], typer.Option(help="Continue this run from its last complete epoch, with its own data, split and options.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="Train again with the resolved options of an earlier run (RUN/config.json or RUN); DATA_DIR and options given here override them.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory at --out.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")] = False,
 ) -> None:
     """Train a Siamese embedding network with triplet loss on DATA_DIR (one sub-folder per identity).
 
-    Phase 1 trains the embedding head on a frozen ResNet50 (cached features); phase 2 fine-tunes the backbone. The run directory receives model.keras, config.json, split.json, history.csv, loss.png and checkpoints/. `siamcli train --resume RUN` continues an interrupted run.
+    Phase 1 trains the embedding head on a frozen ResNet50 (cached features); phase 2 fine-tunes the backbone. The run directory receives model.keras, config.json, split.json, history.csv, loss.png and checkpoints/. `siamcli train --resume RUN` continues an interrupted run; `siamcli train --config RUN` trains again with its options.
     """
     if resume is not None and data_dir is not None:
         fail("--resume continues a run with the data and options it was started with; drop DATA_DIR")
-    if resume is None and data_dir is None:
-        fail("missing DATA_DIR (a folder with one sub-folder per identity), or --resume RUN; see `siamcli train --help`")
+    if resume is not None and config_file is not None:
+        fail("--resume continues a run with its own options; --config starts a new run from them: give one of the two")
+    if resume is None and data_dir is None and config_file is None:
+        fail("missing DATA_DIR (a folder with one sub-folder per identity), --config RUN or --resume RUN; see `siamcli train --help`")
     with engine_errors():
+        import dataclasses
+
         from siamcli.training.config import TrainConfig
 
         config = None
         if resume is None:  # validated here, before TensorFlow is imported: a typo costs no start-up
-            config = TrainConfig(
-                data_dir=str(data_dir), image_size=image_size, embedding_dim=embedding_dim, weights=weights,
-                frozen_epochs=frozen_epochs, finetune_epochs=finetune_epochs, finetune_from=finetune_from,
-                feature_layer=feature_layer, pooling=pooling.value if pooling else None, dropout=dropout,
-                batch_size=batch_size, images_per_identity=images_per_identity, steps_per_epoch=steps_per_epoch,
-                margin=margin, mining=mining.value, lr=lr, finetune_lr=finetune_lr, val_fraction=val_fraction, seed=seed,
-                strategy=strategy.value, precision=precision.value, augment=augment, patience=patience,
-                lr_schedule=lr_schedule.value,
-            ).validate()
+            given = {
+                "data_dir": str(data_dir) if data_dir is not None else None, "image_size": image_size, "embedding_dim": embedding_dim,
+                "weights": weights, "frozen_epochs": frozen_epochs, "finetune_epochs": finetune_epochs, "finetune_from": finetune_from,
+                "feature_layer": feature_layer, "pooling": pooling.value if pooling else None, "dropout": dropout,
+                "batch_size": batch_size, "images_per_identity": images_per_identity, "steps_per_epoch": steps_per_epoch,
+                "margin": margin, "mining": mining.value, "lr": lr, "finetune_lr": finetune_lr, "val_fraction": val_fraction, "seed": seed,
+                "strategy": strategy.value, "precision": precision.value, "augment": augment, "patience": patience,
+                "lr_schedule": lr_schedule.value,
+            }
+            if config_file is None:
+                config = TrainConfig(**given)
+            else:  # the earlier run's options, then what this command line says explicitly
+                explicit = {name: value for name, value in given.items() if _given(ctx, name)}
+                config = dataclasses.replace(TrainConfig.from_run(config_file), **explicit)
+            config = config.validate()
         from siamcli.training import trainer
 
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends like Ctrl-C: with the resume command
@@ -75,6 +87,12 @@ def train(
             else:
                 result = trainer.train(config, out=str(out) if out else None, force=force, events=display)
     _report(result, json_output)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Was option `name` set on the command line (or by an environment variable), not left at its default?"""
+    source = ctx.get_parameter_source(name)  # click's ParameterSource (Typer may bundle its own click: compared by name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _interrupt(signum, frame) -> None:

@@ -143,6 +143,53 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_json(cls, data: dict, source: str = "config.json") -> "TrainConfig":
+        """The options recorded in a run's config.json (other keys: versions, counts, are ignored).
+
+        A value of the wrong type is a UserError naming it: the file may have been edited by hand.
+        """
+        if not isinstance(data, dict):
+            raise UserError(f"{source} does not hold an object of training options")
+        values = {}
+        for spec in dataclasses.fields(cls):
+            if spec.name not in data:
+                continue
+            value = data[spec.name]
+            if not _has_type(value, str(spec.type)):
+                raise UserError(f"{source}: {spec.name} is {value!r}, expected {spec.type}")
+            values[spec.name] = value
+        if "data_dir" not in values:
+            raise UserError(f"{source} does not name the training data (data_dir)")
+        return cls(**values)
+
+    @classmethod
+    def from_run(cls, path: str | Path) -> "TrainConfig":
+        """The resolved options of an earlier run (its directory or its config.json), to train again.
+
+        The data folder is found as `evaluate` and `resume` find it: the recorded absolute path,
+        else the same folder seen from the run (`data_dir_from_run`), when run and data moved.
+        """
+        from siamcli import rundir
+
+        path = Path(path)
+        file = path / rundir.CONFIG_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise UserError(f"--config {path} not found; give a run directory or its {rundir.CONFIG_FILE}")
+        data = rundir.read_json(file, "run config")
+        config = cls.from_json(data, str(file))
+        found = rundir.data_dir_of(file.parent, data) if isinstance(data, dict) else None
+        return dataclasses.replace(config, data_dir=str(found)) if found is not None else config
+
+
+def _has_type(value, annotation: str) -> bool:
+    """Does a JSON value fit a field annotated `int`, `float | None`, `str | None`, `bool`, …?"""
+    allowed = {part.strip() for part in annotation.split("|")}
+    if value is None:
+        return "None" in allowed
+    if isinstance(value, bool):
+        return "bool" in allowed
+    if isinstance(value, int):
+        return bool(allowed & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in allowed
+    return isinstance(value, str) and "str" in allowed
