@@ -20,9 +20,20 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 from siamcli.cli.common import stderr, warn
 from siamcli.events import Events
+
+
+class _Bar(BarColumn):
+    def render(self, task):  # a stage of unknown size shows its spinner only, not a pulsing bar
+        return Text("") if task.total is None else super().render(task)
+
+
+class _Count(MofNCompleteColumn):
+    def render(self, task):
+        return Text("") if task.total is None else super().render(task)
 
 
 class ProgressDisplay(Events):
@@ -43,8 +54,8 @@ class ProgressDisplay(Events):
     def __enter__(self) -> "ProgressDisplay":
         if self.live:
             self.progress = Progress(
-                SpinnerColumn(finished_text=" "), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                SpinnerColumn(finished_text=" "), TextColumn("{task.description}"), _Bar(bar_width=24),
+                _Count(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                 console=self.console, transient=False,
             )
             self.progress.start()
