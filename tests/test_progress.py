@@ -52,6 +52,14 @@ def test_warnings_are_plain_lines_on_stderr(capsys):
     assert capsys.readouterr().err == "warning: 3 files skipped\n"
 
 
+def test_an_error_before_any_stage_draws_nothing_on_a_terminal():
+    out = io.StringIO()
+    with pytest.raises(ValueError):
+        with ProgressDisplay(Console(file=out, width=200, force_terminal=True), live=True):
+            raise ValueError("a bad folder: the CLI prints one error line, with no blank line before it")
+    assert out.getvalue() == ""
+
+
 def test_a_terminal_gets_a_live_display_with_each_stage_and_result():
     out = io.StringIO()
     _drive(ProgressDisplay(Console(file=out, width=200, force_terminal=True), live=True))

@@ -52,13 +52,6 @@ class ProgressDisplay(Events):
         self.started = 0.0
 
     def __enter__(self) -> "ProgressDisplay":
-        if self.live:
-            self.progress = Progress(
-                SpinnerColumn(finished_text=" "), TextColumn("{task.description}"), _Bar(bar_width=24),
-                _Count(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                console=self.console, transient=False,
-            )
-            self.progress.start()
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -80,6 +73,13 @@ class ProgressDisplay(Events):
         self._finish_stage()
         self.name, self.total, self.done, self.status = name, total, 0, ""
         self.reported, self.started = False, time.perf_counter()
+        if self.live and self.progress is None:  # started by the first stage: an early error draws nothing
+            self.progress = Progress(
+                SpinnerColumn(finished_text=" "), TextColumn("{task.description}"), _Bar(bar_width=24),
+                _Count(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                console=self.console, transient=False,
+            )
+            self.progress.start()
         if self.progress is not None:
             self.task = self.progress.add_task(name, total=total, status="")
 
