@@ -6,6 +6,7 @@
     <run>/history.csv    one row per epoch
     <run>/loss.png       loss and validation curves, phase boundary marked
     <run>/checkpoints/   last complete epoch (weights and trainer state)
+    <run>/logs/          TensorBoard: scalars per step and epoch, projector files (`tensorboard --logdir runs`)
 
 `latest` (a symlink beside the run, so `runs/latest` for the default `runs/<timestamp>`) points
 at the newest run; `index`, `query` and `evaluate` default to it.
