@@ -12,7 +12,7 @@ DEMO   := runs/demo
 DEMO_TRAIN_FLAGS ?= --image-size 64 --weights none --frozen-epochs 5 --finetune-epochs 2 --steps-per-epoch 50 --val-fraction 0.5
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint clean
+.PHONY: help install demo test check lint clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,10 @@ demo: $(STAMP) ## Train on sample_data, evaluate on held-out people, index, quer
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q; code=$$?; \
+	if [ $$code -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$code
+
+check: $(STAMP) ## Run the fast tests: no training, no ResNet50 run (pytest -m "not slow"), for the edit-test loop
+	$(BIN)/python -m pytest -q -m "not slow"; code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$code
 
 lint: $(STAMP) ## Lint the code with ruff (configured in pyproject.toml)

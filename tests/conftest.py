@@ -20,6 +20,17 @@ SAMPLE_DATA = REPO / "sample_data"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Fixtures that build a ResNet50 run: a test that uses one (directly or through another fixture)
+# is `slow`, as is every `train` test. `make check` runs the tests that are not.
+MODEL_FIXTURES = frozenset({"tiny_run", "resnet_weights", "reference_run"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("train") or MODEL_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 
 def identity_pattern(identity: int, size: int = 48) -> np.ndarray:
     """A fixed random picture per identity: its photos are noisy variants of it."""
@@ -102,6 +113,33 @@ def resnet_weights_file(directory: Path, image_size: int = 32) -> Path:
     path = directory / "start.weights.h5"
     subprocess.run([sys.executable, "-c", script, str(path)], check=True)
     return path
+
+@pytest.fixture(scope="session")
+def resnet_weights(tmp_path_factory) -> Path:
+    """Session-wide: one ResNet50 (32 px, include_top=False) weights file for pretrained-regime runs."""
+    return resnet_weights_file(tmp_path_factory.mktemp("resnet_weights"))
+
+
+# One uninterrupted pretrained-regime run shared by the fault and multi-worker tests: they kill,
+# resume or distribute runs with these options and compare every epoch's loss with this one. The
+# same seed draws the same P×K batches whatever the epoch count (constant learning rate, no early
+# stopping), so a run of fewer epochs must match its first rows.
+REFERENCE_OPTIONS = ["--image-size", "32", "--embedding-dim", "8", "--batch-size", "8", "--images-per-identity", "2",
+                     "--steps-per-epoch", "3", "--frozen-epochs", "1", "--finetune-epochs", "3", "--no-augment",
+                     "--dropout", "0", "--seed", "4", "--finetune-from", "conv5_block1_out", "--finetune-lr", "1e-3", "--json"]
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, resnet_weights) -> tuple[Path, list[str], Path]:
+    """(data, options, run_dir): `siamcli train` with REFERENCE_OPTIONS and the session's weights
+    file on 5 identities × 4 images, 1 frozen + 3 fine-tune epochs, uninterrupted. Read-only."""
+    base = tmp_path_factory.mktemp("reference")
+    data = write_identity_folders(base / "data", identities=5, per_identity=4, size=32)
+    options = [*REFERENCE_OPTIONS, "--weights", str(resnet_weights)]
+    single = run_cli("train", str(data), "--out", str(base / "run"), "--strategy", "default", *options, cwd=base)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return data, options, base / "run"
+
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):

@@ -36,6 +36,8 @@ def test_confusion_heatmap_scales_with_identities_and_stays_a_png(tmp_path):
     plots.confusion_heatmap(_predictions(200), huge)  # only the worst identities are drawn
     small_size, large_size, huge_size = assert_png(small), assert_png(large), assert_png(huge)
     assert large_size[0] > 1.5 * small_size[0]  # the figure grows with the identities
+    # 200 identities draw only the worst HEATMAP_WORST (60): a little larger than 45, far from 200's size.
+    assert large_size[0] < huge_size[0] < 2 * large_size[0]
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
 
 

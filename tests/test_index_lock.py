@@ -4,6 +4,8 @@ import shutil
 import subprocess
 import sys
 
+from test_index_engine import build
+
 from siamcli.index.lock import index_lock
 from siamcli.index.store import load_index
 
@@ -39,16 +41,15 @@ def test_concurrent_appends_of_different_images_lose_nothing(tiny_run, tmp_path)
     shutil.copytree(tiny_run, run)
     gallery = tmp_path / "gallery"
     shutil.copytree(tiny_run.parent.parent / "data", gallery)
-    first = subprocess.run(_index(run, gallery), capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
+    build(run, gallery)  # the index both writers append to (built in this process: only the racers need their own)
     original = {item.path for item in load_index(run / "index").items}
     assert len(original) == 30
-    # Each writer's gallery holds only its own new images (same absolute path never in both).
+    # Each writer appends its own further gallery folder, holding only its new images.
     additions = {
         "a": _extra_gallery(tmp_path / "extra_a", "new_a", sorted(gallery.glob("id_1/*.png"))),
         "b": _extra_gallery(tmp_path / "extra_b", "new_b", sorted(gallery.glob("id_2/*.png"))),
     }
-    racers = {name: subprocess.Popen(_index(run, tmp_path / f"extra_{name}", "--append"), stdout=subprocess.PIPE,
+    racers = {name: subprocess.Popen(_index(run, tmp_path / f"extra_{name}", "--append", "--add-gallery"), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True) for name in additions}
     results = {}
     for name, proc in racers.items():

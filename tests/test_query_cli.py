@@ -13,6 +13,8 @@ from PIL import Image
 from conftest import SAMPLE_DATA, build_untrained_run, run_cli
 from test_index_cli import invoke, one_line_error
 from test_index_engine import build, copy_run, rewrite_checksums
+pytestmark = pytest.mark.slow  # every test queries a ResNet50 run (built here or tiny_run)
+
 
 IDENTITIES = [f"s{i}" for i in range(1, 9)]  # sample_data/ ships s1–s12
 

@@ -7,24 +7,23 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_identity_folders
 from typer.testing import CliRunner
 
-
-pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
-def _resnet_weights_file(tmp_path, image_size=32):
+@pytest.fixture(scope="module")
+def start_weights(resnet_weights):
+    """(the session's ResNet50 weights file, {variable path: its value}) for the pretrained regime."""
     from siamcli.tf_runtime import import_tensorflow
 
     import_tensorflow()
     import keras
 
-    keras.utils.set_random_seed(123)
-    resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
-    path = tmp_path / "backbone.weights.h5"
-    resnet.save_weights(path)
-    return path, {w.path: w.numpy().copy() for w in resnet.weights}
+    resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    resnet.load_weights(resnet_weights)
+    return resnet_weights, {w.path: w.numpy().copy() for w in resnet.weights}
 
 
 def _train(tmp_path, data, **options):
@@ -46,9 +45,10 @@ def _resnet_weights(run_dir):
     return {w.path: w.numpy() for w in resnet.weights}, {w.path: w.numpy() for w in head.weights}
 
 
-def test_frozen_phase_trains_the_head_only_and_loads_a_weights_file(tmp_path, image_folders):
+@pytest.mark.train
+def test_frozen_phase_trains_the_head_only_and_loads_a_weights_file(tmp_path, image_folders, start_weights):
     data = image_folders(identities=4, per_identity=4, size=32)
-    path, start = _resnet_weights_file(tmp_path)
+    path, start = start_weights
     result = _train(tmp_path, data, weights=str(path), frozen_epochs=1, finetune_epochs=0, lr=1e-2, margin=2.0)
     backbone, head = _resnet_weights(result.run_dir)
     assert backbone.keys() == start.keys()
@@ -59,9 +59,10 @@ def test_frozen_phase_trains_the_head_only_and_loads_a_weights_file(tmp_path, im
     assert list(result.history["phase"]) == ["frozen"]
 
 
-def test_finetuning_pretrained_weights_trains_from_the_named_layer_with_batchnorm_frozen(tmp_path, image_folders):
+@pytest.mark.train
+def test_finetuning_pretrained_weights_trains_from_the_named_layer_with_batchnorm_frozen(tmp_path, image_folders, start_weights):
     data = image_folders(identities=4, per_identity=4, size=32)
-    path, start = _resnet_weights_file(tmp_path)
+    path, start = start_weights
     result = _train(tmp_path, data, weights=str(path), frozen_epochs=0, finetune_epochs=1,
                     finetune_from="conv5_block1_out", finetune_lr=1e-2, margin=2.0)
     backbone, _ = _resnet_weights(result.run_dir)
@@ -71,14 +72,38 @@ def test_finetuning_pretrained_weights_trains_from_the_named_layer_with_batchnor
     assert not any("_bn/" in name for name in changed)  # BatchNorm stays in inference mode
 
 
-def test_from_scratch_regime_trains_the_whole_network_and_batchnorm(tmp_path, image_folders):
-    data = image_folders(identities=4, per_identity=4, size=32)
-    result = _train(tmp_path, data, weights="none", frozen_epochs=0, finetune_epochs=1)
+@pytest.fixture(scope="module")
+def scratch_run(tmp_path_factory):
+    """(TrainResult, data): from scratch (--weights none), one frozen and one fine-tune epoch, in
+    mixed_bfloat16. The from-scratch regime and mixed precision are both read from this run.
+
+    Two identities: none can be held out, so model.keras is the last epoch's (not the best
+    validation epoch's, which could be the frozen one)."""
+    base = tmp_path_factory.mktemp("scratch")
+    data = write_identity_folders(base / "data", identities=2, per_identity=4, size=32)
+    result = _train(base, data, weights="none", frozen_epochs=1, finetune_epochs=1, precision="mixed_bfloat16",
+                    images_per_identity=4)
+    assert result.split.val == [] and result.best_epoch == 2
+    return result, data
+
+
+@pytest.mark.train
+def test_from_scratch_regime_trains_the_whole_network_and_batchnorm(scratch_run):
+    result, _ = scratch_run
     assert result.config.finetune_from == "all" and result.config.feature_layer == "conv3_block4_out"
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["finetune_from"] == "all" and "tensorflow" in config["versions"]
+    backbone, _ = _resnet_weights(result.run_dir)
+    # BatchNormalization starts at beta 0 and moving mean 0: in this regime every one of them,
+    # from conv1 to the cut, is trained (beta) and runs in training mode (moving statistics).
+    betas = [name for name in backbone if name.endswith("_bn/beta")]
+    assert "conv1_bn/beta" in betas and "conv3_block4_3_bn/beta" in betas and not any(n.startswith("conv4_") for n in backbone)
+    for name in betas:
+        assert np.abs(backbone[name]).max() > 0, name
+        assert np.abs(backbone[name.replace("/beta", "/moving_mean")]).max() > 0, name
 
 
+@pytest.mark.train
 def test_cli_train_writes_the_run_and_the_model_reloads_identically_in_a_new_process(tmp_path, image_folders):
     from siamcli.cli.app import app
     from siamcli.data.scan import scan_folder
@@ -144,17 +169,14 @@ from siamcli.tf_runtime import import_tensorflow
 tf = import_tensorflow()
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
 from siamcli.training.config import TrainConfig
 from siamcli.training.trainer import train
-# Pretrained regime (BatchNorm frozen in the backbone) from a weights file made here.
-weights = sys.argv[2] + "/start.weights.h5"
-keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+weights = sys.argv[3]  # pretrained regime (BatchNorm frozen in the backbone)
 out = {}
 for strategy in ("default", "mirrored"):
     config = TrainConfig(data_dir=sys.argv[1], image_size=32, embedding_dim=8, weights=weights, batch_size=8,
                          images_per_identity=2, steps_per_epoch=2, frozen_epochs=1, finetune_epochs=1,
-                         finetune_from="conv4_block1_out", finetune_lr=1e-3, strategy=strategy, seed=5, augment=False)
+                         finetune_from="conv5_block1_out", finetune_lr=1e-3, strategy=strategy, seed=5, augment=False)
     result = train(config, out=sys.argv[2] + "/" + strategy, force=True)
     out[strategy] = {"loss": result.history["loss"].tolist(),
                      "replicas": json.load(open(sys.argv[2] + "/" + strategy + "/config.json"))["replicas"]}
@@ -162,9 +184,10 @@ print(json.dumps(out))
 """
 
 
-def test_mirrored_strategy_on_two_cpu_devices_matches_the_default_strategy(tmp_path, image_folders):
+@pytest.mark.train
+def test_mirrored_strategy_on_two_cpu_devices_matches_the_default_strategy(tmp_path, image_folders, resnet_weights):
     data = image_folders(identities=4, per_identity=4, size=32)
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(data), str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(data), str(tmp_path), str(resnet_weights)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -174,16 +197,17 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_default_strategy(tmp_p
     np.testing.assert_allclose(result["mirrored"]["loss"], result["default"]["loss"], rtol=2e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("precision", ["mixed_bfloat16"])
-def test_mixed_precision_trains_with_a_finite_float32_loss(tmp_path, image_folders, precision):
+@pytest.mark.train
+def test_mixed_precision_trains_with_a_finite_float32_loss(scratch_run):
     import keras
 
+    from siamcli.data.scan import scan_folder
     from siamcli.models.embed import embed
     from siamcli.models.embedding import load_embedding_model
-    from siamcli.data.scan import scan_folder
 
-    data = image_folders(identities=4, per_identity=4, size=32)
-    result = _train(tmp_path, data, weights="none", frozen_epochs=1, finetune_epochs=1, precision=precision)
+    result, data = scratch_run
+    assert json.loads((result.run_dir / "config.json").read_text())["precision"] == "mixed_bfloat16"
+    assert list(result.history["phase"]) == ["frozen", "finetune"]
     assert np.isfinite(result.history["loss"]).all()
     assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is restored
     model = load_embedding_model(result.run_dir / "model.keras")
