@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from siamcli import __version__
-from siamcli.cli import evaluate_cmd, index_cmd, query_cmd, train_cmd
+from siamcli.cli import evaluate_cmd, index_cmd, query_cmd, serve_cmd, train_cmd
 
 app = typer.Typer(
     name="siamcli",
@@ -40,6 +40,7 @@ app.command("train")(train_cmd.train)
 app.command("index")(index_cmd.index)
 app.command("query")(query_cmd.query)
 app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("serve")(serve_cmd.serve)
 
 
 def main() -> None:
