@@ -91,19 +91,30 @@ def indexed_run(tiny_run: Path, base: Path, gallery: Path = GALLERY) -> Path:
 _SHARED: dict = {}
 
 
-def shared_server(tmp_path_factory, tiny_run: Path) -> tuple[Server, Path]:
-    """(server, run) over sample_data/gallery, started once per session; small queue and body
-    limits so overload and 413 are cheap to reach. Stopped by `stop_shared`."""
-    if "server" not in _SHARED:
+def shared_run(tmp_path_factory, tiny_run: Path) -> Path:
+    """The run the shared server serves: its index covers a copy of sample_data/gallery."""
+    if "run" not in _SHARED:
         base = tmp_path_factory.mktemp("served")
-        run = indexed_run(tiny_run, base)
-        server = start_server("--index", str(run / "index"), "--max-queue", "4", "--max-batch", "4", "--max-upload-mb", "1",
-                              "--watch-interval", "0", log=base / "server.log")
-        _SHARED.update(server=server, run=run)
-    return _SHARED["server"], _SHARED["run"]
+        gallery = Path(shutil.copytree(GALLERY, base / "gallery"))
+        _SHARED.update(base=base, gallery=gallery, run=indexed_run(tiny_run, base, gallery))
+    return _SHARED["run"]
+
+
+def shared_server(tmp_path_factory, tiny_run: Path) -> tuple[Server, Path, Path]:
+    """(server, run, gallery): a copy of sample_data/gallery, indexed and served once per session
+    (again only if a test stopped it). Small queue and body limits make overload and 413 cheap to
+    reach; the index directory is watched every 0.2 s. Tests that change the gallery or the index
+    put them back as they were. Stopped by `stop_shared`."""
+    shared_run(tmp_path_factory, tiny_run)
+    server = _SHARED.get("server")
+    if server is None or server.process.poll() is not None:
+        _SHARED["server"] = start_server(
+            "--index", str(_SHARED["run"] / "index"), "--max-queue", "4", "--max-batch", "4", "--max-upload-mb", "1",
+            "--watch-interval", "0.2", log=_SHARED["base"] / f"server-{time.monotonic_ns()}.log")
+    return _SHARED["server"], _SHARED["run"], _SHARED["gallery"]
 
 
 def stop_shared() -> None:
-    server = _SHARED.get("server")
+    server = _SHARED.pop("server", None)
     if server is not None:
         server.stop()

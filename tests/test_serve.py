@@ -26,21 +26,28 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from serve_support import GALLERY, QUERIES, shared_server, stop_shared
+from serve_support import QUERIES, shared_run, shared_server, stop_shared
 from test_hostile_inputs import _png_declaring
 from test_index_cli import invoke
 
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 QUERY_FILES = [QUERIES / name for name in ("s7_10.png", "s3_10.png", "s11_10.png")]
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory, tiny_run):
-    server, run = shared_server(tmp_path_factory, tiny_run)
-    yield server, run
+def serving_session():
+    yield
     stop_shared()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def served(serving_session, tmp_path_factory, tiny_run):
+    """(server, run): the session's server (started again if a test stopped it)."""
+    server, run, _ = shared_server(tmp_path_factory, tiny_run)
+    return server, run
+
+
+@pytest.fixture
 def client(served):
     server, _ = served
     with server.client() as c:
@@ -196,11 +203,13 @@ def test_a_body_over_the_limit_is_413(client):
     answer = client.post("/api/v1/query", files=[("images", ("big.png", data, "image/png"))], data={"k": "3"})
     assert answer.status_code == 413 and "limit" in answer.json()["detail"]
 
-    def chunks():  # no Content-Length: the limit is counted as the body streams in
-        for start in range(0, len(data), 1 << 16):
-            yield data[start:start + (1 << 16)]
+    body = b'--b\r\nContent-Disposition: form-data; name="images"; filename="big.png"\r\n\r\n' + data + b"\r\n--b--\r\n"
 
-    streamed = client.post("/api/v1/query", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"})
+    def chunks():  # no Content-Length: the limit is counted as the body streams in
+        for start in range(0, len(body), 1 << 16):
+            yield body[start:start + (1 << 16)]
+
+    streamed = client.post("/api/v1/query", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert streamed.status_code == 413
     assert client.post("/api/v1/query", **upload(QUERY_FILES[0], k=1)).status_code == 200
 
@@ -298,11 +307,10 @@ def test_openapi_schema_fuzzing_finds_no_5xx_and_no_schema_violation(served):
 
 
 @pytest.fixture(scope="session")
-def serving_state(served):
+def serving_state(tmp_path_factory, tiny_run):
     from siamcli.serve.state import open_state
 
-    _, run = served
-    return open_state(str(run / "index"), None)
+    return open_state(str(shared_run(tmp_path_factory, tiny_run) / "index"), None)
 
 
 def in_process(state, **options):

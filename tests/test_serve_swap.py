@@ -1,13 +1,16 @@
-"""Index changes while serving, and stopping: a real server over a gallery the tests change.
+"""Index changes while serving, and stopping, on the session's real server (its gallery is a copy).
 
 `siamcli index --append` while a client loops on queries: no failed request, and the new image
-is found afterwards. An index built with another model is refused (the old one keeps serving,
-/readyz says why). SIGTERM: the request in flight is answered, then the process exits 0.
+is found afterwards (`--prune` then puts the gallery back). An index built with another model is
+refused (the old one keeps serving, /readyz and the log say why). SIGTERM: the request in flight
+is answered, then the process exits 0. The CLI runs in-process (Typer's runner): the same code
+as the command, without a second TensorFlow start-up.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import threading
@@ -18,23 +21,14 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import run_cli
-from serve_support import GALLERY, QUERIES, indexed_run, start_server
-
-LABELS = ("s1", "s2", "s3")
-
+from serve_support import QUERIES, shared_server, stop_shared
+from test_index_cli import invoke
 
 @pytest.fixture(scope="module")
 def swap(tmp_path_factory, tiny_run):
-    """(server, run, gallery): 3 identities × 9 photos, watched every 0.2 s."""
-    base = tmp_path_factory.mktemp("swap")
-    gallery = base / "gallery"
-    for label in LABELS:
-        shutil.copytree(GALLERY / label, gallery / label)
-    run = indexed_run(tiny_run, base, gallery)
-    server = start_server("--index", str(run / "index"), "--watch-interval", "0.2", log=base / "server.log")
-    yield server, run, gallery
-    server.stop()
+    """(server, run, gallery) of the session's shared server; stopped at the end of the session."""
+    yield shared_server(tmp_path_factory, tiny_run)
+    stop_shared()
 
 
 def wait_for(check, timeout: float = 60, every: float = 0.2):
@@ -61,7 +55,7 @@ class LoopingClient(threading.Thread):
         with httpx.Client(base_url=self.url, timeout=30) as client:
             while not self.stopping.is_set():
                 try:
-                    answer = client.post("/api/v1/query", files=[("images", (self.image.name, self.image.read_bytes()))], data={"k": "50"})
+                    answer = client.post("/api/v1/query", files=[("images", (self.image.name, self.image.read_bytes()))], data={"k": "1000"})
                     self.outcomes.append(answer.status_code)
                     if answer.status_code == 200:
                         self.counts.append(len(answer.json()[0]["results"]))
@@ -72,15 +66,15 @@ class LoopingClient(threading.Thread):
 def test_append_while_a_client_loops_has_no_failed_request(swap):
     server, run, gallery = swap
     before = httpx.get(f"{server.url}/api/v1/index").json()["count"]
-    new = gallery / "s9" / "1.png"
+    new = gallery / "newcomer" / "1.png"
     new.parent.mkdir()
-    shutil.copy(GALLERY / "s9" / "1.png", new)
+    shutil.copy(QUERIES / "s9_10.png", new)
     client = LoopingClient(server.url, QUERIES / "s2_10.png")
     client.start()
     try:
         wait_for(lambda: len(client.outcomes) >= 3)
-        appended = run_cli("index", str(gallery), "--model", str(run), "--append", "--json")
-        assert appended.returncode == 0, appended.stderr
+        appended = invoke("index", gallery, "--model", run, "--append", "--json")
+        assert appended.exit_code == 0, appended.stderr
         wait_for(lambda: httpx.get(f"{server.url}/api/v1/index").json()["count"] == before + 1)
         seen = len(client.outcomes)
         wait_for(lambda: len(client.outcomes) >= seen + 3)
@@ -91,15 +85,17 @@ def test_append_while_a_client_loops_has_no_failed_request(swap):
     assert client.counts[0] == before and client.counts[-1] == before + 1  # served the old index, then the new one
     answer = httpx.post(f"{server.url}/api/v1/query", files=[("images", ("new.png", new.read_bytes()))], data={"k": "1"}).json()
     found = answer[0]["results"][0]
-    assert found["path"] == str(new) and found["label"] == "s9" and found["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert found["path"] == str(new) and found["label"] == "newcomer" and found["similarity"] == pytest.approx(1.0, abs=1e-5)
     assert httpx.get(f"{server.url}/readyz").json()["problem"] is None
-    metrics = httpx.get(f"{server.url}/metrics").text
-    assert "siamcli_index_reloads_total 1" in metrics
+    assert re.search(r"^siamcli_index_reloads_total [1-9]", httpx.get(f"{server.url}/metrics").text, re.M)
+    shutil.rmtree(new.parent)  # put the gallery back as the other tests expect it
+    assert invoke("index", gallery, "--model", run, "--prune").exit_code == 0
+    wait_for(lambda: httpx.get(f"{server.url}/api/v1/index").json()["count"] == before)
 
 
 def test_an_index_of_another_model_is_refused_and_the_old_one_keeps_serving(swap, tmp_path):
     server, run, gallery = swap
-    other = other_model_run(run, tmp_path)
+    other = other_model_run(run, gallery, tmp_path)
     served = run / "index"
     count = httpx.get(f"{server.url}/api/v1/index").json()["count"]
     aside = served.with_name("index.kept")
@@ -120,7 +116,7 @@ def test_an_index_of_another_model_is_refused_and_the_old_one_keeps_serving(swap
     wait_for(lambda: httpx.get(f"{server.url}/readyz").json()["problem"] is None)  # its own index again
 
 
-def other_model_run(run: Path, base: Path) -> Path:
+def other_model_run(run: Path, gallery: Path, base: Path) -> Path:
     """The same architecture with other weights (another model.keras), and its index over the same gallery."""
     from siamcli.index.build import IndexOptions, build_index
     from siamcli.models.embedding import load_embedding_model
@@ -134,7 +130,7 @@ def other_model_run(run: Path, base: Path) -> Path:
     model.save(other / "model.keras")
     for name in ("config.json", "split.json"):
         shutil.copy(run / name, other / name)
-    build_index(IndexOptions(gallery=str(run.parent / "gallery"), model=str(other)))
+    build_index(IndexOptions(gallery=str(gallery), model=str(other)))
     return other
 
 

@@ -11,6 +11,7 @@ with status -15, so a handled SIGTERM is made a clean exit (0) instead.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import signal
 import socket
@@ -29,10 +30,8 @@ log = logging.getLogger("siamcli.serve")
 def require_dependencies() -> None:
     """The service's packages are an optional part of the install; say how to get them."""
     missing = []
-    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")):
-        try:
-            __import__(module)
-        except ImportError:
+    for modules, package in ((("fastapi",), "fastapi"), (("uvicorn",), "uvicorn"), (("python_multipart", "multipart"), "python-multipart")):
+        if not any(importlib.util.find_spec(module) for module in modules):
             missing.append(package)
     if missing:
         raise UserError(f"siamcli serve needs {', '.join(missing)}: pip install 'siamcli[serve]' (or pip install {' '.join(missing)})")

@@ -90,7 +90,8 @@ function renderLabels() {
   const filter = $("label-filter").value.trim().toLowerCase();
   const list = $("labels");
   list.replaceChildren();
-  for (const { label, count } of state.info.labels) {
+  const labels = [...state.info.labels].sort((a, b) => a.label.localeCompare(b.label, undefined, { numeric: true }));
+  for (const { label, count } of labels) {
     if (filter && !label.toLowerCase().includes(filter)) continue;
     const item = document.createElement("li");
     const button = document.createElement("button");

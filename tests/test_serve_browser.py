@@ -1,0 +1,96 @@
+"""The page in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+
+Uploads a held-out photo, sees k thumbnails with the right label, clicks one and gets its
+neighbours, browses a label; saves a screenshot under the test's tmp dir. Without Chromium (or
+Playwright) this test alone is skipped, with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from serve_support import QUERIES, shared_server, stop_shared
+
+CHROMIUM = os.environ.get("SIAMCLI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+K = 6
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Chromium not found: install it with `apt-get install -y chromium` (or set SIAMCLI_CHROMIUM to its path)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright not installed: pip install playwright (no browser download needed)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def serving_session():
+    yield
+    stop_shared()
+
+
+@pytest.fixture
+def served(serving_session, tmp_path_factory, tiny_run):
+    """(server, run): the session's server (started again if a test stopped it)."""
+    server, run, _ = shared_server(tmp_path_factory, tiny_run)
+    return server, run
+
+
+def test_upload_see_neighbours_click_one_and_browse_a_label(browser, served, tmp_path):
+    from playwright.sync_api import expect
+
+    server, _ = served
+    page = browser.new_page(viewport={"width": 1280, "height": 860})  # the page's CSP stays on: no eval, so no wait_for_function
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))  # CSP violations too
+    page.goto(server.url)
+    expect(page.locator("#summary")).to_contain_text("108 images · 12 labels")
+    expect(page.locator("#labels li")).to_have_count(12)
+
+    page.locator("#k").fill(str(K))
+    page.locator("#file").set_input_files(str(QUERIES / "s7_10.png"))
+    expect(page.locator("#title")).to_have_text(f"{K} nearest to s7_10.png")
+    wait_for_thumbnails(page, K)
+    labels = page.locator("#grid .card .label").all_inner_texts()
+    assert labels[0] == "s7" and labels.count("s7") >= K // 2, labels
+    expect(page.locator("#preview")).to_be_visible()
+    page.screenshot(path=str(tmp_path / "serve.png"))
+
+    second = page.locator("#grid .card").nth(1)
+    clicked = second.get_attribute("data-id")
+    second.click()
+    expect(page.locator("#title")).to_have_text(f"{K} nearest to item {clicked}")
+    wait_for_thumbnails(page, K)
+    assert page.locator("#grid .card").first.get_attribute("data-id") == clicked  # an item is its own nearest
+    assert page.locator("#grid .card .sim-value").first.inner_text() == "1.000"
+
+    page.locator("#labels button", has_text="s3").click()
+    expect(page.locator("#title")).to_have_text("s3")
+    wait_for_thumbnails(page, 9)
+    assert set(page.locator("#grid .card .label").all_inner_texts()) == {"s3"}
+    page.screenshot(path=str(tmp_path / "serve-label.png"))
+    assert not errors, errors
+    assert (tmp_path / "serve.png").stat().st_size > 10_000
+
+
+def wait_for_thumbnails(page, count: int, timeout: float = 30) -> None:
+    """Every card shows a decoded picture (polled from Python: the page's CSP forbids eval)."""
+    loaded = "images => images.filter(i => i.complete && i.naturalWidth > 0).length"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cards = page.locator("#grid .card img")
+        if cards.count() == count and cards.evaluate_all(loaded) == count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{count} thumbnails did not load in {timeout} s")
