@@ -94,3 +94,33 @@ def wait_for_thumbnails(page, count: int, timeout: float = 30) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"{count} thumbnails did not load in {timeout} s")
+
+
+def test_the_page_asks_for_the_token_once_and_sends_it(browser, served):
+    """A 401 from the API opens the token dialog; the token then goes with every API call."""
+    from playwright.sync_api import expect
+
+    server, _ = served
+    token = "a-token-for-the-page"
+    page = browser.new_page()
+    seen: list[str | None] = []
+
+    def guard(route, request):  # the API as a server started with --token would answer it
+        seen.append(request.headers.get("authorization"))
+        if request.headers.get("authorization") != f"Bearer {token}":
+            return route.fulfill(status=401, json={"detail": "missing or wrong token"}, headers={"WWW-Authenticate": "Bearer"})
+        return route.continue_()
+
+    page.route("**/api/v1/**", guard)
+    page.goto(server.url)
+    expect(page.locator("#token-dialog")).to_be_visible()
+    page.locator("#token-input").fill("wrong")
+    page.locator("#token-ok").click()
+    expect(page.locator("#token-error")).to_be_visible()  # refused: asked again, saying so
+    page.locator("#token-input").fill(token)
+    page.locator("#token-ok").click()
+    expect(page.locator("#summary")).to_contain_text("108 images")
+    page.locator("#labels button", has_text="s2").click()
+    expect(page.locator("#title")).to_have_text("s2")
+    wait_for_thumbnails(page, 9)
+    assert seen[:3] == [None, "Bearer wrong", f"Bearer {token}"] and set(seen[3:]) == {f"Bearer {token}"}
