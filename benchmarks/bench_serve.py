@@ -5,8 +5,10 @@ One run measures, on the same machine and the same query images (sample_data/que
   * the served API: a real `siamcli serve` process on a loopback port, driven by N concurrent
     clients (1, 4, 16, 64) for a bounded number of requests each level (one image per request,
     k = 5): p50/p95/p99 latency, images/s, and the mean micro-batch size (from /metrics);
-  * (a) `model.predict` throughput on the same images, decoded and resized in memory;
-  * (ref) one query in-process: decode + resize, one forward pass (`embed`), one FAISS search;
+  * (a) `model.predict` throughput on the same images, decoded and resized in memory
+    (measured in rounds interleaved with the 16-client level);
+  * (ref) one query in-process: decode + resize, one forward pass (`embed`), one FAISS search
+    (interleaved with the 1-client level);
   * (b) `siamcli query IMAGE` run once per image (a new process each time).
 
 Targets (issue 14): served images/s at 16 clients ≥ 0.7 × (a); p50 latency of one client
@@ -40,6 +42,9 @@ sys.path.insert(0, str(REPO / "tests"))
 QUERIES = REPO / "sample_data" / "queries"
 GALLERY = REPO / "sample_data" / "gallery"
 BOUNDARY = "siamcli-bench"
+SERVE_ARGS: list[str] = []  # extra `siamcli serve` options (--serve-args)
+SERVE_ENV: dict[str, str] = {}
+ROUNDS = 4  # each level is measured in this many rounds, interleaved with its reference
 
 
 def main() -> None:
@@ -50,14 +55,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=240, help="requests per level (one image each)")
     parser.add_argument("--cli-images", type=int, default=3, help="images for the `siamcli query` per-image baseline")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument("--serve-args", default="", help="extra options for `siamcli serve`, e.g. '--batch-wait-ms 5'")
     args = parser.parse_args()
+    SERVE_ARGS.extend(args.serve_args.split())
+    if os.environ.get("BENCH_SERVER_INTRAOP"):
+        SERVE_ENV["TF_NUM_INTRAOP_THREADS"] = os.environ["BENCH_SERVER_INTRAOP"]
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         run = Path(args.model) if args.model else untrained_run(Path(tmp), args.image_size)
         images = [p.read_bytes() for p in sorted(QUERIES.glob("*.png"))]
-        reference = in_process(run, images)
+        levels, reference = served(run, images, [int(c) for c in args.clients.split(",")], args.requests, Path(tmp), Reference(run, images))
         cli = cli_per_image(run, sorted(QUERIES.glob("*.png"))[: args.cli_images])
-        levels = served(run, images, [int(c) for c in args.clients.split(",")], args.requests, Path(tmp))
     report = table(reference, cli, levels, run)
     print(report)
     if args.out:
@@ -78,36 +86,45 @@ def untrained_run(base: Path, image_size: int) -> Path:
 # ---------------------------------------------------------------- in-process references
 
 
-def in_process(run: Path, images: list[bytes], repeats: int = 40, predict_images: int = 512) -> dict:
-    """(a) model.predict images/s on decoded images; (ref) decode + forward + search for one image."""
-    from siamcli.index.search import search_vectors
-    from siamcli.index.store import load_index
-    from siamcli.models.embed import embed, model_image_size
-    from siamcli.models.embedding import load_embedding_model
-    from siamcli.serve.images import model_pixels  # decode_bytes + the pipeline's resize, as the server does
+class Reference:
+    """(a) model.predict images/s on decoded images; (ref) decode + forward + search of one image."""
 
-    model = load_embedding_model(run / "model.keras")
-    loaded = load_index(run / "index")
-    size = model_image_size(model)
-    decoded = np.stack([model_pixels(data, "query", size) for data in images])
-    batch = decoded[np.arange(predict_images) % len(decoded)]
-    model.predict(batch[:64], batch_size=32, verbose=0)  # warm up
-    started = time.perf_counter()
-    model.predict(batch, batch_size=32, verbose=0)
-    predict_rate = predict_images / (time.perf_counter() - started)
+    def __init__(self, run: Path, images: list[bytes]):
+        from siamcli.index.store import load_index
+        from siamcli.models.embed import model_image_size
+        from siamcli.models.embedding import load_embedding_model
 
-    def one(data: bytes) -> None:
-        pixels = model_pixels(data, "query", size)[None]
-        search_vectors(loaded, embed(model, pixels).vectors, 5)
+        self.images = images
+        self.model = load_embedding_model(run / "model.keras")
+        self.loaded = load_index(run / "index")
+        self.size = model_image_size(self.model)
+        self.decoded = np.concatenate([pixels(data, self.size) for data in images])
+        self.model.predict(self.decoded, batch_size=32, verbose=0)  # warm up both paths
+        self.query_times(5)
 
-    for data in images[:5]:
-        one(data)
-    times = []
-    for i in range(repeats):
+    def predict_rate(self, count: int = 256) -> float:
+        batch = self.decoded[np.arange(count) % len(self.decoded)]
         started = time.perf_counter()
-        one(images[i % len(images)])
-        times.append(time.perf_counter() - started)
-    return {"predict_rate": predict_rate, "one_query_s": float(np.median(times)), "image_size": size}
+        self.model.predict(batch, batch_size=32, verbose=0)
+        return count / (time.perf_counter() - started)
+
+    def query_times(self, count: int) -> list[float]:
+        from siamcli.index.search import search_vectors
+        from siamcli.models.embed import embed
+
+        times = []
+        for i in range(count):
+            started = time.perf_counter()
+            search_vectors(self.loaded, embed(self.model, pixels(self.images[i % len(self.images)], self.size)).vectors, 5)
+            times.append(time.perf_counter() - started)
+        return times
+
+
+def pixels(data: bytes, size: int) -> np.ndarray:
+    """(1, S, S, 3) float32: decode_bytes and the pipeline's resize, as the server and `siamcli query` do."""
+    from siamcli.serve.images import decode_upload, resize_batch
+
+    return resize_batch([decode_upload(data, "query", size)], size)
 
 
 def cli_per_image(run: Path, paths: list[Path]) -> float:
@@ -124,27 +141,36 @@ def cli_per_image(run: Path, paths: list[Path]) -> float:
 # ---------------------------------------------------------------- the served API
 
 
-def served(run: Path, images: list[bytes], levels: list[int], requests: int, tmp: Path) -> list[dict]:
+def served(run: Path, images: list[bytes], levels: list[int], requests: int, tmp: Path, reference: Reference) -> tuple[list[dict], dict]:
+    """Each level in ROUNDS rounds, each round right after a reference measurement: the machine's
+    load drifts (other processes), and both sides of a ratio should see the same drift."""
     log = tmp / "server.log"
     with open(log, "w") as handle:
         server = subprocess.Popen([sys.executable, "-m", "siamcli", "serve", "--index", str(run / "index"), "--port", "0",
-                                   "--log-level", "warning"], stderr=handle, stdout=subprocess.DEVNULL, cwd=REPO,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+                                   "--log-level", "warning", *SERVE_ARGS], stderr=handle, stdout=subprocess.DEVNULL, cwd=REPO,
+                                  env={**os.environ, "PYTHONPATH": str(REPO), **SERVE_ENV})
     try:
         url = wait_for_url(log, server)
         bodies = [multipart(f"q{i}.png", data) for i, data in enumerate(images)]
         asyncio.run(drive(url, bodies, 4, 40))  # warm up
-        results = []
+        results, rates, one = [], [], []
         for clients in levels:
-            before = batch_totals(url)
-            started = time.perf_counter()
-            latencies = asyncio.run(drive(url, bodies, clients, requests))
-            wall = time.perf_counter() - started
+            before, latencies, wall = batch_totals(url), [], 0.0
+            for _ in range(ROUNDS):
+                if clients == 1:
+                    one += reference.query_times(requests // ROUNDS)
+                if clients == 16:
+                    rates.append(reference.predict_rate())
+                started = time.perf_counter()
+                latencies += asyncio.run(drive(url, bodies, clients, requests // ROUNDS))
+                wall += time.perf_counter() - started
             after = batch_totals(url)
             mean_batch = (after[0] - before[0]) / max(1, after[1] - before[1])
             results.append({"clients": clients, "requests": len(latencies), "rate": len(latencies) / wall, "batch": mean_batch,
                             **{f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95, 99)}})
-        return results
+        rates = rates or [reference.predict_rate() for _ in range(ROUNDS)]
+        one = one or reference.query_times(40)
+        return results, {"predict_rate": float(np.mean(rates)), "one_query_s": float(np.median(one)), "image_size": reference.size}
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -20,6 +20,7 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(help="How long a batch may wait for requests still being decoded.")] = 2.0,
     max_queue: Annotated[int, typer.Option(help="Images admitted and not yet answered; past it queries get 503 with Retry-After.")] = 128,
     decode_threads: Annotated[int, typer.Option(help="Threads decoding uploads and thumbnails.")] = 2,
+    search_threads: Annotated[int, typer.Option(help="FAISS threads per batch search (more only pays for very large indexes on many cores).")] = 1,
     watch_interval: Annotated[float, typer.Option(help="Seconds between checks for a rebuilt index (0: never reload).")] = 1.0,
     cors_origin: Annotated[Optional[List[str]], typer.Option(help="Allow browser pages from this origin to call the API (repeatable; CORS is off without it).")] = None,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug.")] = "info",
@@ -34,7 +35,7 @@ def serve(
 
         options = validate(ServeOptions(
             model=model, index=index, host=host, port=port, token=token or None, max_upload_mb=max_upload_mb,
-            max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue, decode_threads=decode_threads,
+            max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue, decode_threads=decode_threads, search_threads=search_threads,
             watch_interval=watch_interval, cors_origins=tuple(cors_origin or ()), log_level=log_level, access_log=access_log,
         ))
         warning = exposure_warning(options)

@@ -16,7 +16,7 @@ from siamcli.data.decode import DecodeError
 from siamcli.index.items import IndexItem
 from siamcli.serve.batcher import QueueFull
 from siamcli.serve.config import MAX_IMAGES_PER_REQUEST, MAX_K
-from siamcli.serve.images import GalleryFileError, model_pixels, upload_name
+from siamcli.serve.images import GalleryFileError, decode_upload, upload_name
 from siamcli.serve.searcher import Query as SearchQuery
 from siamcli.serve.security import token_dependency
 from siamcli.serve.service import Service
@@ -82,8 +82,9 @@ def errors(*codes: int) -> dict:
 
 
 def make_router(service: Service) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", dependencies=[Depends(token_dependency(service.options.token))],
-                       responses=errors(401) if service.options.token else {})
+    token = service.options.token
+    router = APIRouter(prefix="/api/v1", dependencies=[Depends(token_dependency(token))] if token else [],
+                       responses=errors(401) if token else {})
     state = service.state
 
     @router.post("/query", response_model=list[Answer], responses=errors(400, 404, 413, 503))
@@ -102,9 +103,9 @@ def make_router(service: Service) -> APIRouter:
         stored = _stored_vectors(snapshot, ids)
         try:
             with service.batcher.admit(len(uploads) + len(ids)) as ticket:
-                pixels = await _decode_all(service, uploads)
+                images = await _decode_all(service, uploads)
                 names = [upload_name(f.filename, i) for i, f in enumerate(uploads)] + [snapshot.item(i).path for i in ids]
-                results = await ticket.submit(len(uploads), SearchQuery(names, pixels, stored, k))
+                results = await ticket.submit(len(uploads), SearchQuery(names, images, stored, k))
         except QueueFull as full:
             service.metrics.reject("overload")
             raise HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)}) from None
@@ -183,15 +184,12 @@ def _stored_vectors(snapshot: Snapshot, ids: list[int]):
     return np.concatenate([snapshot.vector(i) for i in ids])
 
 
-async def _decode_all(service: Service, uploads: list[UploadFile]):
-    """(n, S, S, 3) float32 pixels of the uploads, decoded on the pool; 400 for one that does not decode."""
-    if not uploads:
-        return None
+async def _decode_all(service: Service, uploads: list[UploadFile]) -> list[np.ndarray]:
+    """The uploads decoded on the pool (resized later, with their batch); 400 for one that does not decode."""
     size = service.state.image_size
     data = [await upload.read() for upload in uploads]
     names = [upload_name(upload.filename, position) for position, upload in enumerate(uploads)]
     try:
-        pixels = await asyncio.gather(*(service.blocking(model_pixels, d, n, size) for d, n in zip(data, names)))
+        return list(await asyncio.gather(*(service.blocking(decode_upload, d, n, size) for d, n in zip(data, names))))
     except DecodeError as exc:
         raise HTTPException(400, f"{exc.path}: {exc.reason}") from None
-    return np.stack(pixels)

@@ -66,8 +66,10 @@ def _add_health(app: FastAPI, service: Service) -> None:
         snapshot = state.snapshot
         return {"ready": True, "items": snapshot.count, "model_fingerprint": state.fingerprint, "problem": state.problem}
 
+    token = service.options.token
+
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse,
-             dependencies=[Depends(token_dependency(service.options.token))])
+             dependencies=[Depends(token_dependency(token))] if token else [])
     async def metrics() -> PlainTextResponse:
         """Prometheus text format: requests, latency, batch sizes, queue depth, index reloads."""
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -24,6 +24,7 @@ class ServeOptions:
     batch_wait_ms: float = 2.0  # how long a batch may wait for requests still being decoded
     max_queue: int = 128  # images admitted and not yet answered; past it → 503 + Retry-After
     decode_threads: int = 2  # uploads decoded in parallel, off the event loop
+    search_threads: int = 1  # FAISS (OpenMP) threads per batch search
     watch_interval: float = 1.0  # seconds between checks of the index directory; 0: never reload
     cors_origins: tuple[str, ...] = field(default_factory=tuple)  # CORS off unless given
     log_level: str = "info"
@@ -65,6 +66,7 @@ def validate(options: ServeOptions) -> ServeOptions:
         (0 <= options.batch_wait_ms <= 1000, f"--batch-wait-ms must be 0..1000, got {options.batch_wait_ms}"),
         (options.max_queue >= 1, f"--max-queue must be at least 1, got {options.max_queue}"),
         (1 <= options.decode_threads <= 64, f"--decode-threads must be 1..64, got {options.decode_threads}"),
+        (1 <= options.search_threads <= 256, f"--search-threads must be 1..256, got {options.search_threads}"),
         (options.watch_interval >= 0, f"--watch-interval must be 0 (off) or positive, got {options.watch_interval}"),
         (options.token is None or len(options.token) >= 8, "--token must be at least 8 characters (or unset)"),
         (options.log_level in ("critical", "error", "warning", "info", "debug"), f"--log-level must be critical, error, warning, info or debug, got {options.log_level!r}"),

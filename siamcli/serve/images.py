@@ -2,8 +2,8 @@
 
 Uploads go through the CLI's decoder (`decode_bytes`: same formats, same refusals of
 truncated files and decompression bombs) and the pipeline's resize, so an uploaded file gives
-exactly the pixels `siamcli query FILE` would feed the model. Both functions are blocking and
-run on a thread pool, never on the event loop.
+exactly the pixels `siamcli query FILE` would feed the model (a batched resize gives the same
+pixels as one image at a time). Decoding runs on a thread pool, never on the event loop.
 
 Thumbnails are re-encoded JPEGs of indexed files only (the URL carries an id, never a path),
 served while the file still has the content that was indexed: a file changed or removed since
@@ -31,19 +31,45 @@ from siamcli.tf_runtime import import_tensorflow
 THUMBNAIL_QUALITY = 85  # JPEG quality of thumbnails
 
 
-def model_pixels(data: bytes, name: str, image_size: int) -> np.ndarray:
-    """(S, S, 3) float32 pixels of an uploaded image, or DecodeError with the decoder's reason."""
-    return _resizer(image_size)(decode_bytes(data, name)).numpy()
+SHRINK_ABOVE = 4  # uploads over this many times the model's pixels are resized when decoded
+
+
+def decode_upload(data: bytes, name: str, image_size: int) -> np.ndarray:
+    """An upload as uint8 (h, w, 3) pixels, or DecodeError with the decoder's reason.
+
+    Resizing waits for the batch (`resize_batch`, on the model thread: TensorFlow's thread pool
+    is not fought over while a forward pass runs), except for an image over SHRINK_ABOVE times
+    the model's pixels, resized here at once to (S, S, 3) float32, so the queue never holds
+    more than a few model-sized images per upload, whatever was sent.
+    """
+    image = decode_bytes(data, name)
+    if image.shape[0] * image.shape[1] > SHRINK_ABOVE * image_size * image_size:
+        return resize_batch([image], image_size)[0]
+    return image
+
+
+def resize_batch(images: list[np.ndarray], image_size: int) -> np.ndarray:
+    """(n, S, S, 3) float32: the pipeline's resize (as `siamcli query` does), one call per size."""
+    out = np.empty((len(images), image_size, image_size, 3), np.float32)
+    by_shape: dict[tuple, list[int]] = {}
+    for position, image in enumerate(images):
+        if image.dtype == np.float32:  # already resized by decode_upload
+            out[position] = image
+        else:
+            by_shape.setdefault(image.shape, []).append(position)
+    for positions in by_shape.values():
+        out[positions] = _resizer(image_size)(np.stack([images[p] for p in positions])).numpy()
+    return out
 
 
 @functools.lru_cache(maxsize=4)
 def _resizer(image_size: int):
-    """The pipeline's resize, traced once for any image shape: half the cost of the eager op."""
+    """The pipeline's resize traced once for any batch of any size (half the eager op's cost)."""
     tf = import_tensorflow()
 
-    @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)])
-    def resize(image):
-        return resize_images(tf, image, image_size)
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8)])
+    def resize(images):
+        return resize_images(tf, images, image_size)
 
     return resize
 

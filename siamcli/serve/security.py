@@ -38,10 +38,8 @@ def token_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
 
 
-def token_dependency(token: str | None):
-    """A FastAPI dependency demanding the bearer token; none (and no OpenAPI security) when unset."""
-    if token is None:
-        return lambda: None
+def token_dependency(token: str):
+    """A FastAPI dependency demanding `Authorization: Bearer <token>` (401 otherwise)."""
 
     async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if credentials is None or not token_matches(credentials.credentials, token):

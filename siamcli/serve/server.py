@@ -85,8 +85,8 @@ def warm_up(state) -> None:
     from siamcli.serve.batcher import Job
     from siamcli.serve.searcher import Query, Searcher
 
-    pixels = np.zeros((1, state.image_size, state.image_size, 3), np.float32)
-    Searcher(state, 1)([Job(size=1, payload=Query(["warm-up"], pixels, None, 1))])
+    image = np.zeros((state.image_size, state.image_size, 3), np.uint8)
+    Searcher(state, 1)([Job(size=1, payload=Query(["warm-up"], [image], None, 1))])
 
 
 @contextlib.contextmanager

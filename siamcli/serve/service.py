@@ -44,7 +44,7 @@ class Service:
 
 def make_service(options: ServeOptions, state: ServingState) -> Service:
     metrics = Metrics()
-    batcher = MicroBatcher(Searcher(state, options.max_batch), max_batch=options.max_batch,
+    batcher = MicroBatcher(Searcher(state, options.max_batch, options.search_threads), max_batch=options.max_batch,
                            max_wait=options.batch_wait_ms / 1000, capacity=options.max_queue, on_batch=metrics.observe_batch)
     metrics.gauge("siamcli_queue_images", "Images admitted and not yet answered (decoding, queued or in a forward pass).", lambda: batcher.admitted)
     metrics.gauge("siamcli_queue_jobs", "Requests waiting for a micro-batch.", lambda: batcher.queued)
