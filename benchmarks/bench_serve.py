@@ -8,7 +8,7 @@ One run measures, on the same machine and the same query images (sample_data/que
   * (a) `model.predict` throughput on the same images, decoded and resized in memory
     (measured in rounds interleaved with the 16-client level);
   * (ref) one query in-process: decode + resize, one forward pass (`embed`), one FAISS search
-    (interleaved with the 1-client level);
+    (one before each request of the 1-client level, so that both see the same load);
   * (b) `siamcli query IMAGE` run once per image (a new process each time).
 
 Targets (issue 14): served images/s at 16 clients ≥ 0.7 × (a); p50 latency of one client
@@ -44,7 +44,7 @@ GALLERY = REPO / "sample_data" / "gallery"
 BOUNDARY = "siamcli-bench"
 SERVE_ARGS: list[str] = []  # extra `siamcli serve` options (--serve-args)
 SERVE_ENV: dict[str, str] = {}
-ROUNDS = 4  # each level is measured in this many rounds, interleaved with its reference
+ROUNDS = 8  # each level is measured in this many rounds, interleaved with its reference
 
 
 def main() -> None:
@@ -157,13 +157,12 @@ def served(run: Path, images: list[bytes], levels: list[int], requests: int, tmp
         for clients in levels:
             before, latencies, wall = batch_totals(url), [], 0.0
             for _ in range(ROUNDS):
-                if clients == 1:
-                    one += reference.query_times(requests // ROUNDS)
                 if clients == 16:
                     rates.append(reference.predict_rate())
+                between = (lambda: one.extend(reference.query_times(1))) if clients == 1 else None  # pairs, same moment
                 started = time.perf_counter()
-                latencies += asyncio.run(drive(url, bodies, clients, requests // ROUNDS))
-                wall += time.perf_counter() - started
+                latencies += asyncio.run(drive(url, bodies, clients, requests // ROUNDS, between))
+                wall += time.perf_counter() - started - (sum(one[-(requests // ROUNDS):]) if between else 0.0)
             after = batch_totals(url)
             mean_batch = (after[0] - before[0]) / max(1, after[1] - before[1])
             results.append({"clients": clients, "requests": len(latencies), "rate": len(latencies) / wall, "batch": mean_batch,
@@ -194,8 +193,9 @@ def multipart(name: str, data: bytes, k: int = 5) -> bytes:
             "Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-async def drive(url: str, bodies: list[bytes], clients: int, requests: int) -> list[float]:
-    """`clients` keep-alive connections sending `requests` queries in all; latency of each."""
+async def drive(url: str, bodies: list[bytes], clients: int, requests: int, between=None) -> list[float]:
+    """`clients` keep-alive connections sending `requests` queries in all; latency of each.
+    `between()`, if given (one client), runs before each request: the in-process reference."""
     address = urlsplit(url)
     counter = iter(range(requests))
     latencies: list[float] = []
@@ -204,6 +204,8 @@ async def drive(url: str, bodies: list[bytes], clients: int, requests: int) -> l
         reader, writer = await asyncio.open_connection(address.hostname, address.port)
         try:
             for i in counter:
+                if between is not None:
+                    between()
                 body = bodies[i % len(bodies)]
                 head = (f"POST /api/v1/query HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Length: {len(body)}\r\n"
                         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode()
