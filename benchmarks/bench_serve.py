@@ -61,12 +61,14 @@ def main() -> None:
     if os.environ.get("BENCH_SERVER_INTRAOP"):
         SERVE_ENV["TF_NUM_INTRAOP_THREADS"] = os.environ["BENCH_SERVER_INTRAOP"]
 
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         run = Path(args.model) if args.model else untrained_run(Path(tmp), args.image_size)
         images = [p.read_bytes() for p in sorted(QUERIES.glob("*.png"))]
         levels, reference = served(run, images, [int(c) for c in args.clients.split(",")], args.requests, Path(tmp), Reference(run, images))
         cli = cli_per_image(run, sorted(QUERIES.glob("*.png"))[: args.cli_images])
-    report = table(reference, cli, levels, run)
+    load.append(os.getloadavg()[0])
+    report = table(reference, cli, levels, args.model or f"an untrained {args.image_size} px run built by this benchmark", load)
     print(report)
     if args.out:
         args.out.write_text(report)
@@ -243,10 +245,11 @@ def batch_totals(url: str) -> tuple[float, float]:
 # ---------------------------------------------------------------- the table
 
 
-def table(reference: dict, cli_seconds: float, levels: list[dict], run: Path) -> str:
+def table(reference: dict, cli_seconds: float, levels: list[dict], model: str, load: list[float]) -> str:
     cores = len(os.sched_getaffinity(0))
-    lines = [f"siamcli serve benchmark: model {run} ({reference['image_size']} px), {cores} CPU cores, "
-             f"one image per request, k = 5, clients on the same machine", "",
+    lines = [f"siamcli serve benchmark: model {model} ({reference['image_size']} px), {cores} CPU cores "
+             f"(load average {load[0]:.1f} at start, {load[-1]:.1f} at end), one image per request, k = 5, "
+             "clients on the same machine", "",
              "| clients | requests | p50 ms | p95 ms | p99 ms | images/s | mean batch |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for level in levels:
