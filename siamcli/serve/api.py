@@ -18,7 +18,6 @@ from siamcli.serve.batcher import QueueFull
 from siamcli.serve.config import MAX_IMAGES_PER_REQUEST, MAX_K
 from siamcli.serve.images import GalleryFileError, decode_upload, upload_name
 from siamcli.serve.searcher import Query as SearchQuery
-from siamcli.serve.security import token_dependency
 from siamcli.serve.service import Service
 from siamcli.serve.state import Snapshot, label_counts
 
@@ -81,73 +80,83 @@ def errors(*codes: int) -> dict:
     return {code: {"model": Error} for code in codes}
 
 
-def make_router(service: Service) -> APIRouter:
-    token = service.options.token
-    router = APIRouter(prefix="/api/v1", dependencies=[Depends(token_dependency(token))] if token else [],
-                       responses=errors(401) if token else {})
-    state = service.state
+router = APIRouter(prefix="/api/v1")
 
-    @router.post("/query", response_model=list[Answer], responses=errors(400, 404, 413, 503))
-    async def query(
-        images: Annotated[list[UploadFile] | None, File(description="Query images (repeat the field for several).")] = None,
-        ids: Annotated[list[Annotated[int, Field(ge=0, le=2**62)]] | None, Form(alias="id", description="Gallery item ids to search by (their stored vectors; repeatable).")] = None,
-        k: Annotated[int, Form(ge=1, le=MAX_K, description="Neighbours per query.")] = 5,
-    ) -> Response:
-        """The k most similar gallery images to each uploaded image, then to each gallery item given by id."""
-        uploads, ids = images or [], ids or []
-        if not uploads and not ids:
-            raise RequestValidationError([{"type": "missing", "loc": ("body", "images"), "msg": "give at least one image (or id)", "input": None}])
-        if len(uploads) + len(ids) > MAX_IMAGES_PER_REQUEST:
-            raise HTTPException(413, f"at most {MAX_IMAGES_PER_REQUEST} images and ids per request, got {len(uploads) + len(ids)}")
-        snapshot = state.snapshot
-        stored = _stored_vectors(snapshot, ids)
-        try:
-            with service.batcher.admit(len(uploads) + len(ids)) as ticket:
-                images = await _decode_all(service, uploads)
-                names = [upload_name(f.filename, i) for i, f in enumerate(uploads)] + [snapshot.item(i).path for i in ids]
-                results = await ticket.submit(len(uploads), SearchQuery(names, images, stored, k))
-        except QueueFull as full:
-            service.metrics.reject("overload")
-            raise HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)}) from None
-        return JSONResponse([result.to_json() for result in results])
 
-    @router.get("/items", response_model=ItemPage)
-    async def items(
-        label: Annotated[str | None, Query(max_length=1000, description="Only items with this label.")] = None,
-        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
-        limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    ) -> ItemPage:
-        """Gallery items in index order, optionally of one label (browse by label)."""
-        snapshot = state.snapshot
-        rows = snapshot.by_label.get(label, []) if label is not None else range(snapshot.count)
-        page = [_item(snapshot.loaded.items[row]) for row in rows[offset:offset + limit]]
-        return ItemPage(total=len(rows), offset=offset, limit=limit, items=page)
+async def current(request: Request) -> Service:
+    """The Service of the app handling the request (async: no thread hop)."""
+    return request.app.state.service
 
-    @router.get("/items/{item_id}", response_model=Item, responses=errors(404))
-    async def item(item_id: ItemId) -> Item:
-        """One indexed item: its path, label and content hash."""
-        return _item(_known(state.snapshot, item_id))
 
-    @router.get("/items/{item_id}/image", responses={**errors(404, 409), 200: {"content": {"image/jpeg": {}}}})
-    async def image(request: Request, item_id: ItemId, size: Annotated[int, Query(ge=16, le=1024, description="Longest side in pixels.")] = 256) -> Response:
-        """The item's image as a JPEG thumbnail at most `size` pixels on a side (never enlarged)."""
-        found = _known(state.snapshot, item_id)
-        etag = f'"{found.sha256[:24] or found.id}-{size}"'
-        headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=headers)
-        try:
-            data = await service.blocking(service.thumbnails.get, found, size)
-        except GalleryFileError as exc:
-            raise HTTPException(exc.status, exc.detail) from None
-        return Response(data, media_type="image/jpeg", headers=headers)
+Current = Annotated[Service, Depends(current)]
 
-    @router.get("/index", response_model=IndexInfo)
-    async def index() -> IndexInfo:
-        """What is being searched: size, index type, measured recall, model, threshold, labels."""
-        return index_info(state.snapshot, state.problem)
 
-    return router
+@router.post("/query", response_model=list[Answer], responses=errors(400, 404, 413, 503))
+async def query(
+    service: Current,
+    images: Annotated[list[UploadFile] | None, File(description="Query images (repeat the field for several).")] = None,
+    ids: Annotated[list[Annotated[int, Field(ge=0, le=2**62)]] | None, Form(alias="id", description="Gallery item ids to search by (their stored vectors; repeatable).")] = None,
+    k: Annotated[int, Form(ge=1, le=MAX_K, description="Neighbours per query.")] = 5,
+) -> Response:
+    """The k most similar gallery images to each uploaded image, then to each gallery item given by id."""
+    uploads, ids = images or [], ids or []
+    if not uploads and not ids:
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "images"), "msg": "give at least one image (or id)", "input": None}])
+    if len(uploads) + len(ids) > MAX_IMAGES_PER_REQUEST:
+        raise HTTPException(413, f"at most {MAX_IMAGES_PER_REQUEST} images and ids per request, got {len(uploads) + len(ids)}")
+    snapshot = service.state.snapshot
+    stored = _stored_vectors(snapshot, ids)
+    try:
+        with service.batcher.admit(len(uploads) + len(ids)) as ticket:
+            decoded = await _decode_all(service, uploads)
+            names = [upload_name(f.filename, i) for i, f in enumerate(uploads)] + [snapshot.item(i).path for i in ids]
+            results = await ticket.submit(len(uploads), SearchQuery(names, decoded, stored, k))
+    except QueueFull as full:
+        service.metrics.reject("overload")
+        raise HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)}) from None
+    return JSONResponse([result.to_json() for result in results])
+
+
+@router.get("/items", response_model=ItemPage)
+async def items(
+    service: Current,
+    label: Annotated[str | None, Query(max_length=1000, description="Only items with this label.")] = None,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> ItemPage:
+    """Gallery items in index order, optionally of one label (browse by label)."""
+    snapshot = service.state.snapshot
+    rows = snapshot.by_label.get(label, []) if label is not None else range(snapshot.count)
+    page = [_item(snapshot.loaded.items[row]) for row in rows[offset:offset + limit]]
+    return ItemPage(total=len(rows), offset=offset, limit=limit, items=page)
+
+
+@router.get("/items/{item_id}", response_model=Item, responses=errors(404))
+async def item(service: Current, item_id: ItemId) -> Item:
+    """One indexed item: its path, label and content hash."""
+    return _item(_known(service.state.snapshot, item_id))
+
+
+@router.get("/items/{item_id}/image", responses={**errors(404, 409), 200: {"content": {"image/jpeg": {}}}})
+async def image(request: Request, service: Current, item_id: ItemId,
+                size: Annotated[int, Query(ge=16, le=1024, description="Longest side in pixels.")] = 256) -> Response:
+    """The item's image as a JPEG thumbnail at most `size` pixels on a side (never enlarged)."""
+    found = _known(service.state.snapshot, item_id)
+    etag = f'"{found.sha256[:24] or found.id}-{size}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    try:
+        data = await service.blocking(service.thumbnails.get, found, size)
+    except GalleryFileError as exc:
+        raise HTTPException(exc.status, exc.detail) from None
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
+@router.get("/index", response_model=IndexInfo)
+async def index(service: Current) -> IndexInfo:
+    """What is being searched: size, index type, measured recall, model, threshold, labels."""
+    return index_info(service.state.snapshot, service.state.problem)
 
 
 def index_info(snapshot: Snapshot, problem: str | None) -> IndexInfo:

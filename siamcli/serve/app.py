@@ -17,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from siamcli import __version__
-from siamcli.serve.api import make_router
+from siamcli.serve import api
 from siamcli.serve.security import BodyLimit, PageHeaders, send_json, token_dependency
 from siamcli.serve.service import Service
 
@@ -37,7 +37,10 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="siamcli", version=__version__, lifespan=lifespan,
                   description="Search a gallery of images by similarity: upload an image, get its nearest gallery images.")
-    app.include_router(make_router(service))
+    app.state.service = service
+    token = service.options.token
+    app.include_router(api.router, dependencies=[Depends(token_dependency(token))] if token else [],
+                       responses={401: {"model": api.Error}} if token else {})
     _add_health(app, service)
     _add_page(app)
     app.add_exception_handler(RequestValidationError, _invalid)
