@@ -12,7 +12,7 @@ DEMO   := runs/demo
 DEMO_TRAIN_FLAGS ?= --image-size 64 --weights none --frozen-epochs 5 --finetune-epochs 2 --steps-per-epoch 50 --val-fraction 0.5
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test check lint clean
+.PHONY: help install demo serve test check lint clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ demo: $(STAMP) ## Train on sample_data, evaluate on held-out people, index, quer
 	$(BIN)/siamcli evaluate --model $(DEMO)
 	$(BIN)/siamcli index sample_data/gallery --model $(DEMO) --force
 	$(BIN)/siamcli query sample_data/queries/s5_10.png --model $(DEMO) --k 5
+
+serve: $(STAMP) ## Serve the demo's index at http://127.0.0.1:8000 (run make demo first)
+	$(BIN)/siamcli serve --index $(DEMO)/index
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q; code=$$?; \

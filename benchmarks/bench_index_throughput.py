@@ -83,9 +83,8 @@ def main() -> None:
     else:
         run_dir = make_model_run(work / "run", args.image_size, args.embedding_dim)
 
-    from siamcli.models.embed import load_pixels
     from siamcli.data.scan import scan_folder
-    from siamcli.models.embed import model_image_size
+    from siamcli.models.embed import load_pixels, model_image_size
     from siamcli.models.embedding import load_embedding_model
 
     # (b) predict on the same images, decoded and resized in memory beforehand: cold, then warm

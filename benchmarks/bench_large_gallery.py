@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_search import EmbeddingLike  # noqa: E402
+
 from siamcli.index import faiss_index  # noqa: E402
 from siamcli.index import vectors as vector_file  # noqa: E402
 from siamcli.index.vectors import VectorWriter  # noqa: E402
@@ -202,7 +203,8 @@ def print_ratios(rows: list[dict]) -> None:
             read, mapped, cold = row["read"], row["mmap"], row["cold"]
             print(f"{row['N']:,} {row['type']}: RSS after load mmap {mapped['rss_load_mib']:,.0f} vs read {read['rss_load_mib']:,.0f} MiB; "
                   f"after the queries, memory the kernel cannot drop (anon) mmap "
-                  f"{max(0.0, mapped['rss_after_mib'] - mapped['rss_file_mib']):,.0f} vs read {max(0.0, read['rss_after_mib'] - read['rss_file_mib']):,.0f} MiB; "
+                  f"{max(0.0, mapped['rss_after_mib'] - mapped['rss_file_mib']):,.0f} vs read "
+                  f"{max(0.0, read['rss_after_mib'] - read['rss_file_mib']):,.0f} MiB; "
                   f"single-query latency mmap/read "
                   f"{mapped['single_ms'] / read['single_ms']:.2f}x, cold/read {cold['single_ms'] / read['single_ms']:.2f}x; "
                   f"recall mmap == read: {mapped['recall'] == read['recall']}")
@@ -224,7 +226,6 @@ def print_ratios(rows: list[dict]) -> None:
 
 def compare_opq(workdir: Path, count: int, dim: int, n_queries: int) -> None:
     """recall@10 of IVF,PQ and OPQ,IVF,PQ at equal code bytes, at the same nprobe and k_factor."""
-    faiss = faiss_index.faiss_module()
     vectors = vectors_file(workdir, count, dim)
     queries_path, truth_path = queries_and_truth(workdir, count, dim, n_queries, vectors)
     queries, truth = np.load(queries_path), np.load(truth_path)
@@ -252,7 +253,8 @@ def compare_opq(workdir: Path, count: int, dim: int, n_queries: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1e6", help="comma-separated gallery sizes, e.g. 1e6,1e7")
-    parser.add_argument("--types", default=None, help="index types (flat, hnsw, ivf, sq8 = IVF{L},SQ8 as auto builds it past the HNSW budget, ivfpq; default: flat,hnsw,ivf,sq8,ivfpq up to 10^6; ivfpq,sq8 above)")
+    parser.add_argument("--types", default=None, help="index types (flat, hnsw, ivf, sq8 = IVF{L},SQ8 as auto builds it past the "
+                        "HNSW budget, ivfpq; default: flat,hnsw,ivf,sq8,ivfpq up to 10^6; ivfpq,sq8 above)")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--workdir", default=None, help="where vectors, ground truth and indexes go (default: a temporary folder)")

@@ -57,10 +57,10 @@ def main() -> None:
     import keras
 
     from siamcli.data.pipeline import PKSampler, pk_batches
-    from siamcli.models.embed import load_pixels
     from siamcli.data.scan import scan_folder
     from siamcli.models import embedding as nets
     from siamcli.models.backbone_weights import WeightsChoice
+    from siamcli.models.embed import load_pixels
     from siamcli.training.config import TrainConfig
     from siamcli.training.trainer import make_train_step
 

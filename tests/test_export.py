@@ -71,6 +71,8 @@ def _export(run: Path, out: Path, *flags: str) -> dict:
 def test_savedmodel_embeds_image_bytes_and_pixels_in_plain_tensorflow(tiny_run, tmp_path):
     summary = _export(tiny_run, tmp_path / "sm", "--format", "savedmodel")
     assert {"saved_model.pb", "export.json"} <= set(summary["files"])
+    # Each weight stored once (tracking the Keras model in the ExportArchive stored them twice).
+    assert summary["files"]["variables/variables.data-00000-of-00001"] < 1.2 * (tiny_run / "model.keras").stat().st_size
     paths = _images(tiny_run)
     _fresh(
         """

@@ -10,6 +10,7 @@ reports by name. Files are hostile input, so no other exception escapes.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import warnings
@@ -39,8 +40,20 @@ class DecodeError(Exception):
 
 def decode_image(path: str) -> np.ndarray:
     """Return the image at `path` as a (height, width, 3) uint8 array, upright, RGB."""
+    return _decode(path, lambda: _open_regular_file(path))
+
+
+def decode_bytes(data: bytes, name: str = "upload") -> np.ndarray:
+    """The same decoder for bytes already in memory (an HTTP upload); `name` is used in errors."""
+    if not data:
+        raise DecodeError(name, "empty file (0 bytes)")
+    return _decode(name, lambda: io.BytesIO(data))
+
+
+def _decode(path: str, opener) -> np.ndarray:
+    """Decode what `opener()` opens; every failure becomes a DecodeError naming `path`."""
     try:
-        with _open_regular_file(path) as file, Image.open(file, formats=FORMATS) as image:
+        with opener() as file, Image.open(file, formats=FORMATS) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise DecodeError(path, f"declared size {width}x{height} is over {MAX_PIXELS:,} pixels")

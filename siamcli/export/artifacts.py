@@ -143,8 +143,8 @@ def _samples(paths: rundir.RunPaths, size: int, count: int, retrieval: bool) -> 
         items, reason = [], str(exc).split(";")[0]
     if items:
         wanted = MAX_RETRIEVAL_IMAGES if retrieval else count
-        step = max(1, len(items) // wanted)
-        chosen = items[::step][:wanted]
+        spread = np.unique(np.linspace(0, len(items) - 1, min(wanted, len(items))).round().astype(int))
+        chosen = [items[i] for i in spread]  # spread over every identity, not the first few
         loaded = load_pixels([item.path for item in chosen], size)
         if len(loaded.kept) >= 2:
             labels = [chosen[i].label for i in loaded.kept]
@@ -177,7 +177,8 @@ def _savedmodel(model, size: int, tmp: Path, sample: Samples, reference: np.ndar
     import keras
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # No archive.track(model): the variables the endpoints use are saved by themselves; tracking the
+    # model too would store every weight twice (as Keras variables and as tf.Variables).
 
     def embed_pixels(pixels):
         return {"embedding": model(tf.cast(pixels, tf.float32), training=False)}
@@ -253,7 +254,8 @@ def _litert(model, size: int, tmp: Path, sample: Samples, reference: np.ndarray,
     # Converted from a SavedModel (in a scratch folder): that path keeps the signature, so the
     # .tflite file has named input `pixels` and output `embedding`.
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # No archive.track(model): the variables the endpoints use are saved by themselves; tracking the
+    # model too would store every weight twice (as Keras variables and as tf.Variables).
     archive.add_endpoint("serving_default", _serving_function(model, size))
     scratch = tempfile.mkdtemp(prefix=".savedmodel.", dir=tmp.parent)
     try:

@@ -54,8 +54,12 @@ def embedding_stream(model, images, batch_size: int = 32, image_size: int | None
     (position, image, error) as `decoded_dataset` makes. `model=None` only decodes.
     """
     tf = import_tensorflow()
-    batches = _batched(tf, model, images, batch_size, image_size)
-    forward = _forward(tf, model, batches.element_spec[1]) if model is not None else None
+    if isinstance(images, np.ndarray):
+        batches, spec = _array_batches(tf, images, batch_size), tf.TensorSpec((None, *images.shape[1:]), tf.float32)
+    else:
+        batches = _batched(tf, model, images, batch_size, image_size)
+        spec = batches.element_spec[1]
+    forward = _forward(tf, model, spec) if model is not None else None
     names = images if isinstance(images, Sequence) and not isinstance(images, np.ndarray) else None
     for positions, pixels, errors in batches:
         positions, errors = positions.numpy(), errors.numpy()
@@ -110,13 +114,19 @@ def load_pixels(paths: Sequence[str], image_size: int, on_progress: Progress | N
     return LoadedImages(images=images[ok], kept=np.flatnonzero(ok).tolist(), failures=failures)
 
 
+def _array_batches(tf, images: np.ndarray, batch_size: int):
+    """(positions, float32 pixels, errors) slices of an in-memory array, without tf.data: there
+    is nothing to decode or overlap, and building a pipeline per call costs more than a small
+    forward pass (the HTTP service embeds one micro-batch per call)."""
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        positions = np.arange(start, start + len(chunk), dtype=np.int64)
+        errors = np.zeros(len(chunk), dtype="S1")  # b"": every in-memory image is readable
+        yield tf.constant(positions), tf.cast(chunk, tf.float32), tf.constant(errors)
+
+
 def _batched(tf, model, images, batch_size: int, image_size: int | None):
-    if isinstance(images, np.ndarray):
-        positions = np.arange(len(images), dtype=np.int64)
-        errors = np.zeros(len(images), dtype="S1")  # b"": every in-memory image is readable
-        dataset = tf.data.Dataset.from_tensor_slices((positions, images, errors))
-        dataset = dataset.map(lambda p, x, e: (p, tf.cast(x, tf.float32), e))
-    elif isinstance(images, tf.data.Dataset):
+    if isinstance(images, tf.data.Dataset):
         dataset = images
     else:
         size = image_size or model_image_size(model)

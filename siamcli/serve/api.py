@@ -1,0 +1,204 @@
+"""The /api/v1 routes. Answers to queries are exactly `siamcli query --json` (same `to_json`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from siamcli.data.decode import DecodeError
+from siamcli.index.items import IndexItem
+from siamcli.serve.batcher import QueueFull
+from siamcli.serve.config import MAX_IMAGES_PER_REQUEST, MAX_K
+from siamcli.serve.images import GalleryFileError, decode_upload, upload_name
+from siamcli.serve.searcher import Query as SearchQuery
+from siamcli.serve.service import Service
+from siamcli.serve.state import Snapshot, label_counts
+
+ItemId = Annotated[int, Path(ge=0, le=2**62, description="The item's id (items.csv).")]
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class Neighbour(BaseModel):
+    rank: int = Field(description="1 = most similar")
+    id: int
+    path: str
+    label: str
+    similarity: float = Field(description="cosine similarity, in [-1, 1]")
+    match: bool | None = Field(None, description="similarity ≥ the calibrated threshold; absent when none is calibrated")
+
+
+class Answer(BaseModel):
+    query: str = Field(description="the upload's file name, or the gallery path of a queried item")
+    results: list[Neighbour]
+
+
+class Item(BaseModel):
+    id: int
+    path: str
+    label: str
+    hash: str = Field(description="sha256 of the file's bytes when it was indexed")
+
+
+class ItemPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[Item]
+
+
+class LabelCount(BaseModel):
+    label: str
+    count: int
+
+
+class IndexInfo(BaseModel):
+    count: int
+    index_type: str
+    factory: str
+    embedding_dim: int
+    image_size: int
+    recall_at_10: float | None
+    model_fingerprint: str
+    threshold: float | None = Field(description="calibrated squared-L2 distance; null when not calibrated")
+    similarity_threshold: float | None = Field(description="a neighbour matches when its similarity is at least this")
+    labels: list[LabelCount]
+    updated: str | None
+    problem: str | None = Field(description="why a changed index directory was refused (the previous index keeps serving)")
+
+
+def errors(*codes: int) -> dict:
+    return {code: {"model": Error} for code in codes}
+
+
+router = APIRouter(prefix="/api/v1")
+
+
+async def current(request: Request) -> Service:
+    """The Service of the app handling the request (async: no thread hop)."""
+    return request.app.state.service
+
+
+Current = Annotated[Service, Depends(current)]
+
+
+@router.post("/query", response_model=list[Answer], responses=errors(400, 404, 413, 503))
+async def query(
+    service: Current,
+    images: Annotated[list[UploadFile] | None, File(description="Query images (repeat the field for several).")] = None,
+    ids: Annotated[list[Annotated[int, Field(ge=0, le=2**62)]] | None,
+                   Form(alias="id", description="Gallery item ids to search by (their stored vectors; repeatable).")] = None,
+    k: Annotated[int, Form(ge=1, le=MAX_K, description="Neighbours per query.")] = 5,
+) -> Response:
+    """The k most similar gallery images to each uploaded image, then to each gallery item given by id."""
+    uploads, ids = images or [], ids or []
+    if not uploads and not ids:
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "images"), "msg": "give at least one image (or id)", "input": None}])
+    if len(uploads) + len(ids) > MAX_IMAGES_PER_REQUEST:
+        raise HTTPException(413, f"at most {MAX_IMAGES_PER_REQUEST} images and ids per request, got {len(uploads) + len(ids)}")
+    snapshot = service.state.snapshot
+    stored = _stored_vectors(snapshot, ids)
+    try:
+        with service.batcher.admit(len(uploads) + len(ids)) as ticket:
+            decoded = await _decode_all(service, uploads)
+            names = [upload_name(f.filename, i) for i, f in enumerate(uploads)] + [snapshot.item(i).path for i in ids]
+            results = await ticket.submit(len(uploads), SearchQuery(names, decoded, stored, k))
+    except QueueFull as full:
+        service.metrics.reject("overload")
+        raise HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)}) from None
+    return JSONResponse([result.to_json() for result in results])
+
+
+@router.get("/items", response_model=ItemPage)
+async def items(
+    service: Current,
+    label: Annotated[str | None, Query(max_length=1000, description="Only items with this label.")] = None,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> ItemPage:
+    """Gallery items in index order, optionally of one label (browse by label)."""
+    snapshot = service.state.snapshot
+    rows = snapshot.by_label.get(label, []) if label is not None else range(snapshot.count)
+    page = [_item(snapshot.loaded.items[row]) for row in rows[offset:offset + limit]]
+    return ItemPage(total=len(rows), offset=offset, limit=limit, items=page)
+
+
+@router.get("/items/{item_id}", response_model=Item, responses=errors(404))
+async def item(service: Current, item_id: ItemId) -> Item:
+    """One indexed item: its path, label and content hash."""
+    return _item(_known(service.state.snapshot, item_id))
+
+
+@router.get("/items/{item_id}/image", responses={**errors(404, 409), 200: {"content": {"image/jpeg": {}}}})
+async def image(request: Request, service: Current, item_id: ItemId,
+                size: Annotated[int, Query(ge=16, le=1024, description="Longest side in pixels.")] = 256) -> Response:
+    """The item's image as a JPEG thumbnail at most `size` pixels on a side (never enlarged)."""
+    found = _known(service.state.snapshot, item_id)
+    etag = f'"{found.sha256[:24] or found.id}-{size}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    try:
+        data = await service.blocking(service.thumbnails.get, found, size)
+    except GalleryFileError as exc:
+        raise HTTPException(exc.status, exc.detail) from None
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
+@router.get("/index", response_model=IndexInfo)
+async def index(service: Current) -> IndexInfo:
+    """What is being searched: size, index type, measured recall, model, threshold, labels."""
+    return index_info(service.state.snapshot, service.state.problem)
+
+
+def index_info(snapshot: Snapshot, problem: str | None) -> IndexInfo:
+    manifest = snapshot.loaded.manifest
+    recall = manifest.get("recall_at_10")
+    return IndexInfo(
+        count=snapshot.count, index_type=str(manifest.get("index_type")), factory=str(manifest.get("factory")),
+        embedding_dim=snapshot.loaded.dim, image_size=int(manifest["image_size"]),
+        recall_at_10=float(recall) if isinstance(recall, (int, float)) else None,
+        model_fingerprint=str(manifest["model_fingerprint"]), threshold=snapshot.threshold,
+        similarity_threshold=snapshot.similarity_threshold,
+        labels=[LabelCount(label=label, count=count) for label, count in label_counts(snapshot)],
+        updated=manifest.get("updated") or manifest.get("created"), problem=problem,
+    )
+
+
+def _item(item: IndexItem) -> Item:
+    return Item(id=item.id, path=item.path, label=item.label, hash=item.sha256)
+
+
+def _known(snapshot: Snapshot, item_id: int) -> IndexItem:
+    found = snapshot.item(item_id)
+    if found is None:
+        raise HTTPException(404, f"no item {item_id} in the index")
+    return found
+
+
+def _stored_vectors(snapshot: Snapshot, ids: list[int]):
+    if not ids:
+        return None
+    missing = [i for i in ids if snapshot.item(i) is None]
+    if missing:
+        raise HTTPException(404, f"no item {missing[0]} in the index")
+    return np.concatenate([snapshot.vector(i) for i in ids])
+
+
+async def _decode_all(service: Service, uploads: list[UploadFile]) -> list[np.ndarray]:
+    """The uploads decoded on the pool (resized later, with their batch); 400 for one that does not decode."""
+    size = service.state.image_size
+    data = [await upload.read() for upload in uploads]
+    names = [upload_name(upload.filename, position) for position, upload in enumerate(uploads)]
+    try:
+        return list(await asyncio.gather(*(service.blocking(decode_upload, d, n, size) for d, n in zip(data, names))))
+    except DecodeError as exc:
+        raise HTTPException(400, f"{exc.path}: {exc.reason}") from None

@@ -1,0 +1,215 @@
+"""The model and the index the service answers from, and swapping the index while serving.
+
+The model is loaded once. The index is held as an immutable `Snapshot`; a batch of searches
+takes the current snapshot once and uses it to the end, so a swap never changes an answer
+half-way: in-flight searches finish on the old index, which is freed when the last of them
+lets go (a memory-mapped file stays readable after `siamcli index` deletes the old directory,
+since the mapping holds the file).
+
+`siamcli index --append/--prune/--force` builds a new directory and renames it onto the old
+name (`atomic_directory`), which gives the index path a new inode. A watcher thread stats the
+path every `interval` seconds; on a change it loads and validates the new index off the
+request path, then swaps one reference. An index that does not load, or was built with another
+model, is refused: the old one keeps serving, and /readyz and the log say why. The match
+threshold is the model run's `calibration.json`, read again whenever that file changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from siamcli.calibration import CALIBRATION_FILE, similarity_threshold
+from siamcli.errors import UserError
+from siamcli.hashing import file_sha256
+from siamcli.index import manifest as mf
+from siamcli.index import vectors as vector_file
+from siamcli.index.items import IndexItem, read_items
+from siamcli.index.search import resolve_index_dir, resolve_model, run_threshold
+from siamcli.index.store import QUERY_HASH_MAX_BYTES, LoadedIndex, check_model, load_index
+from siamcli.models.embed import model_image_size
+
+log = logging.getLogger("siamcli.serve")
+
+Signature = tuple  # (dir inode, dir device, manifest inode, manifest mtime, manifest size)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One loaded index, never mutated: what a batch of searches sees from start to end."""
+
+    loaded: LoadedIndex  # its items carry their sha256 (hashes.csv)
+    rows: dict[int, int]  # item id → FAISS row
+    by_label: dict[str, list[int]]  # label → rows, in index order
+    vectors: np.ndarray  # (count, dim) float32, embeddings.npy memory-mapped: "more like this" without the model
+    threshold: float | None  # the run's reliable calibrated squared-L2 distance; None when there is none
+    signature: Signature | None  # of the directory when it was loaded
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def count(self) -> int:
+        return self.loaded.count
+
+    @property
+    def similarity_threshold(self) -> float | None:
+        return similarity_threshold(self.threshold)
+
+    def item(self, item_id: int) -> IndexItem | None:
+        row = self.rows.get(item_id)
+        return None if row is None else self.loaded.items[row]
+
+    def vector(self, item_id: int) -> np.ndarray:
+        """(1, dim) stored embedding of an item (KeyError if it is not indexed)."""
+        return np.array(self.vectors[self.rows[item_id]], np.float32, ndmin=2)
+
+
+def signature(directory: Path) -> Signature | None:
+    """What changes when the index is swapped or rewritten; None while the path is missing."""
+    try:
+        folder = os.stat(directory)
+        manifest = os.stat(directory / mf.MANIFEST)
+    except OSError:
+        return None
+    return (folder.st_ino, folder.st_dev, manifest.st_ino, manifest.st_mtime_ns, manifest.st_size)
+
+
+def make_snapshot(loaded: LoadedIndex, fingerprint: str, model_path: Path, before: Signature | None) -> Snapshot:
+    """Validate the files a query process skips (hashes.csv, embeddings.npy) and index the items."""
+    directory = loaded.directory
+    for name in (mf.HASHES_FILE, mf.EMBEDDINGS_FILE):
+        record = loaded.manifest["files"].get(name)
+        too_big = isinstance(record, dict) and isinstance(record.get("bytes"), int) and record["bytes"] > QUERY_HASH_MAX_BYTES
+        if not too_big:  # like load_index: big files by size only (read_shape checks it below)
+            mf.verify_files(directory, loaded.manifest, (name,))
+    items = read_items(directory, with_hashes=True)
+    if [item.id for item in items] != [item.id for item in loaded.items]:
+        raise UserError(f"{directory} changed while it was being loaded")
+    loaded = LoadedIndex(directory=directory, manifest=loaded.manifest, items=items, index=loaded.index)
+    vectors = _map_vectors(loaded)
+    threshold, _ = run_threshold(model_path.parent, fingerprint)
+    by_label: dict[str, list[int]] = {}
+    for row, item in enumerate(items):
+        by_label.setdefault(item.label, []).append(row)
+    rows = {item.id: row for row, item in enumerate(items)}
+    return Snapshot(loaded=loaded, rows=rows, by_label=by_label, vectors=vectors, threshold=threshold, signature=before)
+
+
+def _map_vectors(loaded: LoadedIndex) -> np.ndarray:
+    (count, dim), offset = vector_file.read_shape(loaded.embeddings_path)
+    if (count, dim) != (loaded.count, loaded.dim):
+        raise UserError(f"{loaded.embeddings_path} is ({count}, {dim}), expected ({loaded.count}, {loaded.dim}); rebuild the index with --force")
+    if count == 0:
+        return np.zeros((0, dim), np.float32)
+    return np.memmap(loaded.embeddings_path, dtype="<f4", mode="r", offset=offset, shape=(count, dim))
+
+
+def label_counts(snapshot: Snapshot) -> list[tuple[str, int]]:
+    return sorted(Counter({label: len(rows) for label, rows in snapshot.by_label.items()}).items())
+
+
+class ServingState:
+    """The model (fixed) and the current index snapshot (swapped when the directory changes)."""
+
+    def __init__(self, directory: Path, model, model_path: Path, fingerprint: str, snapshot: Snapshot):
+        self.directory = directory
+        self.model = model
+        self.model_path = model_path
+        self.fingerprint = fingerprint
+        self.image_size = model_image_size(model)  # what `siamcli query` resizes files to
+        self.dim = snapshot.loaded.dim
+        self.snapshot = snapshot  # replaced as a whole: readers take it once
+        self.problem: str | None = None  # why the index at `directory` is not the one serving
+        self.reloads = 0
+        self.refusals = 0
+        self._attempted = snapshot.signature
+        self._calibration: tuple | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> bool:
+        """Load the index again if its directory changed; True when a new one now serves."""
+        self._follow_calibration()
+        current = signature(self.directory)
+        if current is None or current == self._attempted:
+            return False  # missing (mid-swap, or deleted: keep serving) or already tried
+        try:
+            loaded = load_index(self.directory)
+            check_model(loaded.manifest, self.model_path, self.fingerprint, self.directory)
+            if loaded.dim != self.dim:
+                raise UserError(f"index {self.directory} holds {loaded.dim}-d vectors, the model makes {self.dim}-d ones")
+            snapshot = make_snapshot(loaded, self.fingerprint, self.model_path, current)
+        except Exception as exc:  # noqa: BLE001 — any failure is reported; the old index keeps serving
+            if signature(self.directory) != current:
+                return False  # swapped again while loading: try the newer one next time
+            self._attempted = current
+            self.refusals += 1
+            self.problem = f"the index at {self.directory} changed but was refused ({exc}); still serving the previous one ({self.snapshot.count} items)"
+            log.warning(self.problem)
+            return False
+        if signature(self.directory) != current:
+            return False  # changed during the load; the next poll loads the newer one
+        self._attempted = current
+        previous, self.snapshot = self.snapshot, snapshot
+        self.problem = None
+        self.reloads += 1
+        log.info("index reloaded from %s: %d items (was %d)", self.directory, snapshot.count, previous.count)
+        return True
+
+    def _follow_calibration(self) -> None:
+        """A new `siamcli evaluate` of the model takes effect without a restart."""
+        path = self.model_path.parent / CALIBRATION_FILE
+        try:
+            stat = os.stat(path)
+            current = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            current = None
+        if current == self._calibration:
+            return
+        self._calibration = current
+        threshold, _ = run_threshold(self.model_path.parent, self.fingerprint)
+        if threshold != self.snapshot.threshold:
+            self.snapshot = dataclasses.replace(self.snapshot, threshold=threshold)
+            log.info("match threshold now %s (from %s)", threshold, path)
+
+    def watch(self, interval: float) -> None:
+        """Poll in a daemon thread every `interval` seconds (0: never)."""
+        if interval <= 0 or self._thread is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, name="siamcli-index-watch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def open_state(index: str | None, model: str | None) -> ServingState:
+    """Load the index, then the model it was built with (or --model, which must be that model)."""
+    directory = resolve_index_dir(index, model)
+    before = signature(directory)
+    loaded = load_index(directory)
+    model_path = resolve_model(loaded, model)
+
+    from siamcli.models.embedding import load_embedding_model
+
+    fingerprint = file_sha256(model_path)
+    check_model(loaded.manifest, model_path, fingerprint, directory)
+    snapshot = make_snapshot(loaded, fingerprint, model_path, before)
+    embedding_model = load_embedding_model(model_path)
+    if int(embedding_model.output_shape[-1]) != loaded.dim:
+        raise UserError(f"model {model_path} makes {embedding_model.output_shape[-1]}-d vectors, the index holds {loaded.dim}-d ones; rebuild it with --force")
+    return ServingState(directory, embedding_model, model_path, fingerprint, snapshot)

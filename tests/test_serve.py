@@ -1,0 +1,406 @@
+"""`siamcli serve`: a real server process (shared for the session) and the app in-process.
+
+Answers equal `siamcli query --json`; item and image routes; hostile uploads are 4xx and the
+server keeps answering; limits (413, 422, 503 then recovery); path traversal; token; CORS;
+the page's headers; metrics; schemathesis against the served OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import io
+import json
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from conftest import REPO
+from PIL import Image
+from serve_support import QUERIES, shared_run, shared_server, stop_shared
+from test_hostile_inputs import _png_declaring
+from test_index_cli import invoke
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+QUERY_FILES = [QUERIES / name for name in ("s7_10.png", "s3_10.png", "s11_10.png")]
+
+
+@pytest.fixture(scope="session")
+def serving_session():
+    yield
+    stop_shared()
+
+
+@pytest.fixture
+def served(serving_session, tmp_path_factory, tiny_run):
+    """(server, run): the session's server (started again if a test stopped it)."""
+    server, run, _ = shared_server(tmp_path_factory, tiny_run)
+    return server, run
+
+
+@pytest.fixture
+def client(served):
+    server, _ = served
+    with server.client() as c:
+        yield c
+
+
+def upload(*paths: Path, k: int = 5, **extra) -> dict:
+    return {"files": [("images", (p.name, p.read_bytes(), "image/png")) for p in paths], "data": {"k": str(k), **extra}}
+
+
+def same_results(served: list, expected: list) -> None:
+    """Equal JSON, similarities to 1e-5 (batches of another size round differently in the last digit)."""
+    assert len(served) == len(expected)
+    for got, want in zip(served, expected):
+        assert [{**r, "similarity": None} for r in got["results"]] == [{**r, "similarity": None} for r in want["results"]]
+        assert np.allclose([r["similarity"] for r in got["results"]], [r["similarity"] for r in want["results"]], atol=1e-5)
+
+
+# ---------------------------------------------------------------- answers
+
+
+def test_answers_equal_siamcli_query_json(served, client):
+    _, run = served
+    cli = invoke("query", *QUERY_FILES, "--index", run / "index", "--k", "7", "--json")
+    assert cli.exit_code == 0, cli.stderr
+    expected = json.loads(cli.stdout)
+    together = client.post("/api/v1/query", **upload(*QUERY_FILES, k=7))
+    assert together.status_code == 200, together.text
+    assert [a["query"] for a in together.json()] == [p.name for p in QUERY_FILES]
+    same_results(together.json(), expected)
+    for path, want in zip(QUERY_FILES, expected):  # one by one: other batch compositions, same answers
+        alone = client.post("/api/v1/query", **upload(path, k=7))
+        same_results(alone.json(), [want])
+    assert together.json()[0]["results"][0]["label"] == "s7"  # a held-out photo finds its person
+
+
+def test_query_by_item_id_uses_the_stored_vector(served, client):
+    _, run = served
+    item = client.get("/api/v1/items", params={"label": "s5", "limit": 1}).json()["items"][0]
+    answer = client.post("/api/v1/query", data={"id": str(item["id"]), "k": "4"})
+    assert answer.status_code == 200, answer.text
+    [result] = answer.json()
+    assert result["query"] == item["path"]
+    assert result["results"][0]["id"] == item["id"] and result["results"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    cli = json.loads(invoke("query", item["path"], "--index", run / "index", "--k", "4", "--json").stdout)
+    same_results(answer.json(), cli)
+    assert client.post("/api/v1/query", data={"id": "999999", "k": "4"}).status_code == 404
+
+
+def test_k_larger_than_the_gallery_returns_all_of_it_and_k_outside_1_to_1000_is_422(client):
+    everything = client.post("/api/v1/query", **upload(QUERY_FILES[0], k=1000))
+    assert everything.status_code == 200 and len(everything.json()[0]["results"]) == 108
+    for k in ("0", "1001", "-3", "abc", "2.5"):
+        answer = client.post("/api/v1/query", files=upload(QUERY_FILES[0])["files"], data={"k": k})
+        assert answer.status_code == 422, (k, answer.text)
+    assert client.post("/api/v1/query", data={"k": "5"}).status_code == 422  # no image, no id
+
+
+# ---------------------------------------------------------------- items, images, index
+
+
+def test_item_and_image_routes(client):
+    page = client.get("/api/v1/items", params={"label": "s7"}).json()
+    assert page["total"] == 9 and {i["label"] for i in page["items"]} == {"s7"}
+    item = client.get(f"/api/v1/items/{page['items'][0]['id']}").json()
+    assert item == page["items"][0]
+    assert item["hash"] == hashlib.sha256(Path(item["path"]).read_bytes()).hexdigest()
+    image = client.get(f"/api/v1/items/{item['id']}/image", params={"size": 48})
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(image.content)) as thumb:
+        assert max(thumb.size) == 48  # 92 × 112 shrunk to fit 48
+    again = client.get(f"/api/v1/items/{item['id']}/image", params={"size": 48}, headers={"If-None-Match": image.headers["etag"]})
+    assert again.status_code == 304
+    for size in ("8", "5000", "big"):
+        assert client.get(f"/api/v1/items/{item['id']}/image", params={"size": size}).status_code == 422
+    assert client.get("/api/v1/items/123456/image").status_code == 404
+    assert client.get("/api/v1/items", params={"label": "nobody"}).json()["total"] == 0
+
+
+def test_index_health_and_readiness(client):
+    info = client.get("/api/v1/index").json()
+    assert info["count"] == 108 and info["index_type"] == "flat" and info["recall_at_10"] == 1.0
+    assert info["threshold"] is None and info["problem"] is None and len(info["model_fingerprint"]) == 64
+    assert {label["label"]: label["count"] for label in info["labels"]} == {f"s{i}": 9 for i in range(1, 13)}
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["items"] == 108 and ready["problem"] is None
+
+
+# ---------------------------------------------------------------- hostile input
+
+
+def _bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+RGB = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8))
+PNG, JPEG = _bytes(RGB, "PNG"), _bytes(RGB, "JPEG")
+HOSTILE = {
+    "truncated.png": PNG[: len(PNG) // 2],
+    "cut-header.png": PNG[:20],
+    "truncated.jpg": JPEG[: len(JPEG) // 2],
+    "empty.jpg": b"",
+    "text.jpg": b"this is a shopping list, not a photo\n" * 20,
+    "random.png": np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+    "bomb.png": _png_declaring(100_000, 100_000),
+    "no-pixels.png": b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 4000, 4000, 8, 2, 0, 0, 0)) + _chunk(b"IEND", b""),
+    "eps.jpg": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+    "icon.png": _bytes(RGB, "ICO"),
+    "targa.png": _bytes(RGB, "TGA"),
+    "../../../etc/passwd": b"root:x:0:0:root:/root:/bin/bash\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_uploads_get_a_4xx_json_error_and_the_server_keeps_answering(client, name):
+    answer = client.post("/api/v1/query", files=[("images", (name, HOSTILE[name], "image/png"))], data={"k": "3"})
+    assert answer.status_code == 400, answer.text
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and detail and "Traceback" not in detail
+    assert "/" not in detail.split(":")[0]  # the upload's name is reduced to a base name
+    assert client.post("/api/v1/query", **upload(QUERY_FILES[0], k=1)).status_code == 200
+
+
+def test_odd_but_valid_uploads_are_answered(client):
+    frames = [Image.new("RGB", (20, 20), c) for c in ("red", "blue")]
+    valid = {
+        "grey16.png": _bytes(Image.fromarray(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100), "PNG"),
+        "alpha.png": _bytes(RGB.convert("RGBA"), "PNG"),
+        "one.gif": _bytes(Image.new("P", (1, 1)), "GIF"),
+        "animated.gif": _bytes(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "photo.webp": _bytes(RGB, "WEBP"),
+        "../../odd name.png": PNG,
+    }
+    files = [("images", (name, data, "application/octet-stream")) for name, data in valid.items()]
+    answer = client.post("/api/v1/query", files=files, data={"k": "2"})
+    assert answer.status_code == 200, answer.text
+    assert [a["query"] for a in answer.json()] == [*list(valid)[:-1], "odd name.png"]
+    nameless = client.post("/api/v1/query", files=[("images", ("", PNG, "image/png"))], data={"k": "2"})
+    assert nameless.status_code == 422 and len(nameless.content) < 500  # not a file part; its bytes are not echoed
+
+
+def test_a_body_over_the_limit_is_413(client):
+    big = np.random.default_rng(1).integers(0, 256, (700, 700, 3), dtype=np.uint8)  # ≈ 1.4 MB as PNG; the limit is 1 MiB
+    data = _bytes(Image.fromarray(big), "PNG")
+    assert len(data) > 1 << 20
+    answer = client.post("/api/v1/query", files=[("images", ("big.png", data, "image/png"))], data={"k": "3"})
+    assert answer.status_code == 413 and "limit" in answer.json()["detail"]
+
+    body = b'--b\r\nContent-Disposition: form-data; name="images"; filename="big.png"\r\n\r\n' + data + b"\r\n--b--\r\n"
+
+    def chunks():  # no Content-Length: the limit is counted as the body streams in
+        for start in range(0, len(body), 1 << 16):
+            yield body[start:start + (1 << 16)]
+
+    streamed = client.post("/api/v1/query", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert streamed.status_code == 413
+    assert client.post("/api/v1/query", **upload(QUERY_FILES[0], k=1)).status_code == 200
+
+
+def test_too_many_images_in_one_request_is_413(client):
+    answer = client.post("/api/v1/query", files=[("images", ("a.png", PNG[:10], "image/png"))] * 65, data={"k": "1"})
+    assert answer.status_code == 413
+
+
+TRAVERSALS = [
+    "/static/../../../../etc/passwd", "/static/..%2f..%2f..%2fetc%2fpasswd", "/static/%2e%2e/%2e%2e/etc/passwd",
+    "/static/..\\..\\siamcli\\serve\\app.py", "/static/app.py", "/static/", "/static/.%2e/app.py",
+    "/api/v1/items/..%2F..%2Fetc%2Fpasswd", "/api/v1/items/../../etc/passwd", "/api/v1/items/%2e%2e/image",
+    "/api/v1/items/1/image/../../../../etc/passwd", "/api/v1/items/-1", "/api/v1/items/1e3", "/api/v1/items/0x10/image",
+    "/api/v1/items/1%00/image", "/api/v1/items/%2Fetc%2Fpasswd/image", "/api/v1/items/1/image?size=../../etc/passwd",
+    "/api/v1/items?label=../../etc&offset=-1", "/../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/api/v1/../../../etc/passwd",
+    "/api/v1/index/../../../../etc/shadow", "/index.html", "/api/v1/items/99999999999999999999999",
+]
+
+
+@pytest.mark.parametrize("target", TRAVERSALS)
+def test_path_traversal_attempts_get_404_or_422(served, target):
+    server, _ = served
+    address = urlsplit(server.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    connection.request("GET", target)  # sent as written: no client-side normalisation
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.status in (404, 422), (target, response.status, body[:200])
+    assert b"root:" not in body and b"import" not in body
+    assert json.loads(body)["detail"]
+
+
+# ---------------------------------------------------------------- load
+
+
+def test_overload_gives_503_with_retry_after_then_recovers(served, client):
+    server, _ = served  # started with --max-queue 4 --max-batch 4
+    files = upload(*QUERY_FILES, k=3)
+
+    async def storm() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as many:
+            return await asyncio.gather(*(many.post("/api/v1/query", **files) for _ in range(40)))
+
+    answers = asyncio.run(storm())
+    statuses = sorted({a.status_code for a in answers})
+    assert statuses == [200, 503], statuses
+    for refused in (a for a in answers if a.status_code == 503):
+        assert refused.headers["retry-after"] == "1" and "capacity" in refused.json()["detail"]
+    assert client.post("/api/v1/query", **upload(QUERY_FILES[0], k=3)).status_code == 200  # recovered
+    metrics = client.get("/metrics").text
+    assert re.search(r'siamcli_requests_total\{route="/api/v1/query",method="POST",status="503"\} [1-9]', metrics)
+    assert 'siamcli_rejected_total{reason="overload"}' in metrics
+    assert re.search(r"^siamcli_queue_images 0$", metrics, re.M)
+
+
+def test_metrics_are_prometheus_text(client):
+    client.get("/api/v1/index")
+    text = client.get("/metrics")
+    assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
+    sample = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"]*",?)*\})? -?[0-9.e+]+$|^# (HELP|TYPE) ')
+    bad = [line for line in text.text.splitlines() if not sample.match(line)]
+    assert not bad, bad
+    for name in ("siamcli_request_seconds_bucket", "siamcli_batch_images_bucket", "siamcli_index_items 108", "siamcli_queue_jobs"):
+        assert name in text.text
+    assert 'route="/api/v1/items/{item_id}"' in text.text or 'route="/api/v1/index"' in text.text
+
+
+# ---------------------------------------------------------------- schemathesis
+
+
+def test_openapi_schema_fuzzing_finds_no_5xx_and_no_schema_violation(served):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
+
+    server, _ = served
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /api/v1/query", "GET /api/v1/items/{item_id}/image", "GET /api/v1/index"}
+    for operation in operations:
+
+        @settings(max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def fuzz(case):
+            case.call_and_validate(base_url=server.url, checks=checks)
+
+        fuzz()
+
+
+# ---------------------------------------------------------------- in-process: token, CORS, page
+
+
+@pytest.fixture(scope="session")
+def serving_state(tmp_path_factory, tiny_run):
+    from siamcli.serve.state import open_state
+
+    return open_state(str(shared_run(tmp_path_factory, tiny_run) / "index"), None)
+
+
+def in_process(state, **options):
+    from fastapi.testclient import TestClient
+
+    from siamcli.serve.app import create_app
+    from siamcli.serve.config import ServeOptions, validate
+    from siamcli.serve.service import make_service
+
+    return TestClient(create_app(make_service(validate(ServeOptions(watch_interval=0, **options)), state)))
+
+
+def test_token_is_required_on_the_api_and_compared_in_constant_time(serving_state):
+    from siamcli.serve.security import token_matches
+
+    token = "correct horse battery staple"
+    with in_process(serving_state, token=token) as app:
+        for path in ("/api/v1/index", "/api/v1/items/0", "/api/v1/items/0/image", "/metrics"):
+            missing = app.get(path)
+            assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer", path
+            assert app.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert app.get(path, headers={"Authorization": f"Basic {token}"}).status_code == 401
+            assert app.get(path, headers={"Authorization": f"Bearer {token}"}).status_code == 200, path
+        assert app.post("/api/v1/query", **upload(QUERY_FILES[0])).status_code == 401
+        for path in ("/", "/static/app.js", "/healthz", "/readyz", "/openapi.json"):
+            assert app.get(path).status_code == 200, path
+        assert "HTTPBearer" in json.dumps(app.get("/openapi.json").json()["components"])
+    assert token_matches(token, token) and not token_matches(token, token + "x") and not token_matches("", token)
+
+
+def test_cors_is_off_unless_an_origin_is_given(serving_state):
+    preflight = {"Origin": "https://tools.example", "Access-Control-Request-Method": "POST"}
+    with in_process(serving_state) as app:
+        assert "access-control-allow-origin" not in app.options("/api/v1/query", headers=preflight).headers
+        assert "access-control-allow-origin" not in app.get("/api/v1/index", headers={"Origin": "https://tools.example"}).headers
+    with in_process(serving_state, cors_origins=("https://tools.example",)) as app:
+        assert app.options("/api/v1/query", headers=preflight).headers["access-control-allow-origin"] == "https://tools.example"
+        other = app.get("/api/v1/index", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_the_page_and_its_files_are_served_with_a_strict_policy(serving_state):
+    with in_process(serving_state) as app:
+        page = app.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "/static/app.js" in page.text and "http" not in page.text.replace("http-equiv", "")  # nothing from elsewhere
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert page.headers["x-content-type-options"] == "nosniff"
+        for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+            static = app.get(f"/static/{name}")
+            assert static.status_code == 200 and static.headers["content-type"].startswith(kind)
+            assert "//cdn" not in static.text and "https://" not in static.text
+        assert app.get("/static/index.html").status_code == 404
+
+
+def test_upload_names_are_reduced_to_printable_base_names():
+    from siamcli.serve.images import upload_name
+
+    assert upload_name("../../etc/passwd", 0) == "passwd"
+    assert upload_name("C:\\photos\\me.jpg", 0) == "me.jpg"
+    assert upload_name("bell\x07\x1b[31m.png", 0) == "bell[31m.png"
+    assert upload_name("", 2) == upload_name(None, 2) == "upload-3"
+    assert len(upload_name("a" * 5000, 0)) == 200
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_options_are_checked_before_tensorflow_is_imported():
+    script = (
+        "import sys\nfrom siamcli.cli.app import main\nsys.argv = ['siamcli', 'serve', '--port', '70000']\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    print(exit.code, 'tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.stdout.split() == ["2", "False"], result
+    assert result.stderr.strip() == "error: --port must be 0..65535 (0: any free port), got 70000"
+
+
+def test_other_hosts_without_a_token_are_warned_about_and_a_missing_index_is_one_line(tmp_path):
+    result = invoke("serve", "--host", "0.0.0.0", "--index", tmp_path / "nowhere")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("warning: --host 0.0.0.0 makes the service reachable") and "--token" in lines[0]
+    assert lines[1].startswith("error: no index at") and len(lines) == 2
+    quiet = invoke("serve", "--host", "0.0.0.0", "--token", "a-long-enough-token", "--index", tmp_path / "nowhere")
+    assert "warning" not in quiet.stderr and quiet.exit_code == 2
+
+
+def test_a_port_in_use_is_a_one_line_error(served):
+    server, run = served
+    port = urlsplit(server.url).port
+    result = invoke("serve", "--index", run / "index", "--port", str(port))
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
