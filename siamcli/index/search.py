@@ -152,6 +152,27 @@ def search_vectors(loaded: LoadedIndex, vectors: np.ndarray, k: int, similarity_
     return answers
 
 
+def open_index(index_dir: Path, model: str | None) -> tuple[LoadedIndex, Path, str]:
+    """(the loaded index, the model to embed queries with, its sha256): --model must be the
+    model the index was built with, else the one its manifest names."""
+    loaded = load_index(index_dir)
+    model_path = resolve_model(loaded, model)
+    fingerprint = file_sha256(model_path)
+    check_model(loaded.manifest, model_path, fingerprint, index_dir)
+    return loaded, model_path, fingerprint
+
+
+def load_query_model(model_path: Path, loaded: LoadedIndex):
+    """The Keras model that embeds queries for `loaded` (its vectors' length checked)."""
+    from siamcli.models.embedding import load_embedding_model
+
+    embedding_model = load_embedding_model(model_path)
+    if int(embedding_model.output_shape[-1]) != loaded.dim:
+        raise UserError(f"model {model_path} makes {embedding_model.output_shape[-1]}-d vectors, the index holds {loaded.dim}-d ones; "
+                        "rebuild it with --force")
+    return embedding_model
+
+
 def run_threshold(run_dir: Path, model_sha256: str) -> tuple[float | None, list[str]]:
     """(the reliable match threshold of the model's run or None, notes saying why there is none)."""
     calibration, why = read_calibration(run_dir, model_sha256)
@@ -176,20 +197,13 @@ def query_images(
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     paths, skipped = query_paths(images)
     index_dir = resolve_index_dir(index, model)
-    loaded = load_index(index_dir)
+    loaded, model_path, fingerprint = open_index(index_dir, model)
     if loaded.count == 0:
         raise UserError(f"index {index_dir} is empty; add images with `siamcli index GALLERY --append`")
-    model_path = resolve_model(loaded, model)
 
     from siamcli.models.embed import embed
-    from siamcli.models.embedding import load_embedding_model
 
-    fingerprint = file_sha256(model_path)
-    check_model(loaded.manifest, model_path, fingerprint, index_dir)
-    embedding_model = load_embedding_model(model_path)
-    if int(embedding_model.output_shape[-1]) != loaded.dim:
-        raise UserError(f"model {model_path} makes {embedding_model.output_shape[-1]}-d vectors, the index holds {loaded.dim}-d ones; rebuild it with --force")
-    embedded = embed(embedding_model, paths, batch_size=batch_size)
+    embedded = embed(load_query_model(model_path, loaded), paths, batch_size=batch_size)
     named = {str(Path(p)) for p in images if not Path(p).is_dir()}
     for failure in embedded.failures:
         if str(Path(failure.path)) in named:

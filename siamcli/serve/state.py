@@ -29,11 +29,10 @@ import numpy as np
 
 from siamcli.calibration import CALIBRATION_FILE, similarity_threshold
 from siamcli.errors import UserError
-from siamcli.hashing import file_sha256
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.items import IndexItem, read_items
-from siamcli.index.search import resolve_index_dir, resolve_model, run_threshold
+from siamcli.index.search import load_query_model, open_index, resolve_index_dir, run_threshold
 from siamcli.index.store import QUERY_HASH_MAX_BYTES, LoadedIndex, check_model, load_index
 from siamcli.models.embed import model_image_size
 
@@ -201,15 +200,6 @@ def open_state(index: str | None, model: str | None) -> ServingState:
     """Load the index, then the model it was built with (or --model, which must be that model)."""
     directory = resolve_index_dir(index, model)
     before = signature(directory)
-    loaded = load_index(directory)
-    model_path = resolve_model(loaded, model)
-
-    from siamcli.models.embedding import load_embedding_model
-
-    fingerprint = file_sha256(model_path)
-    check_model(loaded.manifest, model_path, fingerprint, directory)
+    loaded, model_path, fingerprint = open_index(directory, model)
     snapshot = make_snapshot(loaded, fingerprint, model_path, before)
-    embedding_model = load_embedding_model(model_path)
-    if int(embedding_model.output_shape[-1]) != loaded.dim:
-        raise UserError(f"model {model_path} makes {embedding_model.output_shape[-1]}-d vectors, the index holds {loaded.dim}-d ones; rebuild it with --force")
-    return ServingState(directory, embedding_model, model_path, fingerprint, snapshot)
+    return ServingState(directory, load_query_model(model_path, loaded), model_path, fingerprint, snapshot)
