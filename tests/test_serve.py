@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 from PIL import Image
-from serve_support import QUERIES, shared_run, shared_server, stop_shared
+from serve_support import QUERIES, shared_run
 from test_hostile_inputs import _png_declaring
 from test_index_cli import invoke
 
@@ -33,17 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.te
 QUERY_FILES = [QUERIES / name for name in ("s7_10.png", "s3_10.png", "s11_10.png")]
 
 
-@pytest.fixture(scope="session")
-def serving_session():
-    yield
-    stop_shared()
-
-
-@pytest.fixture
-def served(serving_session, tmp_path_factory, tiny_run):
-    """(server, run): the session's server (started again if a test stopped it)."""
-    server, run, _ = shared_server(tmp_path_factory, tiny_run)
-    return server, run
 
 
 @pytest.fixture

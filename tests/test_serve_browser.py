@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_support import QUERIES, shared_server, stop_shared
+from serve_support import QUERIES
 
 CHROMIUM = os.environ.get("SIAMCLI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -32,17 +32,6 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="session")
-def serving_session():
-    yield
-    stop_shared()
-
-
-@pytest.fixture
-def served(serving_session, tmp_path_factory, tiny_run):
-    """(server, run): the session's server (started again if a test stopped it)."""
-    server, run, _ = shared_server(tmp_path_factory, tiny_run)
-    return server, run
 
 
 def test_upload_see_neighbours_click_one_and_browse_a_label(browser, served, tmp_path):
