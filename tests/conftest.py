@@ -6,7 +6,6 @@ weights=None at 32 px, and a run directory in the exact format `siamcli train` w
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ SAMPLE_DATA = REPO / "sample_data"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+
 # Fixtures that build a ResNet50 run: a test that uses one (directly or through another fixture)
 # is `slow`, as is every `train` test. `make check` runs the tests that are not.
 MODEL_FIXTURES = frozenset({"tiny_run", "resnet_weights", "reference_run"})
@@ -29,7 +29,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("train") or MODEL_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-
 
 
 def identity_pattern(identity: int, size: int = 48) -> np.ndarray:
@@ -70,8 +69,8 @@ def build_untrained_run(run_dir: Path, data_dir: Path, val: list[str], train: li
     from siamcli.atomic import write_json
     from siamcli.models import embedding as nets
     from siamcli.models.backbone_weights import WeightsChoice
-    from siamcli.training.config import TrainConfig
     from siamcli.tf_runtime import import_tensorflow
+    from siamcli.training.config import TrainConfig
 
     import_tensorflow()
     import keras
@@ -114,6 +113,7 @@ def resnet_weights_file(directory: Path, image_size: int = 32) -> Path:
     subprocess.run([sys.executable, "-c", script, str(path)], check=True)
     return path
 
+
 @pytest.fixture(scope="session")
 def resnet_weights(tmp_path_factory) -> Path:
     """Session-wide: one ResNet50 (32 px, include_top=False) weights file for pretrained-regime runs."""
@@ -141,7 +141,6 @@ def reference_run(tmp_path_factory, resnet_weights) -> tuple[Path, list[str], Pa
     return data, options, base / "run"
 
 
-
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run the real `siamcli` entry point in a subprocess; returns CompletedProcess (text)."""
     import subprocess
@@ -150,3 +149,36 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run(
         [sys.executable, "-m", "siamcli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def write_test_calibration(run_dir: Path, threshold: float, reliable: bool = True, model_sha256: str | None = None) -> Path:
+    """<run>/calibration.json as `siamcli evaluate` writes it, for the run's own model unless told otherwise."""
+    from siamcli.calibration import Calibration, write_calibration
+    from siamcli.hashing import file_sha256
+
+    sha = model_sha256 or file_sha256(run_dir / "model.keras")
+    calibration = Calibration(
+        threshold=threshold, operating_point="eer", target_far=None, far=0.01, far_ci95=(0.0, 0.02), frr=0.01,
+        frr_ci95=(0.0, 0.02), identities=12 if reliable else 2, same_pairs=200, different_pairs=2000, reliable=reliable,
+        reason="" if reliable else "measured on 2 identities; a threshold needs at least 10 with 2 or more images each",
+        provenance={"model_sha256": sha},
+    )
+    return write_calibration(run_dir, calibration)
+
+
+@pytest.fixture(scope="session")
+def serving_session():
+    """Stops the one `siamcli serve` process the serve tests share, at the end of the session."""
+    from serve_support import stop_shared
+
+    yield
+    stop_shared()
+
+
+@pytest.fixture
+def served(serving_session, tmp_path_factory, tiny_run):
+    """(server, run): the session's shared server over sample_data's gallery (started again if a test stopped it)."""
+    from serve_support import shared_server
+
+    server, run, _ = shared_server(tmp_path_factory, tiny_run)
+    return server, run

@@ -10,13 +10,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli, write_identity_folders
 from PIL import Image
 from sklearn import metrics as skm
-from typer.testing import CliRunner
-
-from conftest import run_cli, write_identity_folders
 from test_evaluate_plots import assert_png
 from test_metrics import brute_force_retrieval
+from typer.testing import CliRunner
 
 runner = CliRunner()
 METRIC_KEYS = ["precision_at_1", "recall_at_k", "r_precision", "map_at_r", "accuracy", "macro_f1", "roc_auc", "eer", "threshold"]
@@ -58,7 +57,11 @@ def test_writes_every_file_with_the_documented_shapes(evaluated):
     for name in ("confusion.png", "roc.png", "projection.png", "errors.png"):
         assert_png(out / name)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == METRIC_KEYS + ["baselines"]
+    assert list(metrics) == METRIC_KEYS + ["baselines", "calibration"]
+    calibration = metrics["calibration"]
+    assert calibration["operating_point"] == "eer" and calibration["threshold"] == metrics["threshold"]
+    assert calibration["reliable"] is False and "5 identities" in calibration["reason"]  # 5 identities with 2+ images
+    assert calibration["far_ci95"][0] <= calibration["far"] <= calibration["far_ci95"][1]
     assert set(metrics["recall_at_k"]) == {"1", "3"}
     assert set(metrics["baselines"]) == {"untrained_backbone", "raw_pixels"}
     for baseline in metrics["baselines"].values():
@@ -147,15 +150,17 @@ def test_raw_pixel_baseline_is_the_pixels_compared_by_euclidean_distance(evaluat
 
 
 def test_cli_defaults_to_the_runs_held_out_identities_and_prints_only_json(tiny_run, tmp_path):
+    run = _linked_run(tiny_run, tmp_path / "run")  # a held-out evaluation writes the run's calibration.json
     out = tmp_path / "eval"
-    result = runner.invoke(_app(), ["evaluate", "--model", str(tiny_run), "--out", str(out), "--no-baselines", "--json"])
+    result = runner.invoke(_app(), ["evaluate", "--model", str(run), "--out", str(out), "--no-baselines", "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert list(document) == METRIC_KEYS + ["baselines"] and document["baselines"] == {}
+    assert list(document) == METRIC_KEYS + ["baselines", "calibration"] and document["baselines"] == {}
+    assert json.loads((run / "calibration.json").read_text())["threshold"] == document["calibration"]["threshold"]
     assert set(pd.read_csv(out / "labels.csv")["label"]) == {"id_4", "id_5"}
     assert json.loads((out / "report.json").read_text())["held_out_identities"] is True
     assert document == json.loads((out / "metrics.json").read_text())
-    assert not (tiny_run / "eval").exists()
+    assert not (run / "eval").exists()
 
 
 def test_cli_on_an_explicit_folder_prints_the_tables(tiny_run, messy_data, tmp_path):
@@ -202,11 +207,12 @@ def test_cli_default_model_is_runs_latest_and_default_out_is_its_eval_folder(tin
 
 
 def test_real_subprocess_prints_one_json_document_and_no_tensorflow_noise(tiny_run, tmp_path):
-    completed = run_cli("evaluate", "--model", str(tiny_run), "--out", str(tmp_path / "sub"), "--json",
+    run = _linked_run(tiny_run, tmp_path / "run")
+    completed = run_cli("evaluate", "--model", str(run), "--out", str(tmp_path / "sub"), "--json",
                         "--no-baselines", "--projection", "pca", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     document = json.loads(completed.stdout)
-    assert list(document) == METRIC_KEYS + ["baselines"]
+    assert list(document) == METRIC_KEYS + ["baselines", "calibration"]
     assert "oneDNN" not in completed.stderr and "cuda" not in completed.stderr.lower()
     assert (tmp_path / "sub" / "errors.png").is_file()
 

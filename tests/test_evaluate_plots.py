@@ -1,9 +1,9 @@
 """Evaluation figures: each is written atomically and is a valid PNG (no TensorFlow needed)."""
 
 import numpy as np
+from conftest import write_identity_folders
 from PIL import Image
 
-from conftest import write_identity_folders
 from siamcli.evaluation import plots
 from siamcli.evaluation.classification import classify
 from siamcli.evaluation.verification import verification_metrics

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import stat
 import struct
 import tempfile
 import time

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from siamcli.data.decode import DecodeError, decode_image
-from siamcli.models.embed import load_pixels
 from siamcli.data.scan import scan_folder
+from siamcli.models.embed import load_pixels
 
 
 def _png_declaring(width, height):

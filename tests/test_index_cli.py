@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from conftest import REPO, write_identity_folders, write_test_calibration
 from PIL import Image
-from typer.testing import CliRunner
-
-from conftest import REPO, write_identity_folders
 from test_index_engine import build, copy_run
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -123,8 +122,8 @@ def test_prune_drops_entries_whose_files_are_gone_and_ids_are_never_reused(tmp_p
     assert back["added"] == 1 and back["count"] == 29
     assert items(index_dir)[str(gone[0])] == 30
 
-    from siamcli.index.store import load_index
     from siamcli.index.search import search_vectors
+    from siamcli.index.store import load_index
 
     loaded = load_index(index_dir, full=True)
     vectors = np.load(index_dir / "embeddings.npy")
@@ -132,14 +131,15 @@ def test_prune_drops_entries_whose_files_are_gone_and_ids_are_never_reused(tmp_p
     assert [answer[0].id for answer in top] == [item.id for item in loaded.items]  # each row finds itself
 
 
-def test_threshold_from_evaluate_is_copied_into_the_manifest(tmp_path, tiny_run):
+def test_the_summary_shows_the_run_calibration_which_the_manifest_never_copies(tmp_path, tiny_run):
     run, data = copy_run(tiny_run, tmp_path)
-    (run / "eval").mkdir()
-    (run / "eval" / "metrics.json").write_text(json.dumps({"threshold": 0.3, "roc_auc": 0.9}))
+    write_test_calibration(run, 0.3)
     summary = index_json(data, "--model", run)
     assert summary["threshold"] == 0.3
     manifest = json.loads((run / "index" / "manifest.json").read_text())
-    assert manifest["threshold"] == 0.3 and manifest["threshold_metric"] == "squared_l2"
+    assert not any(key.startswith("threshold") for key in manifest)  # one source: <run>/calibration.json
+    write_test_calibration(run, 0.3, reliable=False)
+    assert index_json(data, "--model", run, "--force")["threshold"] is None
 
 
 def test_flat_unlabelled_gallery_gets_empty_labels_and_skipped_files_are_named(tmp_path, tiny_run):

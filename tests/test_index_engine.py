@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_test_calibration
 
 from siamcli.errors import CorruptArtifactError, UserError
+from siamcli.hashing import file_sha256
 from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
-
 
 # ---------------------------------------------------------------- helpers used by index tests
 
@@ -229,7 +230,7 @@ def test_built_index_files_agree_and_exact_search_matches_numpy_on_its_vectors(b
     manifest = loaded.manifest
     assert manifest["count"] == loaded.index.ntotal == len(loaded.items) == 30
     assert manifest["embedding_dim"] == 16 and manifest["image_size"] == 32 and manifest["metric"] == "inner_product"
-    assert manifest["factory"] == "Flat" and manifest["recall_at_10"] == 1.0 and manifest["threshold"] is None
+    assert manifest["factory"] == "Flat" and manifest["recall_at_10"] == 1.0 and "threshold" not in manifest
     assert manifest["model_path"] == str((run / "model.keras").resolve())
     assert (index_dir / "items.csv").read_text().splitlines()[0] == "id,path,label"
     assert [i.id for i in loaded.items] == list(range(30))
@@ -313,11 +314,16 @@ def test_a_failed_build_leaves_the_previous_index_untouched(built_index, tmp_pat
     assert not list(work.glob(".index.*"))  # the temporary folder is cleaned up
 
 
-def test_threshold_from_eval_metrics_is_copied_and_validated(tmp_path):
-    (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"threshold": 0.5, "model_fingerprint": "abc"}))
-    assert mf.threshold_from_run(tmp_path, "abc") == (0.5, str(tmp_path / "eval" / "metrics.json"))
-    assert mf.threshold_from_run(tmp_path, "other") == (None, None)  # another model's calibration
-    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"threshold": 9.0}))
-    assert mf.threshold_from_run(tmp_path, "abc") == (None, None)  # not a squared distance of unit vectors
-    assert mf.similarity_threshold(0.5) == 0.75
+def test_the_run_calibration_is_read_only_for_its_own_model(tmp_path):
+    from siamcli.calibration import read_calibration, similarity_threshold
+
+    (tmp_path / "model.keras").write_bytes(b"a model")
+    write_test_calibration(tmp_path, 0.5)
+    calibration, why = read_calibration(tmp_path, file_sha256(tmp_path / "model.keras"))
+    assert calibration.threshold == 0.5 and calibration.similarity == 0.75 and why == ""
+    assert read_calibration(tmp_path, "other")[0] is None and "another model" in read_calibration(tmp_path, "other")[1]
+    (tmp_path / "calibration.json").write_text("{not json")
+    assert read_calibration(tmp_path, "x")[0] is None and "damaged" in read_calibration(tmp_path, "x")[1]
+    (tmp_path / "calibration.json").unlink()
+    assert read_calibration(tmp_path, "x") == (None, "not calibrated: run `siamcli evaluate` on identities the model never trained on")
+    assert similarity_threshold(0.5) == 0.75

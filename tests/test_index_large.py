@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 
 from siamcli.errors import CorruptArtifactError
-from siamcli.index import faiss_index
+from siamcli.index import faiss_index, store
 from siamcli.index import manifest as mf
-from siamcli.index import store
 from siamcli.index.store import load_index
 from tests.test_index_engine import build, copy_run, unit_vectors, write_vectors
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, write_identity_folders
 from test_index_cli import index_json, invoke, one_line_error
 from test_index_engine import copy_run

@@ -8,13 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLE_DATA, build_untrained_run, run_cli, write_test_calibration
 from PIL import Image
-
-from conftest import SAMPLE_DATA, build_untrained_run, run_cli
 from test_index_cli import invoke, one_line_error
 from test_index_engine import build, copy_run, rewrite_checksums
-pytestmark = pytest.mark.slow  # every test queries a ResNet50 run (built here or tiny_run)
 
+pytestmark = pytest.mark.slow  # every test queries a ResNet50 run (built here or tiny_run)
 
 IDENTITIES = [f"s{i}" for i in range(1, 9)]  # sample_data/ ships s1–s12
 
@@ -88,9 +87,8 @@ def test_k_larger_than_the_gallery_returns_all_of_it_with_a_note(tiny_index):
 
 def test_match_column_follows_the_calibrated_threshold(tmp_path, tiny_run):
     run, data = copy_run(tiny_run, tmp_path)
-    (run / "eval").mkdir()
     threshold = 0.0004  # squared distance; similarity ≥ 0.9998
-    (run / "eval" / "metrics.json").write_text(json.dumps({"threshold": threshold}))
+    write_test_calibration(run, threshold)
     build(run, data)
     answers = query_json(data / "id_0", "--model", run, "--k", "5")
     assert len(answers) == 5
@@ -100,6 +98,19 @@ def test_match_column_follows_the_calibrated_threshold(tmp_path, tiny_run):
             assert row["match"] == (row["similarity"] >= 1 - threshold / 2 - 1e-6)
     table = invoke("query", data / "id_0" / "img_0.png", "--model", run)
     assert "match" in table.stdout and "0.9998" in table.stdout
+
+
+def test_an_unreliable_or_stale_calibration_shows_no_match_column(tmp_path, tiny_run):
+    run, data = copy_run(tiny_run, tmp_path)
+    build(run, data)
+    write_test_calibration(run, 0.5, reliable=False)
+    result = invoke("query", data / "id_0" / "img_0.png", "--model", run, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "match" not in json.loads(result.stdout)[0]["results"][0]
+    assert "not reliable" in result.stderr and "2 identities" in result.stderr
+    write_test_calibration(run, 0.5, model_sha256="0" * 64)  # measured on another model
+    result = invoke("query", data / "id_0" / "img_0.png", "--model", run, "--json")
+    assert "match" not in json.loads(result.stdout)[0]["results"][0] and "another model" in result.stderr
 
 
 def test_bad_queries_are_one_line_errors(tiny_index, tmp_path):

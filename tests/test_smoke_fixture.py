@@ -10,9 +10,9 @@ def test_tiny_run_has_the_files_train_writes(tiny_run):
 
 
 def test_tiny_run_model_embeds_to_unit_vectors(tiny_run):
+    from siamcli.data.scan import scan_folder
     from siamcli.models.embed import embed
     from siamcli.models.embedding import load_embedding_model
-    from siamcli.data.scan import scan_folder
 
     config = json.loads((tiny_run / "config.json").read_text())
     scan = scan_folder(config["data_dir"])
