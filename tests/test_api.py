@@ -43,6 +43,7 @@ def test_every_public_function_and_class_has_a_runnable_example():
     assert set(PUBLIC) <= documented, f"no example in: {sorted(set(PUBLIC) - documented)}"
 
 
+@pytest.mark.train  # notebook_folder trains a run
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda test: test.name)
 def test_docstring_example_runs(example, notebook_folder, monkeypatch):
     monkeypatch.chdir(notebook_folder)

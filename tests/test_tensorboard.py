@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def _scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
@@ -21,6 +22,7 @@ def _scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
+@pytest.mark.train
 def test_a_run_writes_scalars_and_a_projector_export(tmp_path, image_folders):
     from PIL import Image
 
