@@ -123,10 +123,11 @@ def resnet_weights(tmp_path_factory) -> Path:
 # One uninterrupted pretrained-regime run shared by the fault and multi-worker tests: they kill,
 # resume or distribute runs with these options and compare every epoch's loss with this one. The
 # same seed draws the same P×K batches whatever the epoch count (constant learning rate, no early
-# stopping), so a run of fewer epochs must match its first rows.
+# stopping: --patience 0), so a run of fewer epochs must match its first rows.
 REFERENCE_OPTIONS = ["--image-size", "32", "--embedding-dim", "8", "--batch-size", "8", "--images-per-identity", "2",
                      "--steps-per-epoch", "3", "--frozen-epochs", "1", "--finetune-epochs", "3", "--no-augment",
-                     "--dropout", "0", "--seed", "4", "--finetune-from", "conv5_block1_out", "--finetune-lr", "1e-3", "--json"]
+                     "--dropout", "0", "--seed", "4", "--finetune-from", "conv5_block1_out", "--finetune-lr", "1e-3",
+                     "--patience", "0", "--json"]
 
 
 @pytest.fixture(scope="session")

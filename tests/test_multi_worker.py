@@ -10,13 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import resnet_weights_file, write_identity_folders
-
-pytestmark = pytest.mark.slow
-
-OPTIONS = ["--image-size", "32", "--embedding-dim", "8", "--batch-size", "8", "--images-per-identity", "2",
-           "--steps-per-epoch", "3", "--frozen-epochs", "1", "--finetune-epochs", "1", "--no-augment",
-           "--dropout", "0", "--seed", "4", "--finetune-from", "conv5_block1_out", "--finetune-lr", "1e-3", "--json"]
+pytestmark = pytest.mark.train
 
 
 def _free_ports(count):
@@ -54,19 +48,11 @@ def _wait_for_workers(processes):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """(data, options, loss per epoch): one single-process run, 1 frozen + 3 fine-tune epochs.
-
-    The same seed draws the same P×K batches whatever the epoch count (constant learning rate,
-    no early stopping), so a run of fewer epochs must match its first rows.
-    """
-    base = tmp_path_factory.mktemp("multi_worker")
-    data = write_identity_folders(base / "data", identities=5, per_identity=4, size=32)
-    options = [*OPTIONS, "--weights", str(resnet_weights_file(base))]
-    single = subprocess.run([sys.executable, "-m", "siamcli", "train", str(data), "--out", str(base / "single"),
-                             "--strategy", "default", *options, "--finetune-epochs", "3"], cwd=base, capture_output=True, text=True)
-    assert single.returncode == 0, single.stderr[-3000:]
-    return data, options, pd.read_csv(base / "single" / "history.csv")["loss"].to_numpy()
+def reference(reference_run):
+    """(data, options, loss per epoch): the session's single-process reference run (1 frozen + 3
+    fine-tune epochs); `options` train 1 + 1 epochs, which must match its first two rows."""
+    data, options, run = reference_run
+    return data, [*options, "--finetune-epochs", "1"], pd.read_csv(run / "history.csv")["loss"].to_numpy()
 
 
 def test_two_workers_train_one_run_that_matches_a_single_process(tmp_path, reference):
