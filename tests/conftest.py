@@ -120,7 +120,7 @@ def resnet_weights(tmp_path_factory) -> Path:
     return resnet_weights_file(tmp_path_factory.mktemp("resnet_weights"))
 
 
-# One uninterrupted pretrained-regime run shared by the fault and multi-worker tests: they kill,
+# One uninterrupted pretrained-regime run for the fault and multi-worker tests: they kill,
 # resume or distribute runs with these options and compare every epoch's loss with this one. The
 # same seed draws the same P×K batches whatever the epoch count (constant learning rate, no early
 # stopping: --patience 0), so a run of fewer epochs must match its first rows.
