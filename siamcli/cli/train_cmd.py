@@ -38,8 +38,12 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for the split, sampling, augmentation and initialisation.")] = 0,
     strategy: Annotated[Strategy, typer.Option(help="tf.distribute strategy (auto: mirrored when more than one GPU is visible; multi-worker: from TF_CONFIG).")] = Strategy.AUTO,
     precision: Annotated[Precision, typer.Option(help="Compute precision (the loss is always float32).")] = Precision.FLOAT32,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flip/shift/brightness augmentation when fine-tuning.")] = True,
-    patience: Annotated[int, typer.Option(help="End a phase after this many epochs without a better validation MAP@R (0: never).")] = 0,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flip/shift/zoom/brightness augmentation: cached augmented views in the frozen phase, augmented images when fine-tuning.")] = True,
+    patience: Annotated[Optional[int], typer.Option(help="End a phase after this many epochs without a better validation MAP@R (0: never; default: 3 frozen, and fine-tune 1 from scratch, 2 pretrained).")] = None,
+    finetune_patience: Annotated[Optional[int], typer.Option(help="Patience of the fine-tune phase alone (default: --patience if given, else 1 from scratch, 2 pretrained).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay on kernels (default: 5e-2 with fewer than 100 training identities, else 1e-2).")] = None,
+    views: Annotated[int, typer.Option(help="Frozen phase: cache backbone features of this many views of each image (the image and augmented copies).")] = 8,
+    val_image_fraction: Annotated[Optional[float], typer.Option(help="Also hold out this share of each training identity's images for validation (default: 0.2 when fewer than 10 identities are held out, else 0).")] = None,
     lr_schedule: Annotated[LrSchedule, typer.Option(help="constant, or cosine (decays to a tenth over each phase).")] = LrSchedule.CONSTANT,
     resume: Annotated[Optional[Path], typer.Option(help="Continue this run from its last complete epoch, with its own data, split and options.")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Train again with the resolved options of an earlier run (RUN/config.json or RUN); DATA_DIR and options given here override them.")] = None,
@@ -70,7 +74,8 @@ def train(
                 "batch_size": batch_size, "images_per_identity": images_per_identity, "steps_per_epoch": steps_per_epoch,
                 "margin": margin, "mining": mining.value, "lr": lr, "finetune_lr": finetune_lr, "val_fraction": val_fraction, "seed": seed,
                 "strategy": strategy.value, "precision": precision.value, "augment": augment, "patience": patience,
-                "lr_schedule": lr_schedule.value,
+                "lr_schedule": lr_schedule.value, "finetune_patience": finetune_patience, "weight_decay": weight_decay,
+                "views": views, "val_image_fraction": val_image_fraction,
             }
             if config_file is None:
                 config = TrainConfig(**given)
@@ -95,6 +100,13 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
+def _validation_line(validation: dict) -> str:
+    line = f"{validation['images']} images of {validation['identities']} identities: {validation['held_out_identities']} held out"
+    if validation.get("images_of_train_identities"):
+        line += f" + {validation['images_of_train_identities']} held-out images of training identities"
+    return line
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -114,7 +126,12 @@ def _print_summary(result) -> None:
     table.add_row("model", summary["model"])
     table.add_row("identities (train / held out)", f"{summary['train_identities']} / {summary['val_identities']}")
     table.add_row("images (train / held out / skipped)", f"{summary['train_images']} / {summary['val_images']} / {summary['skipped_files']}")
+    validation = summary.get("validation") or {}
+    if validation.get("images"):
+        table.add_row("validation", _validation_line(validation))
     table.add_row("epochs", str(summary["epochs"]))
+    if summary.get("selection"):
+        table.add_row("kept vs start", summary["selection"])
     best = summary["best"]
     if best:
         table.add_row("best epoch", f"{summary['best_epoch']} ({best.get('phase')})")

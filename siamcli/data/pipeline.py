@@ -91,9 +91,12 @@ def pk_batches(
     steps: int,
     augment: bool,
     seed: int,
+    views: int = 1,
 ):
     """tf.data of (inputs, label ids, image ids) P×K batches; `inputs` are images or features.
 
+    `views`: `inputs` is (views, n, ...) — several cached views of every image (features of
+    augmented copies); each sampled image then comes as one of its views, drawn from (seed, step).
     The sampler runs in a generator (cheap index work); gathering and augmentation run in
     tf.data, prefetched so the model never waits on them.
     """
@@ -113,7 +116,17 @@ def pk_batches(
     def gather(index):
         return tf.gather(inputs_t, index), tf.gather(labels_t, index), tf.cast(index, tf.int32)
 
-    dataset = dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if views > 1:
+        def gather_view(step, index):
+            draw = tf.random.stateless_uniform(
+                tf.shape(index), seed=tf.stack([tf.cast(seed, tf.int64), step]), maxval=views, dtype=tf.int64
+            )
+            picked = tf.gather_nd(inputs_t, tf.stack([draw, index], axis=1))
+            return picked, tf.gather(labels_t, index), tf.cast(index, tf.int32)
+
+        dataset = dataset.enumerate().map(gather_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        dataset = dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment:
         dataset = dataset.enumerate().map(
             lambda step, batch: (augment_images(tf, batch[0], seed, step),) + batch[1:],

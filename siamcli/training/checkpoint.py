@@ -46,6 +46,8 @@ class TrainerState:
     best_epoch: int | None = None
     best_score: float = float("-inf")
     best_metrics: dict = field(default_factory=dict)
+    start_metrics: dict = field(default_factory=dict)  # the start model's validation scores ("epoch 0")
+    fold_curve: list = field(default_factory=list)  # cross-validated MAP@R after 0, 1, … frozen epochs (training/folds.py)
     epochs_since_best: int = 0
     rows: list = field(default_factory=list)  # history.csv rows so far
     sampler_state: dict | None = None  # numpy bit-generator state of the P×K sampler

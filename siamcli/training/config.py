@@ -68,8 +68,12 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored | multi-worker
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
     augment: bool = True  # flips, shifts, brightness in the fine-tune phase
-    patience: int = 0  # end a phase after this many epochs without a better val MAP@R; 0 = never
+    patience: int | None = None  # end a phase after this many epochs without a better val MAP@R; 0 = never; None → by data (training/adaptive.py)
     lr_schedule: str = "constant"  # constant | cosine (to a tenth over each phase)
+    finetune_patience: int | None = None  # patience of the fine-tune phase; None → --patience if given, else by regime
+    weight_decay: float | None = None  # AdamW decoupled weight decay on kernels; None → by number of training identities
+    views: int = 8  # frozen phase: cached backbone features of this many views per image (1 clean + augmented ones)
+    val_image_fraction: float | None = None  # share of each training identity's images also held out; None → by held-out identities
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -89,7 +93,13 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.finetune_lr is None or self.finetune_lr > 0, f"--finetune-lr must be positive, got {self.finetune_lr}"),
             (0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}"),
-            (self.patience >= 0, f"--patience must be 0 or more, got {self.patience}"),
+            (self.patience is None or self.patience >= 0, f"--patience must be 0 or more, got {self.patience}"),
+            (self.finetune_patience is None or self.finetune_patience >= 0,
+             f"--finetune-patience must be 0 or more, got {self.finetune_patience}"),
+            (self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}"),
+            (self.views >= 1, f"--views must be at least 1, got {self.views}"),
+            (self.val_image_fraction is None or 0.0 <= self.val_image_fraction < 1.0,
+             f"--val-image-fraction must be in [0, 1), got {self.val_image_fraction}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -26,15 +26,15 @@ import pandas as pd
 
 from siamcli import __version__, rundir
 from siamcli.atomic import atomic_path, write_csv, write_json
-from siamcli.data.pipeline import PKSampler, pk_batches
+from siamcli.data.pipeline import PKSampler, augment_images, pk_batches
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.data.split import IdentitySplit, split_identities
 from siamcli.errors import Interrupted, UserError
-from siamcli.evaluation.metrics import retrieval_metrics
+from siamcli.evaluation.metrics import evaluate_retrieval
 from siamcli.events import NO_EVENTS, Events
 from siamcli.models.backbone_weights import WeightsChoice, resolve_weights
 from siamcli.tf_runtime import import_tensorflow
-from siamcli.training import checkpoint
+from siamcli.training import adaptive, checkpoint, folds, start_model, tensorboard
 from siamcli.training.config import MIN_STEPS_PER_EPOCH, TrainConfig
 from siamcli.training.plots import plot_history
 from siamcli.training.strategy import choose_strategy, is_chief, worker_count
@@ -67,6 +67,9 @@ class TrainResult:
     best_metrics: dict = field(default_factory=dict)
     images_per_second: dict = field(default_factory=dict)  # phase → steady-state mean
     warnings: list[str] = field(default_factory=list)
+    start_metrics: dict = field(default_factory=dict)  # the start model's validation scores ("epoch 0")
+    selection: str | None = None  # one line: the kept model against the start, on validation
+    validation: dict = field(default_factory=dict)  # what the validation set holds
 
     def summary(self) -> dict:
         return {
@@ -82,6 +85,9 @@ class TrainResult:
             "best": self.best_metrics,
             "images_per_second": self.images_per_second,
             "warnings": self.warnings,
+            "start": self.start_metrics,
+            "selection": self.selection,
+            "validation": self.validation,
         }
 
 
@@ -186,7 +192,8 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything else.
     strategy = choose_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
-    train_data, val_data, skipped = _load(scan, split, config.image_size, events)
+    config = adaptive.adapt(config, len(split.train), len(split.val))  # what config.json records
+    train_data, val_data, skipped, val_images = _load(scan, split, config, events)
     if len(np.unique(train_data.labels[np.bincount(train_data.labels)[train_data.labels] >= 2])) < 2:
         raise UserError("fewer than 2 training identities have 2 or more readable images; add images")
     for text in warnings:
@@ -205,7 +212,7 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
             "images": {"train": len(train_data.labels), "val": len(val_data.labels), "skipped": len(skipped)},
             "versions": library_versions(),
         })
-        write_json(run_dir / rundir.SPLIT_FILE, split.to_json())
+        write_json(run_dir / rundir.SPLIT_FILE, split.to_json() | {"val_images_of_train_identities": val_images})
 
     with strategy.scope():
         backbone = nets.build_backbone(config.image_size, weights, config.feature_layer, config.pooling)
@@ -218,12 +225,15 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
             layer.synchronized = True
 
     session = _Session(config, strategy, backbone, head, model, train_data, val_data, run_dir, events)
+    session.held_out_identities = len(split.val)
     if resume_from is not None:
         session.load(resume_from)
     try:
         session.run()
+        selection = session.finish()
     finally:
         session.write_history()
+        session.board.close()
     if is_chief(config.strategy):
         rundir.point_latest_at(run_dir)
     return TrainResult(
@@ -238,7 +248,19 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
         best_metrics=session.state.best_metrics,
         images_per_second=session.throughput(),
         warnings=warnings + session.state.warnings,
+        start_metrics=session.state.start_metrics,
+        selection=selection,
+        validation=_validation_size(split, val_data, val_images),
     )
+
+
+def _validation_size(split: IdentitySplit, val_data: _Data, val_images: list[str]) -> dict:
+    return {
+        "held_out_identities": len(split.val),
+        "images": len(val_data.labels),
+        "identities": int(len(np.unique(val_data.labels))),
+        "images_of_train_identities": len(val_images),
+    }
 
 
 def _batchnorm_layers(model):
@@ -247,25 +269,34 @@ def _batchnorm_layers(model):
             yield layer
 
 
-def _load(scan, split: IdentitySplit, image_size: int, events: Events):
-    """Decode every image once into memory; undecodable files are skipped and reported."""
+def _load(scan, split: IdentitySplit, config: TrainConfig, events: Events):
+    """Decode every image once into memory; undecodable files are skipped and reported.
+
+    Returns (train, validation, skipped, held-out images of training identities as paths
+    relative to the data folder): validation holds the held-out identities' images and, with
+    `val_image_fraction`, a share of each training identity's images (never trained on).
+    """
     wanted_names = set(split.train) | set(split.val)
     wanted = [item for item in scan.items if item.label in wanted_names]
     events.stage("decoding images", len(wanted))
-    loaded = load_pixels([item.path for item in wanted], image_size, on_progress=events.advance)
+    loaded = load_pixels([item.path for item in wanted], config.image_size, on_progress=events.advance)
     skipped = list(scan.skipped) + loaded.failures
     if skipped:
         events.message(describe_skipped(skipped))
     labels = [wanted[i].label for i in loaded.kept]
+    held = adaptive.held_out_images(labels, set(split.train), config.val_image_fraction or 0.0, config.seed)
+    in_val = set(split.val)
 
-    def subset(identities: list[str]) -> _Data:
-        chosen = set(identities)
-        mask = np.array([label in chosen for label in labels], bool)
+    def subset(mask: np.ndarray, identities: list[str]) -> _Data:
         index = {name: i for i, name in enumerate(identities)}
         ids = np.array([index[label] for label, keep in zip(labels, mask) if keep], np.int32)
         return _Data(images=loaded.images[mask] if len(mask) else loaded.images, labels=ids, names=list(identities))
 
-    return subset(split.train), subset(split.val), skipped
+    train_mask = np.array([label not in in_val for label in labels], bool) & ~held
+    val_mask = np.array([label in in_val for label in labels], bool) | held
+    val_names = list(split.val) + sorted({label for label, h in zip(labels, held) if h})
+    held_paths = [os.path.relpath(wanted[loaded.kept[i]].path, config.data_dir) for i in np.flatnonzero(held)]
+    return subset(train_mask, list(split.train)), subset(val_mask, val_names), skipped, held_paths
 
 
 def is_collapsed(embeddings: np.ndarray | None, active_fraction: float, loss: float, margin: float) -> bool:
@@ -318,8 +349,12 @@ class _Session:
         self.strategy = strategy
         self.backbone, self.head, self.model = backbone, head, model
         self.train_data, self.val_data = train_data, val_data
+        self.held_out_identities = len(val_data.names)  # validation labels below this: held-out identities (queries)
         self.run_dir = run_dir
         self.events = events
+        self.board = tensorboard.TrainingLog(run_dir, enabled=is_chief(config.strategy))  # <run>/logs
+        if self.board.problem:
+            events.message(self.board.problem)
         self.state = checkpoint.TrainerState()
         self.resume_dir: Path | None = None
         self.sampler = PKSampler(
@@ -349,10 +384,119 @@ class _Session:
 
     # ---- phases -------------------------------------------------------------------------
     def run(self) -> None:
+        if self.resume_dir is None:
+            self._start()
         if self._epochs_left(FROZEN) > 0:
             self._frozen_phase()
         if self._epochs_left(FINETUNE) > 0:
             self._finetune_phase()
+
+    def _start(self) -> None:
+        """Epoch 0: the head set to pass the backbone's features on (PCA), scored before any step."""
+        started = time.perf_counter()
+        train_features, val_features = self._cached_features()
+        self._cache_seconds = time.perf_counter() - started
+        start_model.init_head_to_pass_on(self.head, train_features.reshape(-1, train_features.shape[-1]))
+        if val_features is None:
+            return
+        embeddings = embed(self.head, val_features[0], batch_size=256).vectors
+        state = self.state
+        state.start_metrics = self._val_scores(embeddings)
+        self._start_ap = self._last_ap
+        if not state.start_metrics["map_at_r"] == state.start_metrics["map_at_r"]:  # NaN: no query to score
+            return
+        state.best_score, state.best_epoch = state.start_metrics["map_at_r"], start_model.START_EPOCH
+        state.best_metrics = dict(state.start_metrics) | {"phase": "start"}
+        self._save_model()
+        self.events.result(f"epoch 0 (start model: backbone features through a PCA projection): val P@1 "
+                           f"{state.start_metrics['precision_at_1']:.3f}  MAP@R {state.start_metrics['map_at_r']:.3f}")
+        if self._use_folds() and self.config.frozen_epochs:
+            self._choose_frozen_length(train_features, val_features)
+
+    def _use_folds(self) -> bool:
+        """Too few held-out identities to measure: the frozen phase's length comes from folds."""
+        return 0 < self.held_out_identities < adaptive.MIN_VAL_IDENTITIES
+
+    def _choose_frozen_length(self, train_features, val_features) -> None:
+        names = self.train_data.names + self.val_data.names  # one label space over every image of the run
+        index = {name: i for i, name in enumerate(dict.fromkeys(names))}
+        labels = np.array([index[self.train_data.names[i]] for i in self.train_data.labels]
+                          + [index[self.val_data.names[i]] for i in self.val_data.labels], np.int64)
+        curve = folds.cross_validate(self, np.concatenate([train_features, val_features], axis=1), labels,
+                                     self.config.frozen_epochs, tf, make_train_step)
+        if curve is None:
+            return
+        state = self.state
+        state.fold_curve = curve
+        target = folds.best_epoch(curve)
+        if target == 0:
+            state.phase_done[FROZEN] = True
+        self.events.message(
+            f"frozen phase: {target} epoch{'s' if target != 1 else ''}, chosen by {folds.FOLDS}-fold cross-validation over "
+            f"identities (held-out-fold MAP@R after 0…{len(curve) - 1} epochs: {' '.join(f'{v:.3f}' for v in curve)})"
+        )
+
+    def _not_worse_than_start(self, epoch: int) -> bool:
+        """The folds chose this epoch; the held-out identities may still show it clearly worse than the start."""
+        start_ap = getattr(self, "_start_ap", None)
+        if start_ap is None:  # resumed: the start's embeddings are not at hand
+            train_features, val_features = self._cached_features()
+            start_head = nets.build_head(self.config.embedding_dim, train_features.shape[-1], self.config.dropout)
+            start_model.init_head_to_pass_on(start_head, train_features.reshape(-1, train_features.shape[-1]))
+            self._val_scores(embed(start_head, val_features[0], batch_size=256).vectors)
+            start_ap = self._start_ap = self._last_ap
+            self._val_scores(embed(self.head, val_features[0], batch_size=256).vectors)
+        if start_model.not_worse(self._last_ap, start_ap):
+            return True
+        self._warn(f"frozen epoch {epoch}, the length the folds chose, is clearly worse than the start model on the held-out "
+                   "identities (paired per-query AP@R): the start model is kept")
+        return False
+
+    def _frozen_target(self) -> int | None:
+        return folds.best_epoch(self.state.fold_curve) if self.state.fold_curve else None
+
+    def _val_scores(self, embeddings: np.ndarray) -> dict:
+        """Validation P@1 and MAP@R of the held-out identities' images as queries.
+
+        The gallery is every validation image: held-out images of training identities (when
+        there are) stand there as distractors, never as queries, so the score stays open-set.
+        """
+        found = evaluate_retrieval(embeddings, self.val_data.labels, ks=(1,))
+        queries = found.is_query & (self.val_data.labels < self.held_out_identities)
+        self._last_ap = found.average_precision[queries]  # per query, for the paired comparison with the start
+        if not queries.any():
+            return {"precision_at_1": float("nan"), "map_at_r": float("nan")}
+        labels = self.val_data.labels
+        return {"precision_at_1": float(np.mean(labels[found.nearest[queries]] == labels[queries])),
+                "map_at_r": float(np.mean(found.average_precision[queries]))}
+
+    def _views(self) -> int:
+        return self.config.views if self.config.augment else 1
+
+    def _cached_features(self):
+        """(train features (views, n, d), val features (views or 1, n_val, d) or None), computed once per session.
+
+        View 0 is the image itself; the others are augmented copies (augment_images, seeded).
+        """
+        if getattr(self, "_features_cache", None) is None:
+            views = self._views()
+            val_views = views if self._use_folds() else 1  # folds train on held-out identities too
+            self.events.stage("caching backbone features", len(self.train_data.labels) * views + len(self.val_data.labels) * val_views)
+            train = self._view_features(self.train_data.images, views)
+            val = self._view_features(self.val_data.images, val_views) if len(self.val_data.labels) else None
+            self._features_cache = (train, val)
+        return self._features_cache
+
+    def _view_features(self, images: np.ndarray, views: int) -> np.ndarray:
+        """(views, n, d): the backbone features of the images, then of `views - 1` augmented copies."""
+        out = [self._features(images)]
+        for view in range(1, views):
+            chunks = []
+            for start in range(0, len(images), 256):
+                augmented = augment_images(tf, images[start:start + 256], self.config.seed, view * 100_003 + start)
+                chunks.append(self._features(np.asarray(augmented.numpy(), np.float32)))
+            out.append(np.concatenate(chunks))
+        return np.stack(out)
 
     def _optimizer(self, lr: float, variables, epochs: int):
         config = self.config
@@ -361,7 +505,11 @@ class _Session:
             # Decays to a tenth over the phase; the step counter lives in the optimiser, so a
             # resumed run continues the same curve.
             schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * self.steps), alpha=0.1)
-        optimizer = keras.optimizers.Adam(schedule)
+        if config.weight_decay:
+            optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+            optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])  # kernels only
+        else:
+            optimizer = keras.optimizers.Adam(schedule)
         if config.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(variables)
@@ -377,24 +525,30 @@ class _Session:
         nets.set_backbone_trainable(self.backbone, None, train_batchnorm=False)
         started = time.perf_counter()
         # Cached once: the frozen backbone in inference mode is a fixed function of the image.
-        self.events.stage("caching backbone features", len(self.train_data.labels) + len(self.val_data.labels))
-        train_features = self._features(self.train_data.images)
-        val_features = self._features(self.val_data.images) if len(self.val_data.labels) else None
-        cache_seconds = time.perf_counter() - started
+        train_features, val_features = self._cached_features()
+        cache_seconds = getattr(self, "_cache_seconds", None) or time.perf_counter() - started
         with self.strategy.scope():
             optimizer = self._optimizer(config.lr, self.head.trainable_variables, config.frozen_epochs)
         self._restore_optimizer(FROZEN, optimizer)
         step = make_train_step(self.head, optimizer, self.strategy, config.margin, config.mining)
         first = True
         while self._epochs_left(FROZEN) > 0:
-            dataset = pk_batches(train_features, self.train_data.labels, self.sampler, self.steps, augment=False, seed=config.seed)
+            views = len(train_features)
+            dataset = pk_batches(train_features if views > 1 else train_features[0], self.train_data.labels, self.sampler,
+                                 self.steps, augment=False, seed=config.seed + self.state.epoch, views=views)
             stats = self._epoch(FROZEN, step, dataset, extra_seconds=cache_seconds if first else 0.0)
             first = False
-            embed_val = (lambda: embed(self.head, val_features, batch_size=256).vectors) if val_features is not None else None
+            embed_val = (lambda: embed(self.head, val_features[0], batch_size=256).vectors) if val_features is not None else None
             self._end_epoch(FROZEN, stats, embed_val, optimizer)
 
     def _finetune_phase(self) -> None:
         config = self.config
+        if self.state.phase_epochs[FINETUNE] == 0:  # the phase starts: patience counts its own epochs
+            self.state.epochs_since_best = 0
+            if self.state.best_epoch == start_model.START_EPOCH and self.state.phase_epochs[FROZEN]:
+                # The frozen epochs did not beat the start: fine-tune from the start model.
+                train_features, _ = self._cached_features()
+                start_model.init_head_to_pass_on(self.head, train_features.reshape(-1, train_features.shape[-1]))
         with self.strategy.scope():
             nets.set_backbone_trainable(self.backbone, config.finetune_from, train_batchnorm=config.regime.train_batchnorm)
             net = self._image_model()
@@ -440,6 +594,7 @@ class _Session:
                     f"the loss became {batch_loss} at epoch {epoch}, step {index + 1}; lower the learning rate or use --precision float32"
                 )
             self.events.advance(1, f"loss {batch_loss:.3f}  {images / max(time.perf_counter() - started, 1e-9):.0f} img/s")
+            self.board.step((epoch - 1) * self.steps + index + 1, batch_loss, images / max(time.perf_counter() - started, 1e-9))
         seconds = time.perf_counter() - started + extra_seconds
         return {
             "loss": totals["loss_sum"] / max(totals["loss_count"], 1.0),
@@ -464,8 +619,7 @@ class _Session:
         embeddings = None
         if embed_val is not None:
             embeddings = np.asarray(embed_val(), np.float32)
-            scores = retrieval_metrics(embeddings, self.val_data.labels, ks=(1,))
-            metrics = {"precision_at_1": scores.precision_at_1, "map_at_r": scores.map_at_r}
+            metrics = self._val_scores(embeddings)
         collapsed = is_collapsed(embeddings, stats["active_fraction"], stats["loss"], config.margin)
         if collapsed:
             self._warn(
@@ -482,22 +636,52 @@ class _Session:
             "lr": float(lr.numpy() if hasattr(lr, "numpy") else lr), "collapsed": collapsed,
         }
         state.rows.append(row)
+        self.board.epoch(row)
         state.epoch = epoch
         state.phase_epochs[phase] += 1
         score = metrics["map_at_r"] if embed_val is not None else float(epoch)
-        if score > state.best_score:
+        target = self._frozen_target() if phase == FROZEN else None
+        keep = start_model.prefer(score, state.best_score, state.best_epoch) if target is None else epoch == target
+        if target is not None and epoch >= target:
+            state.phase_done[FROZEN] = True  # the length the folds chose
+            keep = keep and self._not_worse_than_start(epoch)
+        if keep:
             state.best_score, state.best_epoch, state.epochs_since_best = score, epoch, 0
             state.best_metrics = {key: metrics[key] for key in ("precision_at_1", "map_at_r")} | {"phase": phase}
             self._save_model()
+            if embeddings is not None and self.board.enabled:  # the projector shows the epoch model.keras holds
+                names = [self.val_data.names[label] for label in self.val_data.labels]
+                tensorboard.write_projector(self.run_dir / tensorboard.LOGS / "projector", embeddings, names, self.val_data.images)
         else:
             state.epochs_since_best += 1
-            if config.patience and state.epochs_since_best >= config.patience and self._epochs_left(phase) > 0:
+            patience = config.patience if phase == FROZEN else config.finetune_patience
+            if target is None and patience and state.epochs_since_best >= patience and self._epochs_left(phase) > 0:
                 state.phase_done[phase] = True
-                self._warn(f"early stop of the {phase} phase after epoch {epoch}: validation MAP@R has not improved for {config.patience} epochs")
+                self.events.message(f"early stop of the {phase} phase after epoch {epoch}: validation MAP@R has not "
+                                    f"improved for {patience} epoch{'s' if patience > 1 else ''}")
         state.sampler_state = self.sampler.rng.bit_generator.state
         checkpoint.save(self.run_dir / rundir.CHECKPOINTS, self.model, optimizer, state)
         self.write_history()
         self.events.result(epoch_line(row))
+
+    def finish(self) -> str | None:
+        """After the last epoch: the one line comparing the kept model with the start (also in config.json)."""
+        state = self.state
+        line = start_model.verdict(state.start_metrics, state.best_epoch, state.best_metrics,
+                                   [row["map_at_r"] for row in state.rows], state.fold_curve)
+        if line is None:
+            return None
+        if state.best_epoch == start_model.START_EPOCH:
+            self._warn(line)
+        else:
+            self.events.message(line)
+        if is_chief(self.config.strategy):
+            recorded = rundir.read_json(self.run_dir / rundir.CONFIG_FILE, "run config")
+            write_json(self.run_dir / rundir.CONFIG_FILE, recorded | {"selection": {
+                "start": state.start_metrics, "kept_epoch": state.best_epoch, "kept": state.best_metrics, "line": line,
+                "frozen_length_by_folds": state.fold_curve or None,
+            }})
+        return line
 
     def _save_model(self) -> None:
         with atomic_path(self.run_dir / rundir.MODEL_FILE, suffix=".keras") as temporary:
