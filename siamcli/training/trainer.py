@@ -431,7 +431,7 @@ class _Session:
         target = folds.best_epoch(curve)
         if target == 0:
             state.phase_done[FROZEN] = True
-        self.events.message(
+        self.events.result(
             f"frozen phase: {target} epoch{'s' if target != 1 else ''}, chosen by {folds.FOLDS}-fold cross-validation over "
             f"identities (held-out-fold MAP@R after 0…{len(curve) - 1} epochs: {' '.join(f'{v:.3f}' for v in curve)})"
         )
@@ -674,7 +674,7 @@ class _Session:
         if state.best_epoch == start_model.START_EPOCH:
             self._warn(line)
         else:
-            self.events.message(line)
+            self.events.result(line)
         if is_chief(self.config.strategy):
             recorded = rundir.read_json(self.run_dir / rundir.CONFIG_FILE, "run config")
             write_json(self.run_dir / rundir.CONFIG_FILE, recorded | {"selection": {
