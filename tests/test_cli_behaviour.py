@@ -63,7 +63,7 @@ def test_a_terminated_train_ends_with_the_exact_resume_command(tmp_path):
     run = tmp_path / "runs" / "r"
     process = subprocess.Popen(
         [sys.executable, "-m", "siamcli", "train", str(data), "--out", str(run), "--weights", "none", "--image-size", "32",
-         "--frozen-epochs", "50", "--finetune-epochs", "0", "--steps-per-epoch", "2", "--batch-size", "8"],
+         "--frozen-epochs", "50", "--finetune-epochs", "0", "--steps-per-epoch", "2", "--batch-size", "8", "--patience", "0"],
         cwd=tmp_path, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},
     )
     lines = []

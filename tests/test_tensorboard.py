@@ -31,7 +31,8 @@ def test_a_run_writes_scalars_and_a_projector_export(tmp_path, image_folders):
 
     data = image_folders("data", identities=6, per_identity=4, size=40)
     config = TrainConfig(data_dir=str(data), image_size=32, embedding_dim=8, weights="none", frozen_epochs=2, finetune_epochs=0,
-                         batch_size=8, images_per_identity=2, steps_per_epoch=5, val_fraction=0.34)
+                         batch_size=8, images_per_identity=2, steps_per_epoch=5, val_fraction=0.34,
+                         patience=0, val_image_fraction=0.0)  # every epoch (no early stop, no folds); validation = held-out identities
     result = train(config, out=str(tmp_path / "run"))
     logs = result.run_dir / "logs"
     scalars = _scalars(logs / "train")

@@ -9,12 +9,14 @@ by two-fold cross-validation over *all* the run's identities (training and held-
     the identities are split in two halves (seeded); for each half, a head starts from its own
     start model (PCA of the other half's features), trains on the other half for up to
     `frozen_epochs` epochs of the run's length, and scores the half it never saw after every
-    epoch (MAP@R, the half's identities among themselves, clean images);
+    epoch (MAP@R, the half's identities among themselves, clean images); the two folds train
+    in step and stop once their mean has not improved for `patience` epochs;
     the curve is the mean of the two halves' scores per epoch, epoch 0 being the start models;
     the frozen phase then trains the real head (on the training identities only) for the
     curve's best epoch count (0: the start model is kept; a tie goes to the trained epoch).
 
-Each fold trains on half the identities, so the curve tends to peak early: a conservative
+`--patience 0` (never stop early) turns the folds off: the frozen phase then runs all its
+epochs and the held-out identities select as usual. Each fold trains on half the identities, so the curve tends to peak early: a conservative
 choice. The measurement heads are thrown away; only the curve is kept (config.json, state).
 """
 
@@ -52,20 +54,22 @@ def best_epoch(curve: list[float]) -> int:
     return best
 
 
-def cross_validate(session, features: np.ndarray, labels: np.ndarray, epochs: int, tf, make_train_step) -> list[float] | None:
-    """Mean held-out-fold MAP@R after 0 … `epochs` epochs (see the module docstring), or None.
+def cross_validate(session, features: np.ndarray, labels: np.ndarray, epochs: int, patience: int, tf,
+                   make_train_step) -> list[float] | None:
+    """Mean held-out-fold MAP@R after 0, 1, … epochs (see the module docstring), or None.
 
     `features`: (views, n, d) cached backbone features of all the run's images (view 0 clean);
-    `labels`: (n,) identity per image. Uses the session's options, strategy and step length, and
-    the trainer's `make_train_step`.
+    `labels`: (n,) identity per image. The folds train in step, epoch by epoch, and stop after
+    `epochs`, or once the mean has not improved for `patience` epochs. Uses the session's
+    options, strategy and step length, and the trainer's `make_train_step`.
     """
-    folds = fold_assignment(labels, session.config.seed)
-    if folds is None:
+    assignment = fold_assignment(labels, session.config.seed)
+    if assignment is None:
         return None
     config = session.config
-    curves = []
+    runs = []
     for fold in range(FOLDS):
-        train, held = folds != fold, folds == fold
+        train, held = assignment != fold, assignment == fold
         with session.strategy.scope():
             head = nets.build_head(config.embedding_dim, features.shape[-1], config.dropout)
             init_head_to_pass_on(head, features[:, train].reshape(-1, features.shape[-1]))
@@ -73,18 +77,23 @@ def cross_validate(session, features: np.ndarray, labels: np.ndarray, epochs: in
         step = make_train_step(head, optimizer, session.strategy, config.margin, config.mining)
         _, train_labels = np.unique(labels[train], return_inverse=True)
         sampler = PKSampler(train_labels, session.sampler.p, config.images_per_identity, config.seed + 1000 * (fold + 1))
-        curve = [_score(head, features[0, held], labels[held])]
-        for epoch in range(1, epochs + 1):
-            session.events.stage(f"choosing the frozen phase's length: fold {fold + 1}/{FOLDS}, epoch {epoch}/{epochs}", session.steps)
+        runs.append((fold, train, held, head, step, train_labels.astype(np.int32), sampler))
+    curve = [float(np.mean([_score(head, features[0, held], labels[held]) for _, _, held, head, *_ in runs]))]
+    for epoch in range(1, epochs + 1):
+        scores = []
+        for fold, train, held, head, step, train_labels, sampler in runs:
+            session.events.stage(f"choosing the frozen phase's length: fold {fold + 1}/{FOLDS}, epoch {epoch}", session.steps)
             views = features[:, train] if len(features) > 1 else features[0, train]
-            dataset = pk_batches(views, train_labels.astype(np.int32), sampler, session.steps, augment=False,
-                                 seed=config.seed + 1000 * (fold + 1) + epoch, views=len(features))
+            seed = config.seed + 1000 * (fold + 1)
+            dataset = pk_batches(views, train_labels, sampler, session.steps, augment=False, seed=seed + epoch, views=len(features))
             for index, batch in enumerate(session.strategy.experimental_distribute_dataset(dataset)):
-                step(batch, tf.constant([config.seed + 1000 * (fold + 1), epoch * 100_003 + index], tf.int32))
+                step(batch, tf.constant([seed, epoch * 100_003 + index], tf.int32))
                 session.events.advance(1)
-            curve.append(_score(head, features[0, held], labels[held]))
-        curves.append(curve)
-    return [float(value) for value in np.mean(curves, axis=0)]
+            scores.append(_score(head, features[0, held], labels[held]))
+        curve.append(float(np.mean(scores)))
+        if patience and epoch - best_epoch(curve) >= patience:
+            break
+    return curve
 
 
 def _score(head, features: np.ndarray, labels: np.ndarray) -> float:

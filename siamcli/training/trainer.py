@@ -210,9 +210,10 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
             "strategy_class": type(strategy).__name__,
             "classes": {"train": len(split.train), "val": len(split.val)},
             "images": {"train": len(train_data.labels), "val": len(val_data.labels), "skipped": len(skipped)},
+            "val_images_of_train_identities": val_images,  # held out for validation, never trained on
             "versions": library_versions(),
         })
-        write_json(run_dir / rundir.SPLIT_FILE, split.to_json() | {"val_images_of_train_identities": val_images})
+        write_json(run_dir / rundir.SPLIT_FILE, split.to_json())
 
     with strategy.scope():
         backbone = nets.build_backbone(config.image_size, weights, config.feature_layer, config.pooling)
@@ -410,12 +411,13 @@ class _Session:
         self._save_model()
         self.events.result(f"epoch 0 (start model: backbone features through a PCA projection): val P@1 "
                            f"{state.start_metrics['precision_at_1']:.3f}  MAP@R {state.start_metrics['map_at_r']:.3f}")
-        if self._use_folds() and self.config.frozen_epochs:
+        if self._use_folds() and self.config.frozen_epochs and self.config.patience:
             self._choose_frozen_length(train_features, val_features)
 
     def _use_folds(self) -> bool:
-        """Too few held-out identities to measure: the frozen phase's length comes from folds."""
-        return 0 < self.held_out_identities < adaptive.MIN_VAL_IDENTITIES
+        """Too few held-out identities to measure: the frozen phase's length comes from folds
+        (unless `--patience 0` asks for every epoch)."""
+        return 0 < self.held_out_identities < adaptive.MIN_VAL_IDENTITIES and bool(self.config.patience)
 
     def _choose_frozen_length(self, train_features, val_features) -> None:
         names = self.train_data.names + self.val_data.names  # one label space over every image of the run
@@ -423,7 +425,7 @@ class _Session:
         labels = np.array([index[self.train_data.names[i]] for i in self.train_data.labels]
                           + [index[self.val_data.names[i]] for i in self.val_data.labels], np.int64)
         curve = folds.cross_validate(self, np.concatenate([train_features, val_features], axis=1), labels,
-                                     self.config.frozen_epochs, tf, make_train_step)
+                                     self.config.frozen_epochs, self.config.patience, tf, make_train_step)
         if curve is None:
             return
         state = self.state
