@@ -96,7 +96,7 @@ def _print_summary(result) -> None:
     if result.index_type != "flat":
         params = ", ".join(f"{k}={v}" for k, v in result.search_params.items())
         table.add_row("recall@10 vs exact", f"{fmt(result.recall_at_10)} ({params})")
-    table.add_row("match threshold", "not calibrated (run `siamcli evaluate`)" if result.threshold is None
+    table.add_row("match threshold", "none reliable for this model (run `siamcli evaluate` on held-out identities)" if result.threshold is None
                   else f"squared distance ≤ {result.threshold:.4f} (similarity ≥ {1 - result.threshold / 2:.4f})")
     if result.embedded_images:
         table.add_row("embedding speed", f"{result.images_per_second:.1f} images/s")

@@ -409,8 +409,8 @@ class _Session:
         state.best_score, state.best_epoch = state.start_metrics["map_at_r"], start_model.START_EPOCH
         state.best_metrics = dict(state.start_metrics) | {"phase": "start"}
         self._save_model()
-        self.events.result(f"epoch 0 (start model: backbone features through a PCA projection): val P@1 "
-                           f"{state.start_metrics['precision_at_1']:.3f}  MAP@R {state.start_metrics['map_at_r']:.3f}")
+        self.events.stage("epoch 0 (start model: backbone features through a PCA projection)")  # a line of its own
+        self.events.result(f"val P@1 {state.start_metrics['precision_at_1']:.3f}  MAP@R {state.start_metrics['map_at_r']:.3f}")
         if self._use_folds() and self.config.frozen_epochs and self.config.patience:
             self._choose_frozen_length(train_features, val_features)
 
@@ -433,8 +433,9 @@ class _Session:
         target = folds.best_epoch(curve)
         if target == 0:
             state.phase_done[FROZEN] = True
+        self.events.stage("frozen phase length")
         self.events.result(
-            f"frozen phase: {target} epoch{'s' if target != 1 else ''}, chosen by {folds.FOLDS}-fold cross-validation over "
+            f"{target} epoch{'s' if target != 1 else ''}, chosen by {folds.FOLDS}-fold cross-validation over "
             f"identities (held-out-fold MAP@R after 0…{len(curve) - 1} epochs: {' '.join(f'{v:.3f}' for v in curve)})"
         )
 
@@ -676,6 +677,7 @@ class _Session:
         if state.best_epoch == start_model.START_EPOCH:
             self._warn(line)
         else:
+            self.events.stage("kept model")
             self.events.result(line)
         if is_chief(self.config.strategy):
             recorded = rundir.read_json(self.run_dir / rundir.CONFIG_FILE, "run config")
