@@ -1,4 +1,4 @@
-"""Retrieval metrics, leave-one-out over the evaluated set (definitions: DESIGN.md).
+"""Retrieval metrics, leave-one-out over the evaluated set (definitions: docs/evaluate.md).
 
 Every image ranks all *other* images by distance. An image whose identity has at least one other
 image is a query; R is the number of those other images. Images alone in their identity are not
@@ -47,7 +47,7 @@ class RetrievalMetrics:
     queries: int = 0  # images whose identity has another image
 
     def to_json(self) -> dict:
-        """DESIGN.md's keys; recall_at_k keyed by k as a string ({"1": …, "5": …}); NaN → null."""
+        """The documented keys (docs/evaluate.md); recall_at_k keyed by k as a string ({"1": …, "5": …}); NaN → null."""
         return {
             "precision_at_1": json_float(self.precision_at_1),
             "recall_at_k": {str(k): json_float(v) for k, v in sorted(self.recall_at_k.items())},

@@ -1,6 +1,6 @@
 """`siamcli evaluate` end to end: choose the images → embed → metrics → files.
 
-    <out>/metrics.json      the metrics (DESIGN.md's keys) and the baselines' retrieval metrics
+    <out>/metrics.json      the metrics (docs/evaluate.md's keys), the baselines' retrieval metrics, the calibration
     <out>/report.json       what was evaluated: model, data, counts, pairs, baselines, timings
     <out>/per_class.csv     label, precision, recall, f1, support (label order)
     <out>/confusion.csv     rows true identity, columns predicted identity
@@ -117,7 +117,7 @@ class EvaluationReport:
         return self.retrieval.metrics
 
     def metrics_json(self) -> dict:
-        """metrics.json and `--json`: DESIGN.md's nine keys, then "baselines" (name → retrieval keys)."""
+        """metrics.json and `--json`: the nine metric keys (docs/evaluate.md), then "baselines" (name → retrieval keys), "calibration"."""
         document = self.metrics.to_json()
         document.update({
             "accuracy": json_float(self.classification.accuracy),
