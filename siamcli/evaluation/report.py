@@ -264,6 +264,7 @@ def evaluate(
     queries = np.flatnonzero(retrieval.is_query)
     label_array = np.asarray(labels)
     classification = classify(label_array[queries], label_array[retrieval.nearest[queries]])
+    model_sha256 = file_sha256(run.model)  # once: the calibration's provenance and report.json
     events.stage("verification pairs")
     pairs = pair_distances(embeddings, labels, max_pairs=options.max_pairs, seed=options.seed)
     verification = verify(pairs)
@@ -272,7 +273,7 @@ def evaluate(
         warnings.append("verification needs both same- and different-identity pairs: roc_auc, eer and threshold are null")
     else:
         calibration = calibrate(pairs, verification, options.target_far, options.seed, {
-            "model_sha256": file_sha256(run.model), "data": selection.source, "identities": sorted(set(labels)),
+            "model_sha256": model_sha256, "data": selection.source, "identities": sorted(set(labels)),
             "trained_on": trained_on, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
     del pairs
@@ -281,7 +282,8 @@ def evaluate(
     report = EvaluationReport(
         out_dir=out_dir, run_dir=run.run_dir, model=run.model, data=selection, image_size=image_size,
         paths=paths, labels=labels, embeddings=embeddings, retrieval=retrieval, classification=classification,
-        verification=verification, calibration=calibration, ks=ks, skipped=skipped, warnings=warnings, max_pairs=options.max_pairs, seed=options.seed,
+        verification=verification, calibration=calibration, ks=ks, skipped=skipped, warnings=warnings,
+        max_pairs=options.max_pairs, seed=options.seed, model_sha256=model_sha256,
     )
     if options.baselines:
         tick = time.perf_counter()
@@ -292,7 +294,6 @@ def evaluate(
 
     events.stage("writing files")
     tick = time.perf_counter()
-    report.model_sha256 = file_sha256(run.model)
     _write_files(report, options)
     seconds["files"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started

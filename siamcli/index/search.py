@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from siamcli.calibration import read_calibration, similarity_threshold
+from siamcli.calibration import CALIBRATION_FILE, read_calibration, similarity_threshold
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.hashing import file_sha256
@@ -176,8 +176,8 @@ def load_query_model(model_path: Path, loaded: LoadedIndex):
 def run_threshold(run_dir: Path, model_sha256: str) -> tuple[float | None, list[str]]:
     """(the reliable match threshold of the model's run or None, notes saying why there is none)."""
     calibration, why = read_calibration(run_dir, model_sha256)
-    if calibration is None:
-        return None, [why] if "another model" in why or "damaged" in why else []
+    if calibration is None:  # say why only when a calibration exists but cannot be used
+        return None, [why] if (run_dir / CALIBRATION_FILE).exists() else []
     if not calibration.reliable:
         return None, [f"no match column: the run's threshold is not reliable ({calibration.reason})"]
     return calibration.threshold, []
