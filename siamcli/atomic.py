@@ -91,9 +91,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                _fsync_file(path)
+        _fsync_tree(tmp)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -107,6 +105,28 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_directory(tmp: Path, target: Path) -> None:
+    """Make a finished folder visible under its final name: its files reach the disk first, then
+    one rename (`target` must not exist), then the parent's entry is synced too."""
+    _fsync_tree(tmp)
+    os.rename(tmp, target)
+    _fsync_directory(target.parent)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            _fsync_file(path)
+
+
+def _fsync_directory(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _fsync_file(path: Path) -> None:

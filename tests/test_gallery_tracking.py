@@ -48,7 +48,7 @@ def test_append_from_another_folder_is_refused_unless_moved_or_added(tmp_path, t
     moved = index_json(copy, "--model", run, "--append", "--moved")
     manifest = json.loads((run / "index" / "manifest.json").read_text())
     assert moved["count"] == 30 and manifest["galleries"] == [str(copy)]  # same photos: not added again
-    items = (run / "index" / "items.csv").read_text()
+    items = (run / "index" / "items.csv").read_text()  # --moved rewrites the index, export included
     assert str(copy) in items and str(data) + "/" not in items  # stored paths rewritten
 
     added = index_json(data, "--model", run, "--append", "--add-gallery")

@@ -37,10 +37,10 @@ def index_json(*args: str) -> dict:
 
 
 def items(index_dir: Path) -> dict[str, int]:
-    """path → id of items.csv."""
-    lines = (index_dir / "items.csv").read_text().splitlines()
-    assert lines[0] == "id,path,label"
-    return {line.split(",")[1]: int(line.split(",")[0]) for line in lines[1:]}
+    """path → id of every live row (all segments, tombstones applied)."""
+    from siamcli.index.store import load_index
+
+    return {item.path: item.id for item in load_index(index_dir).items}
 
 
 def one_line_error(result, *needles: str) -> None:
@@ -101,7 +101,15 @@ def test_append_is_idempotent_adds_only_new_images_and_keeps_ids(tmp_path, tiny_
     from siamcli.index.store import load_index
 
     loaded = load_index(index_dir, full=True)
-    assert loaded.count == loaded.index.ntotal == 31 and loaded.manifest["next_id"] == 32
+    assert loaded.count == 31 and loaded.manifest["next_id"] == 32
+    # Updates wrote segments beside the base, never rewrote it: one new row each, the replaced row a tombstone.
+    assert [segment.rows for segment in loaded.segments] == [30, 1, 1] and loaded.index.ntotal == 30
+    assert [segment.deleted.tolist() for segment in loaded.segments] == [[ids[str(changed)]], [], []]
+    assert not (index_dir / "items.csv").exists()  # the full build's export would be stale: removed
+    exported = invoke("index", "--export-items", "--model", run)
+    assert exported.exit_code == 0, exported.stderr
+    lines = (index_dir / "items.csv").read_text().splitlines()
+    assert lines[0] == "id,path,label" and {line.split(",")[1]: int(line.split(",")[0]) for line in lines[1:]} == final
 
 
 def test_prune_drops_entries_whose_files_are_gone_and_ids_are_never_reused(tmp_path, tiny_run):
@@ -125,8 +133,8 @@ def test_prune_drops_entries_whose_files_are_gone_and_ids_are_never_reused(tmp_p
     from siamcli.index.search import search_vectors
     from siamcli.index.store import load_index
 
-    loaded = load_index(index_dir, full=True)
-    vectors = np.load(index_dir / "embeddings.npy")
+    loaded = load_index(index_dir)
+    vectors = loaded.vectors([ref for ref, _ in loaded.entries])
     top = search_vectors(loaded, vectors, 1)
     assert [answer[0].id for answer in top] == [item.id for item in loaded.items]  # each row finds itself
 

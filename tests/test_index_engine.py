@@ -79,7 +79,7 @@ def build(run: Path, data: Path, **options):
 def rewrite_checksums(index_dir: Path) -> None:
     """Make the manifest agree with edited files, to reach the checks behind the checksums."""
     manifest = json.loads((index_dir / mf.MANIFEST).read_text())
-    manifest["files"] = {name: mf.file_record(index_dir / name) for name in mf.DATA_FILES}
+    manifest["files"] = {name: mf.file_record(index_dir / name) for name in mf.SEGMENT_FILES}
     (index_dir / mf.MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -120,7 +120,7 @@ def test_auto_rule_is_exact_when_small_then_hnsw_then_ivf_past_the_memory_budget
     assert plan("auto", faiss_index.FLAT_MAX, 256).factory == "Flat"
     assert plan("auto", faiss_index.FLAT_MAX + 1, 256).factory == "IDMap,HNSW32,Flat"
     assert plan("auto", 1_000_000, 256).factory == "IDMap,HNSW32,Flat"  # 1.3 GB: fits
-    assert plan("auto", 10_000_000, 256).factory == "IVF16384,SQ8"  # 13 GB as HNSW: compressed IVF
+    assert plan("auto", 10_000_000, 256).factory == "IVF16384_HNSW32,PQ16,Refine(SQ8)"  # 13 GB as HNSW: compact ivfpq
     assert faiss_index.hnsw_bytes(6_000_000, 256) <= faiss_index.MEMORY_BUDGET < faiss_index.hnsw_bytes(7_000_000, 256)
     assert plan("ivf", 1_000_000, 256).factory == "IVF4096,Flat"
     assert plan("ivf", 30, 16).factory == "IVF1,Flat"  # too few points to train more lists
@@ -225,14 +225,16 @@ def test_built_index_files_agree_and_exact_search_matches_numpy_on_its_vectors(b
     from siamcli.index.store import load_index
 
     run, data, index_dir = built_index
-    assert sorted(p.name for p in index_dir.iterdir()) == sorted(mf.DATA_FILES + (mf.MANIFEST,))
+    assert sorted(p.name for p in index_dir.iterdir()) == sorted(mf.SEGMENT_FILES + (mf.MANIFEST, "items.csv"))
     loaded = load_index(index_dir, full=True)
     manifest = loaded.manifest
-    assert manifest["count"] == loaded.index.ntotal == len(loaded.items) == 30
+    assert manifest["count"] == manifest["rows"] == loaded.index.ntotal == len(loaded.items) == 30
+    assert manifest["segments"] == [] and manifest["deleted"] is None and manifest["generation"] == 1
     assert manifest["embedding_dim"] == 16 and manifest["image_size"] == 32 and manifest["metric"] == "inner_product"
     assert manifest["factory"] == "Flat" and manifest["recall_at_10"] == 1.0 and "threshold" not in manifest
     assert manifest["model_path"] == str((run / "model.keras").resolve())
-    assert (index_dir / "items.csv").read_text().splitlines()[0] == "id,path,label"
+    exported = (index_dir / "items.csv").read_text().splitlines()
+    assert exported == ["id,path,label"] + [f"{i.id},{i.path},{i.label}" for i in loaded.items]
     assert [i.id for i in loaded.items] == list(range(30))
     assert {i.label for i in loaded.items} == {f"id_{n}" for n in range(6)}
     assert all(Path(i.path).is_absolute() and i.sha256 == content_hash(i.path) for i in loaded.items)
@@ -272,15 +274,21 @@ def test_truncated_or_garbage_index_file_is_a_clear_error(built_index, tmp_path)
 
 
 def test_items_rows_not_matching_ntotal_or_dimension_is_a_clear_error(built_index, tmp_path):
+    import sqlite3
+
     from siamcli.index.store import load_index
 
     index_dir = _damaged(built_index, tmp_path)
-    lines = (index_dir / "items.csv").read_text().splitlines(keepends=True)
-    (index_dir / "items.csv").write_text("".join(lines[:-1]))
-    with pytest.raises(CorruptArtifactError, match="items.csv"):
+    with sqlite3.connect(index_dir / "items.sqlite") as db:
+        db.execute("DELETE FROM items WHERE row = 29")
+    with pytest.raises(CorruptArtifactError, match="items.sqlite .*(truncated or changed|damaged or edited)"):
         load_index(index_dir)
     rewrite_checksums(index_dir)  # checksums agree: the row count check must still catch it
-    with pytest.raises(CorruptArtifactError, match="holds 30 vectors, items.csv 29 rows"):
+    with pytest.raises(CorruptArtifactError, match="items.sqlite holds 29 rows, the manifest 30"):
+        load_index(index_dir)
+    (index_dir / "items.sqlite").write_bytes(b"not a database" * 100)
+    rewrite_checksums(index_dir)
+    with pytest.raises(CorruptArtifactError, match="items.sqlite is not a readable items table"):
         load_index(index_dir)
     index_dir = _damaged(built_index, tmp_path / "dim")
     manifest = json.loads((index_dir / mf.MANIFEST).read_text())

@@ -1,7 +1,7 @@
 """Sharded gallery embedding: `siamcli index GALLERY --shard I/N` then `siamcli index --merge PART...`.
 
 The promise tested here: N partials merged give the index one process would have built —
-the same ids, bit-identical vectors, the same items.csv and hashes.csv, the same answers —
+the same ids, bit-identical vectors, the same items.sqlite and items.csv, the same answers —
 and every way of getting the partials wrong is refused with one line.
 """
 
@@ -79,7 +79,7 @@ def test_merged_partials_equal_a_single_build(sharded):
     assert merged["factory"] == single["factory"] == "Flat"
     assert [s["path"] for s in merged["skipped"]] == [s["path"] for s in single["skipped"]]
     # Same ids, paths, labels and hashes, byte for byte; the same vectors, bit for bit.
-    for name in ("items.csv", "hashes.csv", "index.faiss"):
+    for name in ("items.sqlite", "items.csv", "index.faiss"):
         assert (merged_dir / name).read_bytes() == (single_dir / name).read_bytes(), name
     single_vectors = np.load(single_dir / "embeddings.npy")
     merged_vectors = np.load(merged_dir / "embeddings.npy")

@@ -144,12 +144,15 @@ def test_damaged_or_inconsistent_index_is_exit_2(tiny_index, tmp_path):
     (index_dir / "index.faiss").write_bytes(raw)
     rewrite_checksums(index_dir)
     assert invoke("query", image, "--index", index_dir).exit_code == 0
-    lines = (index_dir / "items.csv").read_text().splitlines(keepends=True)
-    (index_dir / "items.csv").write_text("".join(lines[:-3]))  # rows ≠ ntotal
-    one_line_error(invoke("query", image, "--index", index_dir), "items.csv")
+    import sqlite3
+
+    saved = (index_dir / "items.sqlite").read_bytes()
+    with sqlite3.connect(index_dir / "items.sqlite") as db:
+        db.execute("DELETE FROM items WHERE row >= 27")  # rows ≠ ntotal
+    one_line_error(invoke("query", image, "--index", index_dir), "items.sqlite")
     rewrite_checksums(index_dir)
-    one_line_error(invoke("query", image, "--index", index_dir), "30 vectors, items.csv 27 rows")
-    (index_dir / "items.csv").write_text("".join(lines))
+    one_line_error(invoke("query", image, "--index", index_dir), "items.sqlite holds 27 rows, the manifest 30")
+    (index_dir / "items.sqlite").write_bytes(saved)
     rewrite_checksums(index_dir)
     manifest = json.loads((index_dir / "manifest.json").read_text())
     manifest["embedding_dim"] = 8  # wrong dimension

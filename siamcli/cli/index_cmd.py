@@ -27,17 +27,24 @@ def index(
     add_gallery: Annotated[bool, typer.Option("--add-gallery", help="With --append: GALLERY_DIR is a further folder; the index spans several.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", metavar="I/N", help="Embed only share I of N of the gallery into a partial index (run the N shards on N machines, then --merge).")] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Combine the partial indexes of all N shards (given as arguments) into one index, identical to a single-machine build.")] = False,
+    compact: Annotated[bool, typer.Option("--compact", help="Rewrite the index (--out, or the --model run's) as one segment without its removed rows; embeds nothing, takes no GALLERY_DIR.")] = False,
+    export_items: Annotated[bool, typer.Option("--export-items", help="Write <index>/items.csv (id, path, label) of the index as it is now; takes no GALLERY_DIR.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")] = False,
 ) -> None:
     """Embed a folder of images with a trained model and build a FAISS index over it (cosine similarity).
 
-    Writes index.faiss, items.csv (id, path, label), hashes.csv, embeddings.npy and manifest.json to the index directory, atomically: a failed or interrupted build leaves the previous index as it was. An existing index is only changed with --append, --prune or --force. Search it with `siamcli query IMAGE`.
+    Writes index.faiss, items.sqlite, items.csv (id, path, label), embeddings.npy and manifest.json to the index directory. An existing index is only changed with --append, --prune, --compact or --force; an update adds a segment (the new images) and a tombstone file (removed rows) and swaps manifest.json in one rename, so a failed or killed update leaves the previous index as it was. Search it with `siamcli query IMAGE`.
 
     A gallery too big for one machine: run `siamcli index GALLERY --shard I/N --out PART_I` on N machines (I = 1…N), then `siamcli index --merge PART_1 … PART_N`.
     """
     with engine_errors():
         paths = list(paths or [])
-        if merge:
+        if compact or export_items:
+            result = _whole_index(paths, model, out, index_type, compact, export_items, merge=merge, shard=shard,
+                                  updates=append or prune or force)
+            if result is None:
+                return
+        elif merge:
             from siamcli.index.shard import MergeOptions, merge_parts
 
             _refuse_with_merge(shard=shard, append=append, prune=prune)
@@ -72,6 +79,28 @@ def index(
         _print_summary(result)
 
 
+def _whole_index(paths, model, out, index_type, compact: bool, export_items: bool, merge: bool, shard, updates: bool):
+    """--compact / --export-items on an existing index: the result to print, or None when only exported."""
+    from siamcli.index.build import default_index_dir
+    from siamcli.index.compact import compact_index
+    from siamcli.index.compact import export_items as export
+    from siamcli.index.store import load_index
+    from siamcli.rundir import find_run
+
+    if paths or merge or shard is not None or updates:
+        raise UserError("--compact and --export-items work on an existing index (--out DIR or --model RUN): "
+                        "give no GALLERY_DIR and no --append/--prune/--force/--merge/--shard")
+    directory = Path(out) if out else default_index_dir(find_run(model).run_dir)
+    load_index(directory, full=True)  # a missing or damaged index is reported before any work
+    result = None
+    if compact:
+        with ProgressDisplay() as display:
+            result = compact_index(directory, index_type.value if index_type else None, events=display)
+    if export_items:
+        stdout.print(f"wrote {export(directory)}")
+    return result
+
+
 def _refuse_with_merge(shard: str | None, append: bool, prune: bool) -> None:
     if shard is not None:
         raise UserError("--merge combines partials that --shard wrote; run them as separate commands")
@@ -91,6 +120,11 @@ def _print_summary(result) -> None:
     if result.mode not in ("build", "merge"):
         table.add_row("added / replaced / removed / kept", f"{result.added} / {result.replaced} / {result.removed} / {result.kept}")
     table.add_row("skipped files", str(len(result.skipped)))
+    if result.written and result.mode not in ("build", "merge"):
+        how = ("rewritten as one segment" + (f" ({result.rewrite_reason})" if result.rewrite_reason else "")
+               if result.rewrite_reason or result.mode == "compact" else "a new segment and tombstones; existing files untouched")
+        table.add_row("update", f"{how}; {_size(result.bytes_written)} written")
+    table.add_row("segments / size", f"{result.segments} / {_size(result.index_bytes)}")
     kind = "exact" if result.index_type == "flat" else "approximate"
     table.add_row("index", f"{result.factory} ({kind}, inner product = cosine)")
     if result.index_type != "flat":
@@ -102,6 +136,14 @@ def _print_summary(result) -> None:
         table.add_row("embedding speed", f"{result.images_per_second:.1f} images/s")
     table.add_row("time", f"{result.seconds:.1f} s")
     stdout.print(table)
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
 
 
 def _print_part_summary(result) -> None:

@@ -2,12 +2,13 @@
 
 `siamcli.models.embed.embedding_stream` embeds batch by batch; each batch of vectors is written
 to a `VectorWriter` as soon as it is computed, so memory stays flat however large the gallery.
-Content hashes of the files are computed on a background thread meanwhile (hashlib releases
-the GIL).
+Content hashes, sizes and modification times of the files are taken on a background thread
+meanwhile (hashlib releases the GIL).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from array import array
@@ -27,6 +28,8 @@ class StreamOutcome:
     kept: array = field(default_factory=lambda: array("q"))  # input positions embedded, in the order written (8 bytes each)
     failures: list[Skipped] = field(default_factory=list)  # images that did not decode, with why
     digests: np.ndarray = field(default_factory=lambda: np.zeros((0, 32), np.uint8))  # (n, 32) sha256 per input path; 0 = unreadable
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per input path, stat before hashing (-1: unreadable)
+    mtimes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # st_mtime_ns, likewise
     seconds: float = 0.0  # wall time of the embedding loop
     first_batch_seconds: float = 0.0  # of which the first batch (pipeline start, tracing the model)
     cpu_seconds: float = 0.0  # process CPU time (all threads) during the loop
@@ -43,16 +46,27 @@ class StreamOutcome:
 
 
 class _Hasher(threading.Thread):
-    """sha256 of every path, into a (n, 32) array: 32 bytes per image, not a string object each."""
+    """sha256, size and mtime of every path, into arrays: 48 bytes per image, not objects.
+
+    The file is stat'ed before it is read: if it changes meanwhile, the recorded time is older
+    than the file's, so the next --append reads it again rather than trusting a stale hash.
+    """
 
     def __init__(self, paths: Sequence[str], known: dict[int, str]):
         super().__init__(daemon=True, name="siamcli-hash")
         self.paths = paths
         self.known = known
         self.digests = np.zeros((len(paths), 32), np.uint8)
+        self.sizes = np.full(len(paths), -1, np.int64)
+        self.mtimes = np.full(len(paths), -1, np.int64)
 
     def run(self) -> None:
         for i, path in enumerate(self.paths):
+            try:
+                info = os.stat(path)
+                self.sizes[i], self.mtimes[i] = info.st_size, info.st_mtime_ns
+            except OSError:
+                pass
             digest = self.known.get(i) or content_hash(path)
             if digest:
                 self.digests[i] = np.frombuffer(bytes.fromhex(digest), np.uint8)
@@ -84,5 +98,5 @@ def embed_to_file(
     outcome.seconds = time.perf_counter() - start
     outcome.cpu_seconds = time.process_time() - cpu_start
     hasher.join()
-    outcome.digests = hasher.digests
+    outcome.digests, outcome.sizes, outcome.mtimes = hasher.digests, hasher.sizes, hasher.mtimes
     return outcome

@@ -1,29 +1,49 @@
-"""What each index row is: items.csv (id, path, label) and hashes.csv (id, sha256).
+"""What each row of a segment is: `items.sqlite`, read k rows at a time.
 
-items.csv has exactly the columns id, path, label, in FAISS row order: row i of the file is
-row i of the index. `id` is stable: an image keeps its id across --append and --prune, and an
-id that was dropped is never given to another image (the manifest's `next_id`). `path` is
-absolute, so answers and --prune do not depend on the directory a command runs from;
-`label` is the image's top-level folder under the gallery ("" at the gallery's root).
+Every segment (the index folder itself, and each `segments/NNNNNN/` an update adds) keeps its
+rows' metadata in one SQLite file, written once and never changed afterwards:
 
-hashes.csv (id, sha256) holds the sha256 of each image's bytes when it was embedded, in the
-same row order. --append compares it to decide what is already indexed (same path and same
-content) and what changed.
+    CREATE TABLE items (
+        row      INTEGER PRIMARY KEY,  -- the FAISS row in this segment (0 … rows-1)
+        id       INTEGER NOT NULL,     -- stable id: kept across updates, never given to another image
+        path     BLOB NOT NULL,        -- absolute path, os.fsencode'd (any file name round-trips)
+        label    BLOB NOT NULL,        -- top-level folder under the gallery ("" at its root), os.fsencode'd
+        sha256   BLOB NOT NULL,        -- 32-byte content hash when embedded (empty: unreadable)
+        size     INTEGER NOT NULL,     -- file size in bytes when embedded
+        mtime_ns INTEGER NOT NULL      -- modification time (ns) when embedded
+    )
+
+Why SQLite: a query names its k results by reading k rows through the primary key (a few
+pages), not a whole table; an update reads every row once to learn what is indexed (path,
+size, mtime), as git's index does, and hashes only the files whose size or time changed. The
+file is opened read-only and `immutable` (no locks: nothing ever writes it again).
+
+`items.csv` (id, path, label) is an export for people and pandas: written by full builds
+(`--force`, the first build, compaction, `--merge`) and by `siamcli index --export-items`;
+an update that changes the rows removes it rather than leave a stale one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import sqlite3
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
+from siamcli.atomic import atomic_path
 from siamcli.errors import CorruptArtifactError
 from siamcli.hashing import file_sha256
 
+ITEMS_DB = "items.sqlite"
+ITEMS_CSV = "items.csv"
 ITEMS_COLUMNS = ["id", "path", "label"]
-HASHES_COLUMNS = ["id", "sha256"]
+_SCHEMA = ("CREATE TABLE items (row INTEGER PRIMARY KEY, id INTEGER NOT NULL, path BLOB NOT NULL, label BLOB NOT NULL, "
+           "sha256 BLOB NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL)")
+_INSERT_CHUNK = 10_000
 
 
 @dataclass(frozen=True, slots=True)  # slots: a million of them stay small
@@ -31,7 +51,9 @@ class IndexItem:
     id: int  # stable across --append / --prune
     path: str  # absolute path of the image
     label: str  # top-level folder under the gallery; "" for images at its root
-    sha256: str  # content hash of the file when it was embedded
+    sha256: str  # content hash of the file when it was embedded ("" when unknown)
+    size: int = -1  # file size when it was embedded (-1: unknown, always re-hashed)
+    mtime_ns: int = -1  # its modification time then
 
 
 def content_hash(path: str | os.PathLike) -> str:
@@ -42,55 +64,80 @@ def content_hash(path: str | os.PathLike) -> str:
         return ""
 
 
-def write_items(directory: Path, items: Iterable[IndexItem]) -> None:
-    """Write items.csv and hashes.csv into `directory` (an atomic build folder)."""
-    with open(directory / "items.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as items_file, \
-            open(directory / "hashes.csv", "w", newline="", encoding="utf-8") as hashes_file:
-        items_writer = csv.writer(items_file)
-        hashes_writer = csv.writer(hashes_file)
-        items_writer.writerow(ITEMS_COLUMNS)
-        hashes_writer.writerow(HASHES_COLUMNS)
+def write_items(path: Path, items: Iterable[IndexItem]) -> int:
+    """Write a new items.sqlite at `path` (inside a folder not yet visible); rows numbered 0, 1, …"""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode = OFF")  # a new file in a temporary folder: the rename is the commit
+        db.execute("PRAGMA synchronous = OFF")  # the caller fsyncs the finished file
+        db.execute(_SCHEMA)
+        count = 0
+        chunk: list[tuple] = []
         for item in items:
-            items_writer.writerow([item.id, item.path, item.label])
-            hashes_writer.writerow([item.id, item.sha256])
+            chunk.append((count, item.id, os.fsencode(item.path), os.fsencode(item.label), bytes.fromhex(item.sha256),
+                          item.size, item.mtime_ns))
+            count += 1
+            if len(chunk) == _INSERT_CHUNK:
+                db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", chunk)
+                chunk.clear()
+        db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", chunk)
+        db.commit()
+    return count
 
 
-def _rows(path: Path, columns: list[str]) -> list[list[str]]:
+@contextlib.contextmanager
+def _reader(path: Path) -> Iterator[sqlite3.Connection]:
+    if not path.is_file():
+        raise CorruptArtifactError(f"{path} is missing; the index is incomplete: rebuild it with `siamcli index GALLERY --force`")
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
     try:
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header != columns:
-                raise CorruptArtifactError(f"{path} does not start with the columns {','.join(columns)}; the index is damaged: rebuild it with --force")
-            rows = list(reader)
-    except FileNotFoundError as exc:
-        raise CorruptArtifactError(f"{path} is missing; the index is incomplete: rebuild it with `siamcli index GALLERY --force`") from exc
-    except csv.Error as exc:
-        raise CorruptArtifactError(f"{path} is not valid CSV ({exc}); rebuild the index with --force") from exc
-    for number, row in enumerate(rows, start=2):
-        if len(row) != len(columns):
-            raise CorruptArtifactError(f"{path} line {number} has {len(row)} fields, expected {len(columns)}; rebuild the index with --force")
-    return rows
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            yield db
+    except sqlite3.DatabaseError as exc:
+        raise CorruptArtifactError(f"{path} is not a readable items table ({exc}); the index is damaged: rebuild it with --force") from exc
 
 
-def _ids(path: Path, rows: list[list[str]]) -> list[int]:
-    try:
-        ids = [int(row[0]) for row in rows]
-    except ValueError as exc:
-        raise CorruptArtifactError(f"{path} holds an id that is not an integer; rebuild the index with --force") from exc
-    if len(set(ids)) != len(ids):
-        raise CorruptArtifactError(f"{path} holds the same id twice; rebuild the index with --force")
-    return ids
+def _item(record: tuple) -> IndexItem:
+    item_id, path, label, digest, size, mtime_ns = record
+    return IndexItem(id=int(item_id), path=os.fsdecode(path), label=os.fsdecode(label), sha256=bytes(digest).hex(),
+                     size=int(size), mtime_ns=int(mtime_ns))
 
 
-def read_items(directory: Path, with_hashes: bool = True) -> list[IndexItem]:
-    """Rows of items.csv (and hashes.csv), validated: ids unique integers, files agreeing."""
-    rows = _rows(directory / "items.csv", ITEMS_COLUMNS)
-    ids = _ids(directory / "items.csv", rows)
-    hashes = [""] * len(rows)
-    if with_hashes:
-        hash_rows = _rows(directory / "hashes.csv", HASHES_COLUMNS)
-        if _ids(directory / "hashes.csv", hash_rows) != ids:
-            raise CorruptArtifactError(f"{directory}/hashes.csv does not list the ids of items.csv in the same order; rebuild the index with --force")
-        hashes = [row[1] for row in hash_rows]
-    return [IndexItem(id=i, path=row[1], label=row[2], sha256=h) for i, row, h in zip(ids, rows, hashes)]
+def row_range(path: Path) -> tuple[int, int]:
+    """(number of rows, 1 + the largest row): equal when rows are 0 … n-1, as they must be. Reads two pages."""
+    with _reader(path) as db:
+        low, high = db.execute("SELECT min(row), max(row) FROM items").fetchone()
+        if low is None:
+            return 0, 0
+        # rows are a primary key (unique): min 0 and max n-1 with n rows ⇔ exactly 0 … n-1, so count(*)
+        # (a scan of the table) is only needed when the ends look wrong.
+        count = high + 1 if low == 0 else db.execute("SELECT count(*) FROM items").fetchone()[0]
+        return int(count), int(high) + 1
+
+
+def read_rows(path: Path, rows: Iterable[int]) -> dict[int, IndexItem]:
+    """The items at the given rows (through the primary key: k rows cost k lookups, not a table scan)."""
+    wanted = sorted(set(int(r) for r in rows))
+    found: dict[int, IndexItem] = {}
+    with _reader(path) as db:
+        for start in range(0, len(wanted), 500):  # SQLite caps the number of bound parameters
+            part = wanted[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for row, *record in db.execute(f"SELECT row, id, path, label, sha256, size, mtime_ns FROM items WHERE row IN ({marks})", part):
+                found[int(row)] = _item(tuple(record))
+    return found
+
+
+def read_items(path: Path) -> list[IndexItem]:
+    """Every row of an items.sqlite, in row order (an update's or a server's full view)."""
+    with _reader(path) as db:
+        records = db.execute("SELECT id, path, label, sha256, size, mtime_ns FROM items ORDER BY row").fetchall()
+    return [_item(record) for record in records]
+
+
+def write_items_csv(target: Path, items: Iterable[IndexItem]) -> None:
+    """items.csv (id, path, label) for people and pandas, atomically."""
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(ITEMS_COLUMNS)
+        for item in items:
+            writer.writerow([item.id, item.path, item.label])

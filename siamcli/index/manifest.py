@@ -1,28 +1,45 @@
-"""manifest.json: what an index was built from, how, and checksums of its files.
+"""manifest.json: what an index was built from, how, its segments, and checksums of their files.
+
+An index is a list of immutable segments. The index folder itself is the first (the base,
+written by a full build); each `siamcli index --append` that adds images writes one more under
+`segments/NNNNNN/`; rows an update removes are listed in a tombstone file instead of being
+rewritten. The manifest names them all and is replaced by one rename, so a reader sees the
+index before an update or after it, never half of one. Each segment holds:
+
+    index.faiss     FAISS index of its rows (the id FAISS returns is the row in the segment)
+    items.sqlite    one row per vector: id, path, label, sha256, size, mtime (items.py)
+    embeddings.npy  (rows, dim) float32 vectors, for rebuilds (absent when the FAISS index
+                    itself stores them, as the compact ivfpq type does)
 
 Keys (a JSON object; unknown keys are kept by readers that do not need them):
 
-    format             "siamcli-index/1"
+    format             "siamcli-index/2"
     model_fingerprint  sha256 of the model.keras the embeddings came from; query refuses any other
     model_path         absolute path of that model.keras when the index was built
     embedding_dim      length of every vector; index.faiss must have this dimension
     image_size         side the model resizes images to
     metric             "inner_product" (cosine similarity of unit vectors)
-    factory            FAISS index_factory string: "Flat", "IDMap,HNSW32,Flat", "IVF4096,Flat"…
-    index_type         flat | hnsw | ivf | ivfpq;  chosen_by: "auto" or "user"
-    search_params      {"efSearch": n} | {"nprobe": n} | {} | for ivfpq
-                       {"nprobe": n, "k_factor_rf": k[, "quantizer_efSearch": e]}
-    recall_at_10       measured against exact search (1.0 for flat: exact by construction)
-    recall_sample      held-out vectors recall was measured on (0 for flat)
-    recall_count       gallery size when it was measured (appends re-measure past 1.25×)
-    count, next_id     rows in the index; the id the next new image gets (ids are never reused)
+    factory, index_type, chosen_by, search_params, recall_at_10, recall_sample, recall_count
+                       of the base segment: FAISS index_factory string, flat | hnsw | ivf | ivfpq
+                       | sq8, "auto" or "user", {"efSearch": n} | {"nprobe": n, …}, recall@10
+                       measured against exact search on recall_sample held-out vectors when the
+                       base held recall_count rows
+    rows               rows of the base segment (deleted ones included)
+    files              {name: {"bytes": n, "sha256": hex}} for the base segment's files
+    segments           the later segments, oldest first: [{"name": "segments/000001", "number": 1,
+                       "rows": n, "factory", "index_type", "search_params", "recall_at_10", "files"}]
+    deleted            null, or {"file": "deleted-000004.npy", "rows": n, "bytes", "sha256"}: an
+                       (n, 2) int64 array of (segment number, row) pairs removed (base = 0)
+    count, next_id     live rows; the id the next new image gets (ids are never reused)
+    generation         1 for a full build, +1 per update; next_segment: number of the next segment
+    retired            files and segments this generation stopped using; the next update deletes
+                       them (a query that read the previous manifest a moment ago may still open them)
     gallery            the gallery folder of the last build
     galleries          every gallery folder the index spans (`--append --add-gallery` adds one;
                        `--append --moved` replaces the one it had)
+    siamcli_version, faiss_version, created, updated
 
 No match threshold: it belongs to the model's run (`<run>/calibration.json`), read from there.
-    siamcli_version, faiss_version, created, updated
-    files              {name: {"bytes": n, "sha256": hex}} for every other file of the index
 
 A partial written by `siamcli index GALLERY --shard I/N` has "format": "siamcli-index-part/1"
 and its own keys (PART_REQUIRED; see shard.py); read_manifest refuses it with a message that
@@ -31,6 +48,7 @@ says to merge the partials.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -38,15 +56,17 @@ from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.hashing import file_sha256
 from siamcli.jsonio import read_json
 
-FORMAT = "siamcli-index/1"
+FORMAT = "siamcli-index/2"
+OLD_FORMATS = ("siamcli-index/1",)  # items.csv + hashes.csv, no segments: rebuilt with --force
 PART_FORMAT = "siamcli-index-part/1"  # one shard's vectors, before `siamcli index --merge` (shard.py)
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
-ITEMS_FILE = "items.csv"
-HASHES_FILE = "hashes.csv"
+ITEMS_FILE = "items.sqlite"
 EMBEDDINGS_FILE = "embeddings.npy"
-DATA_FILES = (INDEX_FILE, ITEMS_FILE, HASHES_FILE, EMBEDDINGS_FILE)
-REQUIRED = ("model_fingerprint", "model_path", "embedding_dim", "metric", "factory", "index_type", "image_size", "count", "files")
+SEGMENT_FILES = (INDEX_FILE, ITEMS_FILE, EMBEDDINGS_FILE)  # embeddings.npy only where the index does not store the vectors
+SEGMENTS_DIR = "segments"
+REQUIRED = ("model_fingerprint", "model_path", "embedding_dim", "metric", "factory", "index_type", "image_size", "count", "files",
+            "rows", "segments")
 PART_REQUIRED = ("shard", "shards", "gallery", "gallery_count", "listing_sha256", "batch_size", "range", "count",
                  "model_fingerprint", "model_path", "embedding_dim", "image_size", "files")
 
@@ -67,9 +87,14 @@ def read_manifest(directory: Path) -> dict:
             "combine all the partials with `siamcli index --merge PART_DIR...` and use the merged index"
         )
     path = directory / MANIFEST
+    if data.get("format") in OLD_FORMATS:
+        raise UserError(f"{directory} was written by an older siamcli ({data['format']}, before segments); "
+                        "rebuild it with `siamcli index GALLERY --force`")
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise CorruptArtifactError(f"{path} lacks {', '.join(missing)}; rebuild the index with --force")
+    if not isinstance(data["segments"], list) or not all(isinstance(s, dict) for s in data["segments"]):
+        raise CorruptArtifactError(f"{path}: segments is not a list of objects; rebuild the index with --force")
     return _checked(path, data)
 
 
@@ -98,7 +123,7 @@ def _read_object(directory: Path) -> dict:
 def _checked(path: Path, data: dict) -> dict:
     if data.get("metric", "inner_product") != "inner_product":
         raise CorruptArtifactError(f"{path} names metric {data['metric']!r}; siamcli indexes use inner_product: rebuild with --force")
-    for key in ("embedding_dim", "count", "image_size"):
+    for key in ("embedding_dim", "count", "image_size", *(("rows",) if "rows" in data else ())):
         if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 0:
             raise CorruptArtifactError(f"{path}: {key} is not a non-negative integer; rebuild the index with --force")
     if not isinstance(data["files"], dict):
@@ -106,19 +131,28 @@ def _checked(path: Path, data: dict) -> dict:
     return data
 
 
-def verify_files(directory: Path, manifest: dict, names: tuple[str, ...]) -> None:
-    """Each named file must have the size and sha256 the manifest recorded when it was built."""
+def verify_files(directory: Path, files: dict, names: tuple[str, ...], hash_max_bytes: int | None = None) -> None:
+    """Each named file must have the size and sha256 recorded in `files` when it was written.
+
+    A file over `hash_max_bytes` is checked by size only (hashing it would read every byte:
+    10 GB per query at 10^7 vectors); None hashes every file.
+    """
     for name in names:
-        record = manifest["files"].get(name)
+        record = files.get(name)
         path = directory / name
         if not isinstance(record, dict) or "bytes" not in record or "sha256" not in record:
             raise CorruptArtifactError(f"{directory / MANIFEST} has no checksum for {name}; rebuild the index with --force")
-        if not path.is_file():
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = None
+        if size is None or not path.is_file():
             raise CorruptArtifactError(f"{path} is missing; the index is incomplete: rebuild it with `siamcli index GALLERY --force`")
-        size = path.stat().st_size
         if size != record["bytes"]:
             raise CorruptArtifactError(
                 f"{path} is {size} bytes but was written as {record['bytes']} (truncated or changed); rebuild the index with --force"
             )
+        if hash_max_bytes is not None and size > hash_max_bytes:
+            continue
         if file_record(path)["sha256"] != record["sha256"]:
             raise CorruptArtifactError(f"{path} does not match the checksum in {MANIFEST} (damaged or edited); rebuild the index with --force")

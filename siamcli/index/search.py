@@ -20,7 +20,7 @@ import numpy as np
 
 from siamcli.calibration import CALIBRATION_FILE, read_calibration, similarity_threshold
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
-from siamcli.errors import CorruptArtifactError, UserError
+from siamcli.errors import UserError
 from siamcli.hashing import file_sha256
 from siamcli.index.faiss_index import RECALL_K
 from siamcli.index.store import LoadedIndex, check_model, load_index
@@ -30,7 +30,7 @@ from siamcli.rundir import DEFAULT_RUNS_ROOT, LATEST, MODEL_FILE, find_run
 @dataclass(frozen=True)
 class Neighbour:
     rank: int  # 1 = most similar
-    id: int  # the image's stable id in items.csv
+    id: int  # the image's stable id (items.sqlite)
     path: str
     label: str
     similarity: float  # cosine similarity, in [-1, 1]
@@ -127,27 +127,24 @@ def query_paths(images: Sequence[str]) -> tuple[list[str], list[Skipped]]:
 
 
 def search_vectors(loaded: LoadedIndex, vectors: np.ndarray, k: int, similarity_threshold: float | None = None) -> list[list[Neighbour]]:
-    """The k best rows per (unit) vector, best first; k is clipped to the gallery size."""
+    """The k best live rows of every segment per (unit) vector, best first; k is clipped to the
+    gallery size. Only the k rows found are read from the items tables."""
     k = min(k, loaded.count)
     if k == 0 or len(vectors) == 0:
         return [[] for _ in range(len(vectors))]
     # Search at least as deep as recall was tuned at (10), then keep k: ivfpq re-ranks
     # k_factor·depth candidates, so --k 1 alone would re-rank a tenth of what was measured.
     depth = min(max(k, RECALL_K), loaded.count)
-    scores, rows = loaded.index.search(np.ascontiguousarray(vectors, np.float32), depth)
-    scores, rows = scores[:, :k], rows[:, :k]
-    if rows.size and rows.max() >= loaded.count:
-        raise CorruptArtifactError(f"index {loaded.directory} returned row {rows.max()} of {loaded.count}; it is damaged: rebuild it with --force")
+    hits = [found[:k] for found in loaded.search(vectors, depth)]
+    items = loaded.lookup(ref for found in hits for _, ref in found)
     answers = []
-    for score_row, index_row in zip(scores, rows):
+    for found in hits:
         neighbours = []
-        for score, row in zip(score_row.tolist(), index_row.tolist()):
-            if row < 0:  # an approximate index found fewer than k
-                continue
-            item = loaded.items[row]
+        for score, ref in found:
+            item = items[ref]
             match = None if similarity_threshold is None else bool(score >= similarity_threshold)
             missing = not os.path.exists(item.path)
-            neighbours.append(Neighbour(len(neighbours) + 1, item.id, item.path, item.label, float(score), match, missing))
+            neighbours.append(Neighbour(len(neighbours) + 1, item.id, item.path, item.label, score, match, missing))
         answers.append(neighbours)
     return answers
 

@@ -2,7 +2,7 @@
 
 Embedding is what costs (≈ 20 images/s per CPU machine with ResNet50 at 224 px); building the
 FAISS index over the vectors is cheap beside it. So N machines each embed a deterministic
-1/N of the gallery into a *partial* (vectors, items, content hashes; no FAISS index), and one
+1/N of the gallery into a *partial* (vectors, items with content hashes; no FAISS index), and one
 merge concatenates the partials and builds the index once, exactly as a single-process build
 would have:
 
@@ -18,17 +18,18 @@ would have:
   * Merge renumbers ids 0, 1, 2… in gallery order (images that failed to decode take no id,
     as in a single build), and builds the FAISS index with the same rule and seed.
 
-The result — ids, vectors, items.csv, hashes.csv, index.faiss for a given type — is what
-`siamcli index GALLERY` writes on one machine (tests/test_index_shard.py checks it). Paths in
-items.csv are absolute, so the N machines must see the gallery at the same path.
+The result — ids, vectors, items.sqlite, items.csv, index.faiss for a given type — is what
+`siamcli index GALLERY` writes on one machine (tests/test_index_shard.py checks it). Stored
+paths are absolute, so the N machines must see the gallery at the same path.
 
-A partial directory holds embeddings.npy, items.csv (ids local to the partial), hashes.csv
-and manifest.json with "format": "siamcli-index-part/1" and the keys below; `siamcli query`
+A partial directory holds embeddings.npy, items.sqlite (ids local to the partial) and
+manifest.json with "format": "siamcli-index-part/1" and the keys below; `siamcli query`
 refuses it with a message that says to merge.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -45,11 +46,13 @@ from siamcli.hashing import file_sha256
 from siamcli.index import build, faiss_index, search
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
-from siamcli.index.items import IndexItem, read_items, write_items
+from siamcli.index.items import ITEMS_CSV, IndexItem, read_items, write_items, write_items_csv
 from siamcli.index.lock import index_lock
+from siamcli.index.result import IndexResult, index_bytes
+from siamcli.index.segment import write_segment
 from siamcli.rundir import find_run
 
-PART_FILES = (mf.ITEMS_FILE, mf.HASHES_FILE, mf.EMBEDDINGS_FILE)
+PART_FILES = (mf.ITEMS_FILE, mf.EMBEDDINGS_FILE)
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -155,8 +158,9 @@ def build_part(options: build.IndexOptions, events: Events = NO_EVENTS) -> PartR
                 outcome = embed_to_file(model, part_paths, writer, image_size, options.batch_size, events.advance)
             if outcome.failures:
                 events.message(describe_skipped(outcome.failures))
-            write_items(tmp, (IndexItem(id=row, path=part_paths[p], label=part_labels[p], sha256=outcome.sha256(p))
-                              for row, p in enumerate(outcome.kept)))
+            write_items(tmp / mf.ITEMS_FILE, (IndexItem(id=row, path=part_paths[p], label=part_labels[p], sha256=outcome.sha256(p),
+                                                        size=int(outcome.sizes[p]), mtime_ns=int(outcome.mtimes[p]))
+                                              for row, p in enumerate(outcome.kept)))
             write_json(tmp / mf.MANIFEST, {
                 "format": mf.PART_FORMAT,
                 "shard": shard,
@@ -238,21 +242,20 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
                 for part in parts:
                     for _, chunk in vector_file.iter_chunks(part.directory / mf.EMBEDDINGS_FILE):
                         writer.write(chunk)
-            write_items(tmp, _renumbered(parts))
             plan = faiss_index.plan_index(options.index_type or "auto", count, dim)
-            index, plan, tuning, recall_count = build.new_faiss_index(embeddings_path, plan, count, options.seed, events)
-            events.stage("writing the index")
-            faiss_index.write_index(index, tmp / mf.INDEX_FILE)
+            record = write_segment(tmp, _renumbered(parts), plan, count, options.seed, events)
+            write_items_csv(tmp / ITEMS_CSV, _renumbered(parts))
             manifest = build.index_manifest(
-                tmp, fingerprint=fingerprint, model_path=run.model, dim=dim, image_size=first["image_size"], plan=plan,
-                tuning=tuning, recall_count=recall_count, count=count, next_id=count, gallery=first["gallery"], created=mf.now(),
+                record, fingerprint=fingerprint, model_path=run.model, dim=dim, image_size=first["image_size"], count=count,
+                next_id=count, gallery=first["gallery"], created=mf.now(),
             )
             write_json(tmp / mf.MANIFEST, manifest)
-    return build.IndexResult(
+    return IndexResult(
         index_dir=out, gallery=first["gallery"], model_path=run.model, mode="merge", written=True,
-        index_type=plan.index_type, factory=plan.factory, count=count, added=count, skipped=skipped,
-        recall_at_10=round(tuning.recall_at_10, 4), search_params=tuning.params, threshold=search.run_threshold(run.run_dir, fingerprint)[0],
-        index_bytes=manifest["files"][mf.INDEX_FILE]["bytes"], seconds=time.perf_counter() - started,
+        index_type=manifest["index_type"], factory=manifest["factory"], count=count, added=count, skipped=skipped,
+        recall_at_10=manifest["recall_at_10"], search_params=manifest["search_params"],
+        threshold=search.run_threshold(run.run_dir, fingerprint)[0], index_bytes=index_bytes(manifest),
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -264,7 +267,7 @@ def _read_parts(directories) -> list[_Part]:
         if not directory.is_dir():
             raise UserError(f"{directory} is not a folder; --merge takes the folders written by `siamcli index GALLERY --shard I/N`")
         manifest = mf.read_part_manifest(directory)
-        mf.verify_files(directory, manifest, PART_FILES)
+        mf.verify_files(directory, manifest["files"], PART_FILES)
         (rows, dim), _ = vector_file.read_shape(directory / mf.EMBEDDINGS_FILE)
         if rows != manifest["count"] or dim != manifest["embedding_dim"]:
             raise CorruptArtifactError(f"{directory}/{mf.EMBEDDINGS_FILE} is ({rows}, {dim}), expected "
@@ -298,8 +301,8 @@ def _renumbered(parts: list[_Part]):
     """The partials' rows in shard order, with ids 0, 1, 2… as a single build gives them."""
     next_id = 0
     for part in parts:
-        for item in read_items(part.directory, with_hashes=True):
-            yield IndexItem(id=next_id, path=item.path, label=item.label, sha256=item.sha256)
+        for item in read_items(part.directory / mf.ITEMS_FILE):
+            yield dataclasses.replace(item, id=next_id)
             next_id += 1
 
 

@@ -1,66 +1,109 @@
-"""Loading an index directory and proving its files belong together.
+"""Loading an index (its manifest, segments and tombstones) and proving its files belong together.
 
 Every check here turns a damaged, truncated or mismatched index into a CorruptArtifactError
 (one line, exit 2) before FAISS or numpy read a byte of it, so a bad index is never a crash
 and never a wrong answer:
 
-  * manifest.json parses and has the required keys;
-  * every file it lists has the recorded size and sha256 (truncation, bit rot, hand edits) —
-    with one exception for queries, below;
-  * items.csv (and hashes.csv) have the right columns, unique integer ids, same order;
-  * index.faiss reads, holds `count` vectors of `embedding_dim`, by inner product;
-  * rows in items.csv = ntotal = manifest count (= rows of embeddings.npy when loaded).
+  * manifest.json parses and has the required keys (an index of the older, unsegmented
+    format is refused with the command that rebuilds it);
+  * every file of every segment, and the tombstone file, has the recorded size and sha256
+    (truncation, bit rot, hand edits) — files over QUERY_HASH_MAX_BYTES by size only, below;
+  * each segment's index.faiss reads, searches by inner product and holds its `rows`;
+    its items.sqlite holds rows 0 … rows-1; every segment has the manifest's dimension;
+  * the live rows (rows minus tombstones, over all segments) = the manifest's count.
 
-Queries of big indexes (`load_index(full=False)`):
+A file over QUERY_HASH_MAX_BYTES (256 MiB: ≈ 2.5·10^5 vectors of Flat, 10^6 of sq8, at d = 256)
+is checked by size only: hashing it would read every byte (10 GB per `siamcli query` at 10^7
+vectors), which memory-mapping avoids, and an update must cost what it changes, not what the
+index holds. Truncation, a partial copy or an appended tail is still refused (size), and so is a
+file FAISS or SQLite cannot parse; a same-size corruption inside a big file is caught when a
+full rebuild (`--force`, `--compact`) reads it, which hashes every file it copies from.
 
-  * IVF-family indexes (ivf, ivfpq) are memory-mapped (`faiss_index.read_index(mmap=True)`,
-    IO_FLAG_MMAP_IFC): a query process holds the pages its queries touch, not the whole
-    index, and the kernel can drop them again. Updates (`full=True`) read the index into
-    memory, since they add to it and a mapped index is read-only. The build swaps whole
-    directories (rename), so a mapped file is never rewritten under a running query.
-  * A file over QUERY_HASH_MAX_BYTES (256 MiB: ≈ 2.5·10^5 vectors of Flat or ivfpq, 10^6 of sq8, at d = 256)
-    is checked by size only at query time. Hashing it would read every byte — at 10^7
-    vectors, 10 GB per `siamcli query`, which is what mapping it avoids. Truncation, a
-    partial copy or an appended tail is still refused (size), and so is a file FAISS cannot
-    parse; a same-size corruption inside a big file is caught by the full sha256 every update
-    (`siamcli index --append/--prune`, full=True) runs, not by a query. Files up to the limit,
-    and every file of an update, are hashed in full as before.
+IVF-family indexes (ivf, ivfpq) are memory-mapped in query processes (IO_FLAG_MMAP_IFC): a query
+holds the pages its probes touch. Segments are never rewritten in place (an update adds a
+segment and swaps the manifest; a compaction swaps the whole directory), so a mapped file never
+changes under a running query.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from siamcli.errors import CorruptArtifactError, UserError
-from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
-from siamcli.index.items import IndexItem, read_items
+from siamcli.index.items import IndexItem
+from siamcli.index.segment import Segment
 
-QUERY_HASH_MAX_BYTES = 256 << 20  # query-time loads hash files up to this size; bigger ones: size only
-MMAP_TYPES = ("ivf", "ivfpq")  # index types a query process memory-maps
+QUERY_HASH_MAX_BYTES = 256 << 20  # files up to this size are hashed on every load; bigger ones: size only
+
+Ref = tuple[int, int]  # (position of the segment in LoadedIndex.segments, row in it)
 
 
 @dataclass
 class LoadedIndex:
     directory: Path
     manifest: dict
-    items: list[IndexItem]  # row i ↔ FAISS row i
-    index: object  # faiss.Index with the manifest's search parameters applied
+    segments: list[Segment]  # the base first, then the later segments, oldest first
 
     @property
     def count(self) -> int:
-        return len(self.items)
+        return int(self.manifest["count"])
 
     @property
     def dim(self) -> int:
         return int(self.manifest["embedding_dim"])
 
     @property
-    def embeddings_path(self) -> Path:
-        return self.directory / mf.EMBEDDINGS_FILE
+    def index(self):
+        """The base segment's FAISS index."""
+        return self.segments[0].index
+
+    @functools.cached_property
+    def entries(self) -> list[tuple[Ref, IndexItem]]:
+        """Every live row ((segment, row), item), base first, in row order: read once, then kept."""
+        return [((position, row), item) for position, segment in enumerate(self.segments) for row, item in segment.live_items()]
+
+    @property
+    def items(self) -> list[IndexItem]:
+        return [item for _, item in self.entries]
+
+    def search(self, queries: np.ndarray, depth: int) -> list[list[tuple[float, Ref]]]:
+        """Per query, up to `depth` live rows of all segments as (score, ref), best first."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        found = [segment.search(queries, depth) for segment in self.segments]
+        answers = []
+        for q in range(len(queries)):
+            hits = [(float(score), (position, int(row)))
+                    for position, (scores, rows) in enumerate(found)
+                    for score, row in zip(scores[q].tolist(), rows[q].tolist()) if row >= 0]
+            hits.sort(key=lambda hit: -hit[0])
+            answers.append(hits[:depth])
+        return answers
+
+    def lookup(self, refs) -> dict[Ref, IndexItem]:
+        """The items of these rows: from memory when `entries` was read, else k rows of SQLite."""
+        refs = set(refs)
+        if "entries" in self.__dict__:
+            return {ref: item for ref, item in self.entries if ref in refs}
+        found: dict[Ref, IndexItem] = {}
+        for position in {position for position, _ in refs}:
+            rows = [row for p, row in refs if p == position]
+            for row, item in self.segments[position].items_at(rows).items():
+                found[(position, row)] = item
+        if len(found) != len(refs):
+            raise CorruptArtifactError(f"index {self.directory} has no items for some rows FAISS returned; rebuild it with --force")
+        return found
+
+    def vectors(self, refs: list[Ref]) -> np.ndarray:
+        """(len(refs), dim) float32 stored vectors of these rows."""
+        if not refs:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate([self.segments[position].vectors(np.array([row])) for position, row in refs])
 
 
 def is_index_dir(directory: Path) -> bool:
@@ -77,53 +120,86 @@ def missing_index_message(directory: Path) -> str:
     return f"no index at {directory}; build one with `siamcli index GALLERY_DIR` (or pass --index DIR)"
 
 
+def base_record(manifest: dict) -> dict:
+    """The base segment's entry, from the manifest's top-level keys."""
+    keys = ("factory", "index_type", "search_params", "recall_at_10", "files")
+    return {"name": "", "number": 0, "rows": manifest["rows"], **{key: manifest.get(key) for key in keys}}
+
+
 def load_index(directory: str | Path, full: bool = False) -> LoadedIndex:
-    """Load and validate an index. `full` also verifies hashes.csv and embeddings.npy (updates need them)."""
+    """Load and validate an index. `full` (updates): the FAISS indexes are read later, when needed,
+    into memory rather than mapped; queries (`full=False`) read or map them now."""
     directory = Path(directory)
     if not directory.exists():
         raise UserError(missing_index_message(directory))
     if not directory.is_dir():
         raise UserError(f"{directory} is a file, not an index folder; pass the folder `siamcli index` wrote")
     manifest = mf.read_manifest(directory)
-    names = mf.DATA_FILES if full else (mf.INDEX_FILE, mf.ITEMS_FILE)
-    _verify(directory, manifest, names, full)
-    items = read_items(directory, with_hashes=full)
-    mmap = not full and manifest.get("index_type") in MMAP_TYPES
-    index = faiss_index.read_index(directory / mf.INDEX_FILE, mmap=mmap)
-    faiss = faiss_index.faiss_module()
-    problems = []
-    if index.d != manifest["embedding_dim"]:
-        problems.append(f"index.faiss has dimension {index.d} but the manifest says {manifest['embedding_dim']}")
-    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        problems.append("index.faiss does not search by inner product")
-    if index.ntotal != len(items) or index.ntotal != manifest["count"]:
-        problems.append(f"index.faiss holds {index.ntotal} vectors, items.csv {len(items)} rows, the manifest {manifest['count']}")
-    if full:
-        (rows, dim), _ = vector_file.read_shape(directory / mf.EMBEDDINGS_FILE)
-        if rows != len(items) or dim != manifest["embedding_dim"]:
-            problems.append(f"embeddings.npy is ({rows}, {dim}), expected ({len(items)}, {manifest['embedding_dim']})")
-    if problems:
-        raise CorruptArtifactError(f"index {directory} is inconsistent: {'; '.join(problems)}; rebuild it with `siamcli index GALLERY --force`")
-    params = manifest.get("search_params") or {}
-    if not isinstance(params, dict):
-        raise CorruptArtifactError(f"{directory / mf.MANIFEST}: search_params is not an object; rebuild the index with --force")
-    faiss_index.set_search_params(index, params)
-    return LoadedIndex(directory=directory, manifest=manifest, items=items, index=index)
+    deleted = read_tombstones(directory, manifest)
+    segments = []
+    for record in [base_record(manifest), *manifest["segments"]]:
+        segment = _segment(directory, record, deleted, mmap=not full)
+        _check_segment(segment, manifest, full)
+        segments.append(segment)
+    live = sum(segment.live for segment in segments)
+    if live != manifest["count"]:
+        raise CorruptArtifactError(f"index {directory} is inconsistent: its segments hold {live} live rows, the manifest "
+                                   f"{manifest['count']}; rebuild it with `siamcli index GALLERY --force`")
+    return LoadedIndex(directory=directory, manifest=manifest, segments=segments)
 
 
-def _verify(directory: Path, manifest: dict, names: tuple[str, ...], full: bool) -> None:
-    """Size and sha256 of each file; at query time, size only for a file past QUERY_HASH_MAX_BYTES."""
-    for name in names:
-        record = manifest["files"].get(name)
-        path = directory / name
-        if not full and isinstance(record, dict) and isinstance(record.get("bytes"), int) and record["bytes"] > QUERY_HASH_MAX_BYTES:
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                size = None
-            if size == record["bytes"] and path.is_file():
-                continue  # big and the right size: hashed in full by the next update, not by every query
-        mf.verify_files(directory, manifest, (name,))  # every check, and its one-line error
+def _segment(directory: Path, record: dict, deleted: dict[int, np.ndarray], mmap: bool) -> Segment:
+    try:
+        number, rows, name = int(record["number"]), int(record["rows"]), str(record["name"])
+        if not isinstance(record["files"], dict) or rows < 0 or name.startswith(("/", "..")):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise CorruptArtifactError(f"{directory / mf.MANIFEST} describes a segment it cannot read; rebuild the index with --force") from None
+    return Segment(number=number, directory=directory / name if name else directory, rows=rows, record=record,
+                   deleted=deleted.get(number, np.zeros(0, np.int64)), mmap=mmap)
+
+
+def _check_segment(segment: Segment, manifest: dict, full: bool) -> None:
+    names = tuple(name for name in mf.SEGMENT_FILES if name in segment.files or name != mf.EMBEDDINGS_FILE)
+    mf.verify_files(segment.directory, segment.files, names, hash_max_bytes=QUERY_HASH_MAX_BYTES)
+    segment.check_items()
+    if segment.deleted.size and segment.deleted[-1] >= segment.rows:
+        raise CorruptArtifactError(f"the tombstones of {segment.directory} name row {segment.deleted[-1]} of {segment.rows}; "
+                                   "rebuild the index with --force")
+    if not full:
+        index = segment.index
+        if index.d != manifest["embedding_dim"]:
+            raise CorruptArtifactError(f"index {segment.directory / mf.INDEX_FILE} has dimension {index.d} but the manifest says "
+                                       f"{manifest['embedding_dim']}; rebuild it with `siamcli index GALLERY --force`")
+    if not segment.stores_vectors_in_index:
+        (rows, dim), _ = vector_file.read_shape(segment.directory / mf.EMBEDDINGS_FILE)
+        if rows != segment.rows or dim != manifest["embedding_dim"]:
+            raise CorruptArtifactError(f"{segment.directory / mf.EMBEDDINGS_FILE} is ({rows}, {dim}), expected "
+                                       f"({segment.rows}, {manifest['embedding_dim']}); rebuild the index with --force")
+
+
+def read_tombstones(directory: Path, manifest: dict) -> dict[int, np.ndarray]:
+    """{segment number: sorted rows deleted} from the manifest's tombstone file (empty when none)."""
+    record = manifest.get("deleted")
+    if not record:
+        return {}
+    if not isinstance(record, dict) or not isinstance(record.get("file"), str) or "/" in record["file"]:
+        raise CorruptArtifactError(f"{directory / mf.MANIFEST}: deleted is not a tombstone record; rebuild the index with --force")
+    mf.verify_files(directory, {record["file"]: record}, (record["file"],), hash_max_bytes=QUERY_HASH_MAX_BYTES)
+    try:
+        pairs = np.load(directory / record["file"], allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CorruptArtifactError(f"{directory / record['file']} is not a tombstone array ({exc}); rebuild the index with --force") from exc
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype.kind != "i":
+        raise CorruptArtifactError(f"{directory / record['file']} is not an (n, 2) integer array; rebuild the index with --force")
+    return {int(number): np.unique(pairs[pairs[:, 0] == number, 1].astype(np.int64)) for number in np.unique(pairs[:, 0])}
+
+
+def verify_all_files(loaded: LoadedIndex) -> None:
+    """Hash every file in full, whatever its size: a rebuild reads them all anyway, and must not copy bit rot."""
+    for segment in loaded.segments:
+        names = tuple(name for name in mf.SEGMENT_FILES if name in segment.files)
+        mf.verify_files(segment.directory, segment.files, names)
 
 
 def check_model(manifest: dict, model_path: Path, fingerprint: str, directory: Path) -> None:

@@ -20,7 +20,7 @@ from siamcli.serve.searcher import Query as SearchQuery
 from siamcli.serve.service import Service
 from siamcli.serve.state import Snapshot, label_counts
 
-ItemId = Annotated[int, Path(ge=0, le=2**62, description="The item's id (items.csv).")]
+ItemId = Annotated[int, Path(ge=0, le=2**62, description="The item's id (stable across index updates).")]
 
 
 class Error(BaseModel):
@@ -127,7 +127,7 @@ async def items(
     """Gallery items in index order, optionally of one label (browse by label)."""
     snapshot = service.state.snapshot
     rows = snapshot.by_label.get(label, []) if label is not None else range(snapshot.count)
-    page = [_item(snapshot.loaded.items[row]) for row in rows[offset:offset + limit]]
+    page = [_item(snapshot.item_at(position)) for position in rows[offset:offset + limit]]
     return ItemPage(total=len(rows), offset=offset, limit=limit, items=page)
 
 

@@ -6,10 +6,11 @@ half-way: in-flight searches finish on the old index, which is freed when the la
 lets go (a memory-mapped file stays readable after `siamcli index` deletes the old directory,
 since the mapping holds the file).
 
-`siamcli index --append/--prune/--force` builds a new directory and renames it onto the old
-name (`atomic_directory`), which gives the index path a new inode. A watcher thread stats the
-path every `interval` seconds; on a change it loads and validates the new index off the
-request path, then swaps one reference. An index that does not load, or was built with another
+`siamcli index --append/--prune` adds a segment and replaces manifest.json by a rename (a new
+inode); `--force`/`--compact` build a new directory and rename it onto the old name (a new
+inode for the folder). A watcher thread stats both every `interval` seconds; on a change it
+loads and validates the new index off the request path, then swaps one reference. Segments
+are never rewritten in place, so the old snapshot keeps answering from its files meanwhile. An index that does not load, or was built with another
 model, is refused: the old one keeps serving, and /readyz and the log say why. The match
 threshold is the model run's `calibration.json`, read again whenever that file changes.
 """
@@ -30,10 +31,9 @@ import numpy as np
 from siamcli.calibration import CALIBRATION_FILE, similarity_threshold
 from siamcli.errors import UserError
 from siamcli.index import manifest as mf
-from siamcli.index import vectors as vector_file
-from siamcli.index.items import IndexItem, read_items
+from siamcli.index.items import IndexItem
 from siamcli.index.search import load_query_model, open_index, resolve_index_dir, run_threshold
-from siamcli.index.store import QUERY_HASH_MAX_BYTES, LoadedIndex, check_model, load_index
+from siamcli.index.store import LoadedIndex, check_model, load_index
 from siamcli.models.embed import model_image_size
 
 log = logging.getLogger("siamcli.serve")
@@ -45,10 +45,9 @@ Signature = tuple  # (dir inode, dir device, manifest inode, manifest mtime, man
 class Snapshot:
     """One loaded index, never mutated: what a batch of searches sees from start to end."""
 
-    loaded: LoadedIndex  # its items carry their sha256 (hashes.csv)
-    rows: dict[int, int]  # item id → FAISS row
-    by_label: dict[str, list[int]]  # label → rows, in index order
-    vectors: np.ndarray  # (count, dim) float32, embeddings.npy memory-mapped: "more like this" without the model
+    loaded: LoadedIndex  # its items read once (`entries`): searches name results from memory
+    rows: dict[int, int]  # item id → position in loaded.entries
+    by_label: dict[str, list[int]]  # label → positions, in index order
     threshold: float | None  # the run's reliable calibrated squared-L2 distance; None when there is none
     signature: Signature | None  # of the directory when it was loaded
     loaded_at: float = field(default_factory=time.time)
@@ -62,16 +61,19 @@ class Snapshot:
         return similarity_threshold(self.threshold)
 
     def item(self, item_id: int) -> IndexItem | None:
-        row = self.rows.get(item_id)
-        return None if row is None else self.loaded.items[row]
+        position = self.rows.get(item_id)
+        return None if position is None else self.loaded.entries[position][1]
+
+    def item_at(self, position: int) -> IndexItem:
+        return self.loaded.entries[position][1]
 
     def vector(self, item_id: int) -> np.ndarray:
-        """(1, dim) stored embedding of an item (KeyError if it is not indexed)."""
-        return np.array(self.vectors[self.rows[item_id]], np.float32, ndmin=2)
+        """(1, dim) stored embedding of an item, "more like this" without the model (KeyError if not indexed)."""
+        return self.loaded.vectors([self.loaded.entries[self.rows[item_id]][0]])
 
 
 def signature(directory: Path) -> Signature | None:
-    """What changes when the index is swapped or rewritten; None while the path is missing."""
+    """What changes when the index is swapped or updated; None while the path is missing."""
     try:
         folder = os.stat(directory)
         manifest = os.stat(directory / mf.MANIFEST)
@@ -81,33 +83,14 @@ def signature(directory: Path) -> Signature | None:
 
 
 def make_snapshot(loaded: LoadedIndex, fingerprint: str, model_path: Path, before: Signature | None) -> Snapshot:
-    """Validate the files a query process skips (hashes.csv, embeddings.npy) and index the items."""
-    directory = loaded.directory
-    for name in (mf.HASHES_FILE, mf.EMBEDDINGS_FILE):
-        record = loaded.manifest["files"].get(name)
-        too_big = isinstance(record, dict) and isinstance(record.get("bytes"), int) and record["bytes"] > QUERY_HASH_MAX_BYTES
-        if not too_big:  # like load_index: big files by size only (read_shape checks it below)
-            mf.verify_files(directory, loaded.manifest, (name,))
-    items = read_items(directory, with_hashes=True)
-    if [item.id for item in items] != [item.id for item in loaded.items]:
-        raise UserError(f"{directory} changed while it was being loaded")
-    loaded = LoadedIndex(directory=directory, manifest=loaded.manifest, items=items, index=loaded.index)
-    vectors = _map_vectors(loaded)
+    """Read every segment's items once and index them by id and label."""
+    entries = loaded.entries
     threshold, _ = run_threshold(model_path.parent, fingerprint)
     by_label: dict[str, list[int]] = {}
-    for row, item in enumerate(items):
-        by_label.setdefault(item.label, []).append(row)
-    rows = {item.id: row for row, item in enumerate(items)}
-    return Snapshot(loaded=loaded, rows=rows, by_label=by_label, vectors=vectors, threshold=threshold, signature=before)
-
-
-def _map_vectors(loaded: LoadedIndex) -> np.ndarray:
-    (count, dim), offset = vector_file.read_shape(loaded.embeddings_path)
-    if (count, dim) != (loaded.count, loaded.dim):
-        raise UserError(f"{loaded.embeddings_path} is ({count}, {dim}), expected ({loaded.count}, {loaded.dim}); rebuild the index with --force")
-    if count == 0:
-        return np.zeros((0, dim), np.float32)
-    return np.memmap(loaded.embeddings_path, dtype="<f4", mode="r", offset=offset, shape=(count, dim))
+    for position, (_, item) in enumerate(entries):
+        by_label.setdefault(item.label, []).append(position)
+    rows = {item.id: position for position, (_, item) in enumerate(entries)}
+    return Snapshot(loaded=loaded, rows=rows, by_label=by_label, threshold=threshold, signature=before)
 
 
 def label_counts(snapshot: Snapshot) -> list[tuple[str, int]]:

@@ -1,0 +1,104 @@
+"""What an update changes: which indexed rows stay, which go, which images are new.
+
+Decided as git's index does: an indexed file whose path, size and modification time are
+those recorded when it was embedded is not read at all; one whose size or time differ is
+hashed, and counts as changed only if its content (sha256) differs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from siamcli.events import Events
+from siamcli.index import vectors as vector_file
+from siamcli.index.items import IndexItem, content_hash
+from siamcli.index.store import LoadedIndex, Ref
+
+
+@dataclass
+class Changes:
+    kept: list[tuple[Ref, IndexItem]]  # existing rows that stay, in index order
+    removed: list[Ref]  # existing rows dropped (gone, or changed)
+    paths: list[str]  # images to embed and add …
+    labels: list[str]  # … and their labels
+    known_hashes: dict[int, str]  # position in paths → sha256 already computed
+    changed_paths: set[str]  # paths re-embedded because their content changed
+    hashed: int = 0  # indexed files read because their size or time changed
+
+
+def plan_changes(paths: list[str], labels: list[str], old: LoadedIndex | None, options, events: Events) -> Changes:
+    # options: build.IndexOptions (append, prune, gallery)
+    """What an update adds and removes. An indexed file whose size and mtime are as recorded is not read."""
+    if old is None:
+        return Changes([], [], paths, labels, {}, set())
+    events.stage("comparing the gallery with the index (size, time; content hash where they differ)")
+    entries = old.entries
+    by_path = {item.path: position for position, (_, item) in enumerate(entries)}
+    drop: set[int] = set()
+    changes = Changes([], [], [], [], {}, set())
+    if options.append:
+        for path, label in zip(paths, labels):
+            position = by_path.get(path)
+            if position is not None:
+                item = entries[position][1]
+                if _same_file(path, item):
+                    continue  # already indexed and untouched since: not read
+                digest = content_hash(path)
+                changes.hashed += 1
+                if digest == item.sha256:
+                    continue  # touched or copied, same content
+                drop.add(position)  # same path, new content: the indexed image no longer exists
+                changes.changed_paths.add(path)
+                changes.known_hashes[len(changes.paths)] = digest
+            changes.paths.append(path)
+            changes.labels.append(label)
+    scanned = set(paths)
+    gone = [position for position, (_, item) in enumerate(entries) if item.path not in scanned and not os.path.isfile(item.path)]
+    if options.prune:
+        drop.update(gone)
+    elif gone:
+        first = entries[gone[0]][1].path
+        events.message(f"{len(gone)} indexed file{'s are' if len(gone) > 1 else ' is'} gone (e.g. {first}); "
+                       f"`siamcli index {options.gallery} --prune` drops {'them' if len(gone) > 1 else 'it'}")
+    changes.kept = [entry for position, entry in enumerate(entries) if position not in drop]
+    changes.removed = [entries[position][0] for position in sorted(drop)]
+    return changes
+
+
+def _same_file(path: str, item: IndexItem) -> bool:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return info.st_size == item.size and info.st_mtime_ns == item.mtime_ns
+
+
+def new_rows(changes: Changes, outcome, first_id: int):
+    """The new images' items, in the order their vectors were written (ids from `first_id`)."""
+    for offset, position in enumerate(outcome.kept):
+        yield IndexItem(id=first_id + offset, path=changes.paths[position], label=changes.labels[position],
+                        sha256=outcome.sha256(position), size=int(outcome.sizes[position]), mtime_ns=int(outcome.mtimes[position]))
+
+
+def copy_vectors(old: LoadedIndex | None, kept: list[tuple[Ref, IndexItem]], writer: vector_file.VectorWriter, events: Events) -> None:
+    """The kept rows' vectors, in the order of `kept` (segment by segment, row order), into `writer`."""
+    if old is None or not kept:
+        return
+    events.stage(f"copying {len(kept)} vectors")
+    for position, segment in enumerate(old.segments):
+        wanted = np.zeros(segment.rows, bool)
+        rows = [row for (p, row), _ in kept if p == position]
+        if not rows:
+            continue
+        wanted[rows] = True
+        for chunk in segment.iter_vectors(wanted):
+            writer.write(chunk)
+
+
+def next_id(old: LoadedIndex | None) -> int:
+    return 0 if old is None else int(old.manifest["next_id"])
+
+
