@@ -33,6 +33,7 @@ from siamcli.atomic import atomic_directory, write_json
 from siamcli.data.scan import describe_skipped, require_folder, scan_folder
 from siamcli.errors import UserError
 from siamcli.events import NO_EVENTS, Events
+from siamcli.faults import crash_point
 from siamcli.hashing import file_sha256
 from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
@@ -106,7 +107,7 @@ def _build_locked(options: IndexOptions, events: Events, run, out: Path, started
                          index_type="", factory="", count=0, skipped=list(scan.skipped), hashed_images=changes.hashed,
                          threshold=run_threshold(run.run_dir, fingerprint)[0])
     same_galleries = old is not None and galleries == _known_galleries(old)
-    if same_galleries and not moved and not changes.paths and not changes.removed:
+    if same_galleries and not moved and not changes.any:
         return unchanged(result, old, started)  # leave the index (and its files' timestamps) as they are
     embedder = _Embedder(run.model, old, options, events) if changes.paths or old is None else None
     reason = rewrite_reason(old, changes, options, moved)
@@ -200,6 +201,7 @@ def rewrite(out: Path, old: LoadedIndex | None, changes: Changes, embedder, gall
         manifest = index_manifest(record, fingerprint=fingerprint, model_path=model_path, dim=dim, image_size=image_size, count=count,
                                   next_id=first_id + added, gallery=options.gallery, galleries=galleries, created=created)
         write_json(tmp / mf.MANIFEST, manifest)
+        crash_point("index-rewrite-written")
         result.bytes_written = sum(path.stat().st_size for path in tmp.rglob("*") if path.is_file())
     record_result(result, manifest, changes, outcome, written_rows=added, bytes_written=result.bytes_written)
 

@@ -7,8 +7,9 @@ hashed, and counts as changed only if its content (sha256) differs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,29 +28,39 @@ class Changes:
     known_hashes: dict[int, str]  # position in paths → sha256 already computed
     changed_paths: set[str]  # paths re-embedded because their content changed
     hashed: int = 0  # indexed files read because their size or time changed
+    refreshed: set[Ref] = field(default_factory=set)  # kept rows whose file was touched, same content: new size/time
+
+    @property
+    def any(self) -> bool:
+        return bool(self.paths or self.removed or self.refreshed)
 
 
 def plan_changes(paths: list[str], labels: list[str], old: LoadedIndex | None, options, events: Events) -> Changes:
-    # options: build.IndexOptions (append, prune, gallery)
-    """What an update adds and removes. An indexed file whose size and mtime are as recorded is not read."""
+    """What an update (options: build.IndexOptions) adds and removes. An indexed file whose size
+    and mtime are as recorded is not read; one touched without a change is kept with its new
+    size and time (its row moves to the new segment, same id and vector), so it is read once."""
     if old is None:
         return Changes([], [], paths, labels, {}, set())
     events.stage("comparing the gallery with the index (size, time; content hash where they differ)")
     entries = old.entries
     by_path = {item.path: position for position, (_, item) in enumerate(entries)}
     drop: set[int] = set()
+    refreshed: dict[int, IndexItem] = {}
     changes = Changes([], [], [], [], {}, set())
     if options.append:
         for path, label in zip(paths, labels):
             position = by_path.get(path)
             if position is not None:
                 item = entries[position][1]
-                if _same_file(path, item):
+                info = _stat(path)
+                if info is not None and (info.st_size, info.st_mtime_ns) == (item.size, item.mtime_ns):
                     continue  # already indexed and untouched since: not read
                 digest = content_hash(path)
                 changes.hashed += 1
                 if digest == item.sha256:
-                    continue  # touched or copied, same content
+                    if info is not None:  # touched or copied, same content: remember the new size and time
+                        refreshed[position] = dataclasses.replace(item, size=info.st_size, mtime_ns=info.st_mtime_ns)
+                    continue
                 drop.add(position)  # same path, new content: the indexed image no longer exists
                 changes.changed_paths.add(path)
                 changes.known_hashes[len(changes.paths)] = digest
@@ -63,17 +74,17 @@ def plan_changes(paths: list[str], labels: list[str], old: LoadedIndex | None, o
         first = entries[gone[0]][1].path
         events.message(f"{len(gone)} indexed file{'s are' if len(gone) > 1 else ' is'} gone (e.g. {first}); "
                        f"`siamcli index {options.gallery} --prune` drops {'them' if len(gone) > 1 else 'it'}")
-    changes.kept = [entry for position, entry in enumerate(entries) if position not in drop]
+    changes.kept = [(ref, refreshed.get(position, item)) for position, (ref, item) in enumerate(entries) if position not in drop]
     changes.removed = [entries[position][0] for position in sorted(drop)]
+    changes.refreshed = {entries[position][0] for position in refreshed if position not in drop}
     return changes
 
 
-def _same_file(path: str, item: IndexItem) -> bool:
+def _stat(path: str) -> os.stat_result | None:
     try:
-        info = os.stat(path)
+        return os.stat(path)
     except OSError:
-        return False
-    return info.st_size == item.size and info.st_mtime_ns == item.mtime_ns
+        return None
 
 
 def new_rows(changes: Changes, outcome, first_id: int):

@@ -44,9 +44,12 @@ def add_segment(old: LoadedIndex, changes: Changes, embedder, galleries: list[st
                 events: Events) -> None:
     """Apply `changes` to `old` in place: a new segment for new rows, tombstones for removed ones."""
     out, manifest = old.directory, dict(old.manifest)
+    collect_garbage(out, manifest)  # what a killed update left: its segment number is about to be used again
     (out / ITEMS_CSV).unlink(missing_ok=True)  # the export would be stale: `--export-items` writes it again
     absorb = len(old.segments) - 1 >= MAX_LATER_SEGMENTS
-    carried = [(ref, item) for ref, item in changes.kept if ref[0] > 0] if absorb else []
+    # Rows the new segment takes over (same id, same vector): the other later segments when there
+    # are too many, and rows whose file was touched (their new size and time must be recorded).
+    carried = [(ref, item) for ref, item in changes.kept if (absorb and ref[0] > 0) or ref in changes.refreshed]
     number = int(manifest.get("next_segment", 1))
     record, outcome = None, None
     if changes.paths or carried:
@@ -107,13 +110,13 @@ def _write_new_segment(old: LoadedIndex, changes: Changes, carried, embedder, nu
 def _write_tombstones(old: LoadedIndex, changes: Changes, dropped: set[int], generation: int) -> dict | None:
     """The manifest's `deleted` record after this update (a new file when it changed), or None."""
     pairs = [(segment.number, int(row)) for segment in old.segments if segment.number not in dropped for row in segment.deleted]
-    pairs += [(old.segments[position].number, row) for position, row in changes.removed
+    pairs += [(old.segments[position].number, row) for position, row in [*changes.removed, *changes.refreshed]
               if old.segments[position].number not in dropped]
     if not pairs:
         return None
     array = np.array(sorted(pairs), np.int64).reshape(-1, 2)
     previous = old.manifest.get("deleted")
-    if previous and len(array) == previous.get("rows") and not changes.removed and not dropped:
+    if previous and len(array) == previous.get("rows") and not changes.removed and not changes.refreshed and not dropped:
         return previous  # nothing removed now: the same file stands
     name = f"deleted-{generation:06d}.npy"
     with atomic_path(old.directory / name, suffix=".npy") as tmp:
