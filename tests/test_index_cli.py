@@ -179,6 +179,9 @@ def test_index_errors_are_one_line(tmp_path, tiny_run):
     one_line_error(invoke("index", data, "--model", run, "--batch-size", "0"), "--batch-size")
     (tmp_path / "file").write_text("x")
     one_line_error(invoke("index", data, "--model", run, "--out", tmp_path / "file"), "is a file")
+    one_line_error(invoke("index", "--compact", "--model", run), "no index at")
+    one_line_error(invoke("index", "--export-items", "--out", tmp_path / "nope"), "no index at")
+    one_line_error(invoke("index", data, "--compact", "--model", run), "give no GALLERY_DIR")
 
 
 def test_append_with_another_model_is_refused(tmp_path, tiny_run):

@@ -9,6 +9,7 @@ as the command, without a second TensorFlow start-up.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -75,6 +76,8 @@ def test_append_while_a_client_loops_has_no_failed_request(swap):
         wait_for(lambda: len(client.outcomes) >= 3)
         appended = invoke("index", gallery, "--model", run, "--append", "--json")
         assert appended.exit_code == 0, appended.stderr
+        update = json.loads(appended.stdout)
+        assert update["segments"] == 2 and update["rewrite_reason"] == ""  # a new segment, the files in use untouched
         wait_for(lambda: httpx.get(f"{server.url}/api/v1/index").json()["count"] == before + 1)
         seen = len(client.outcomes)
         wait_for(lambda: len(client.outcomes) >= seen + 3)
@@ -86,6 +89,8 @@ def test_append_while_a_client_loops_has_no_failed_request(swap):
     answer = httpx.post(f"{server.url}/api/v1/query", files=[("images", ("new.png", new.read_bytes()))], data={"k": "1"}).json()
     found = answer[0]["results"][0]
     assert found["path"] == str(new) and found["label"] == "newcomer" and found["similarity"] == pytest.approx(1.0, abs=1e-5)
+    by_id = httpx.post(f"{server.url}/api/v1/query", data={"id": str(found["id"]), "k": "1"}).json()  # its stored vector, from the new segment
+    assert by_id[0]["results"][0]["id"] == found["id"]
     assert httpx.get(f"{server.url}/readyz").json()["problem"] is None
     assert re.search(r"^siamcli_index_reloads_total [1-9]", httpx.get(f"{server.url}/metrics").text, re.M)
     shutil.rmtree(new.parent)  # put the gallery back as the other tests expect it

@@ -1,19 +1,28 @@
-"""The gallery index: FAISS over unit-length embeddings, with the files that make it trustworthy.
+"""The gallery index: FAISS over unit-length embeddings, in immutable segments, with the files
+that make it trustworthy.
 
-    <index>/index.faiss     FAISS index (inner product = cosine on unit vectors); row i ↔ items row i
-    <index>/items.csv       id,path,label — one row per indexed image, in FAISS row order
-    <index>/hashes.csv      id,sha256 — the content hash of each image (what --append compares)
-    <index>/embeddings.npy  (count, dim) float32, the exact vectors (rebuilds never re-embed)
-    <index>/manifest.json   model fingerprint, dim, metric, factory, counts, recall, checksums…
+    <index>/manifest.json      model fingerprint, dim, the segments, the tombstones, counts,
+                               recall, checksums — replaced in one rename by every update
+    <index>/index.faiss        the base segment (the folder itself): FAISS index, row i ↔ items row i
+    <index>/items.sqlite       id, path, label, sha256, size, mtime per row (k rows read per query)
+    <index>/embeddings.npy     (rows, dim) float32 vectors for rewrites (ivfpq: kept inside index.faiss)
+    <index>/segments/NNNNNN/   a later segment: the same three files, written by one update
+    <index>/deleted-GGGGGG.npy (segment, row) pairs removed since (tombstones)
+    <index>/items.csv          id,path,label for people (full builds, --export-items)
 
 Modules, one concept each:
     faiss_index  choosing the index type (the `auto` rule), building it, measuring recall@10
     vectors      streaming (count, dim) float32 .npy files in and out, chunk by chunk
-    items        items.csv / hashes.csv rows and content hashing
-    manifest     manifest.json: what the index was built from, and its file checksums
-    store        loading and validating an index directory
+    items        items.sqlite rows (and the items.csv export), content hashing
+    manifest     manifest.json: what the index was built from, its segments, file checksums
+    segment      one segment: its FAISS index, items and vectors; searching it past tombstones
+    store        loading and validating an index (all segments); merged search; k-row lookups
+    changes      what an update adds and removes (path, size, time; content hash if they differ)
+    result       IndexResult: what a command did, for the summary
+    update       an update in place: a new segment, tombstones, one manifest rename, tidying
+    build        `siamcli index`: full build, --append, --prune, --force, choosing update or rewrite
+    compact      `--compact` (rewrite as one segment, no embedding) and `--export-items`
     embedder     streaming images through the model (tf.data), vectors straight to disk
-    build        `siamcli index`: full build, --append, --prune, --force, atomic swap
     shard        `--shard I/N` (one machine's share, embedded into a partial) and `--merge`
     lock         one writer per index at a time (flock beside the index directory)
     search       `siamcli query`: images in, ranked neighbours (dataclasses) out
