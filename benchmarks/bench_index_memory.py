@@ -47,7 +47,7 @@ def build_and_measure(gallery: Path, run_dir: Path, out: Path, batch_size: int) 
         if process.returncode != 0:
             sys.exit(stderr.read())
         summary = json.loads(stdout.read())
-    sizes = {name: (out / name).stat().st_size for name in ("index.faiss", "embeddings.npy", "items.csv", "hashes.csv")}
+    sizes = {name: (out / name).stat().st_size for name in ("index.faiss", "embeddings.npy", "items.sqlite", "items.csv")}
     return {"count": summary["count"], "peak_mib": usage.ru_maxrss / 1024, "seconds": time.perf_counter() - started,
             "sizes_mib": {k: v / 2**20 for k, v in sizes.items()}}
 
@@ -78,9 +78,9 @@ def main() -> None:
               f"files MiB: {sizes})")
     growth = large["peak_mib"] - small["peak_mib"]
     index_total = large["sizes_mib"]["index.faiss"]
-    with_rows = index_total + large["sizes_mib"]["items.csv"] + large["sizes_mib"]["hashes.csv"]
+    with_rows = index_total + large["sizes_mib"]["items.sqlite"]
     print(f"peak growth for {args.factor}x the images: {growth:+.1f} MiB; index.faiss at {large['count']} images: "
-          f"{index_total:.2f} MiB (with items.csv + hashes.csv: {with_rows:.2f} MiB)")
+          f"{index_total:.2f} MiB (with items.sqlite: {with_rows:.2f} MiB)")
     print(f"growth / index size: {growth / index_total:.2f}  (target <= 1.0)")
 
 

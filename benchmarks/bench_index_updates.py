@@ -1,7 +1,7 @@
 """What an index update costs next to a full build, and what a query costs at scale.
 
     python benchmarks/bench_index_updates.py --count 1e6 --workdir W            # append 1,000 to 10^6
-    python benchmarks/bench_index_updates.py --count 1e7 --workdir W --no-append --index-type ivfpq
+    python benchmarks/bench_index_updates.py --from-index F --factory S --params JSON --workdir W   # a query at 10^7
 
 Builds, once per workdir (kept for reruns): an untrained 32 px model with --dim outputs
 (`weights=None`: nothing is downloaded), a gallery of --count small files (the same PNG bytes:
@@ -18,6 +18,11 @@ file's real size and mtime. Then, each in a fresh process as a user runs them:
   query    `siamcli query` for one image, k = 10: wall time and peak RSS; and in this
            process, naming 10 results from items.sqlite vs reading every row of it (what
            reading items.csv whole used to cost).
+
+With --from-index FILE (an index.faiss that benchmarks/bench_large_gallery.py built over
+synthetic vectors, e.g. 10^7 of them, with its factory string and search parameters), the store is assembled around that file instead —
+items.sqlite with synthetic paths (no gallery on disk), the manifest — and only the query is
+measured: what `siamcli query` costs at that size, its metadata lookup apart.
 
 Prints one table and the ratios; absolute times drift with the machine's load.
 """
@@ -125,26 +130,73 @@ def make_index(run: Path, paths: list[str], dim: int, index_type: str) -> float:
     return time.perf_counter() - started
 
 
+def wrap_index(run: Path, faiss_file: Path, dim: int, factory: str, params: dict) -> int:
+    """An index folder around an existing index.faiss (rows = its ntotal), synthetic items; rows."""
+    from siamcli.atomic import atomic_directory, write_json
+    from siamcli.hashing import file_sha256
+    from siamcli.index import faiss_index
+    from siamcli.index import manifest as mf
+    from siamcli.index.build import index_manifest
+    from siamcli.index.items import IndexItem, write_items
+
+    index = faiss_index.read_index(faiss_file, mmap=True)
+    rows = int(index.ntotal)
+    del index
+    index_type = "ivfpq" if not faiss_index.keeps_vectors(factory) else "ivf"
+    with atomic_directory(run / "index") as tmp:
+        os.link(faiss_file, tmp / mf.INDEX_FILE)  # the same bytes, not a copy of 3 GB
+        digest = "ab" * 32
+        write_items(tmp / mf.ITEMS_FILE, (IndexItem(id=i, path=f"/data/gallery/person_{i // 50:07d}/photo_{i:08d}.jpg",
+                                                    label=f"person_{i // 50:07d}", sha256=digest, size=48_000 + i % 997,
+                                                    mtime_ns=1_700_000_000_000_000_000 + i) for i in range(rows)))
+        record = {"rows": rows, "factory": factory, "index_type": index_type, "chosen_by": "user", "search_params": params,
+                  "recall_at_10": 0.0, "recall_sample": 0, "recall_count": rows,
+                  "files": {name: mf.file_record(tmp / name) for name in (mf.INDEX_FILE, mf.ITEMS_FILE)}}
+        write_json(tmp / mf.MANIFEST, index_manifest(
+            record, fingerprint=file_sha256(run / "model.keras"), model_path=(run / "model.keras").resolve(), dim=dim, image_size=32,
+            count=rows, next_id=rows, gallery="/data/gallery", created=mf.now()))
+    print(f"wrapped {faiss_file} ({factory}, {rows:,} rows): {folder_bytes(run / 'index') / rows:.0f} B a vector with items.sqlite", flush=True)
+    return rows
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def siamcli(*args: str) -> tuple[dict | list, float, float, str]:
-    """(JSON output, wall seconds, peak RSS MiB of that process, stderr) of one siamcli command."""
+    """(JSON output, wall seconds, peak RSS MiB of that process, stderr) of one siamcli command.
+
+    The peak is the child's VmHWM, read from /proc while it runs (every 20 ms; the last reading
+    before it exits counts). Not its rusage: Linux carries the RSS of the process that forked
+    it (this one, holding a million paths) into a child's ru_maxrss across exec.
+    """
     import tempfile
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         child = subprocess.Popen([sys.executable, "-m", "siamcli", *args, "--json"], stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(child.pid, 0)  # its own rusage: ru_maxrss is this process's peak
+        peak = 0
+        while child.poll() is None:
+            peak = max(peak, _hwm_kib(child.pid))
+            time.sleep(0.02)
         wall = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if child.returncode:
         sys.exit(f"siamcli {' '.join(args)} failed: {stderr[-2000:]}")
-    return json.loads(stdout), wall, usage.ru_maxrss / 1024, stderr
+    return json.loads(stdout), wall, peak / 1024, stderr
+
+
+def _hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def add_new_images(gallery: Path, count: int) -> Path:
@@ -180,9 +232,15 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--index-type", default="flat", help="the base segment's type (flat builds fastest; the append cost does not depend on it)")
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--from-index", type=Path, help="an index.faiss to wrap (only the query is measured)")
+    parser.add_argument("--factory", default="", help="with --from-index: its factory string")
+    parser.add_argument("--params", default="{}", help="with --from-index: its search parameters (JSON)")
     args = parser.parse_args()
     count, work = int(args.count), args.workdir
     run = make_model(work / "run", args.dim)
+    if args.from_index:
+        count = wrap_index(run, args.from_index, args.dim, args.factory, json.loads(args.params))
+        return report_query(run, count, str(REPO / "sample_data" / "queries" / "s1_10.png"), rows=[], label="wrapped")
     started = time.perf_counter()
     paths = make_gallery(work / "gallery", count)
     print(f"gallery of {count:,} files: {time.perf_counter() - started:.0f} s", flush=True)
@@ -201,9 +259,14 @@ def main() -> None:
         query_image = str(next(new.iterdir()))
     else:
         query_image = paths[0]
+    report_query(run, count, query_image, rows, label=f"base type {args.index_type}")
+
+
+def report_query(run: Path, count: int, query_image: str, rows: list, label: str) -> None:
+    index_dir = run / "index"
     result, qwall, qrss, _ = siamcli("query", query_image, "--model", str(run), "--k", "10")
     some, whole = lookup_times(index_dir, count)
-    print(f"\n## N = {count:,}, d = {args.dim}, base type {args.index_type}; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs")
+    print(f"\n## N = {count:,}, {label}; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs")
     print(f"{'command':<22}{'wall s':>9}{'written MiB':>13}{'folder +MiB':>13}{'peak RSS MiB':>14}  notes")
     for name, wall, written, grown, rss, summary in rows:
         note = (f"added {summary['added']}, {summary['images_per_second']} img/s, embed {summary['embed_seconds']} s, "
@@ -217,6 +280,8 @@ def main() -> None:
         full = rewrite[1] + count / rate
         print(f"append / rewrite: time {append[1] / rewrite[1]:.4f}x, bytes written {append[2] / rewrite[2]:.5f}x")
         print(f"append / full build (rewrite + embedding {count:,} images at {rate} img/s ≈ {full:,.0f} s): time {append[1] / full:.5f}x")
+    print(f"query: {qwall:.2f} s wall in all (Python, TensorFlow and the model load most of it), of which naming the 10 results "
+          f"{some * 1000:.2f} ms; reading every row, as reading items.csv whole did, {whole:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """sha256 of a file's bytes: the one content hash siamcli uses.
 
 It ties an index or a report to the exact model it came from (the model fingerprint), records
-each index file's checksum in manifest.json, and tells `--append` whether an image changed
-(hashes.csv). Imports nothing from siamcli, so every layer can use it.
+each index file's checksum in manifest.json, and tells `--append` whether an image whose size
+or time changed has new content (items.sqlite). Imports nothing from siamcli, so every layer can use it.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class ScanResult:
 
 
 def is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def require_folder(root: str | os.PathLike) -> Path:
@@ -102,8 +102,9 @@ def scan_folder(root: str | os.PathLike, *, labelled: bool = True) -> ScanResult
         dirnames[:] = kept_dirs
         relative = here.relative_to(root_path)
         top = relative.parts[0] if relative.parts else ""
+        prefix = "" if str(here) == "." else os.path.join(str(here), "")  # as str(here / name), without a Path per file
         for name in sorted(filenames):
-            path = here / name
+            path = prefix + name
             if name.startswith("."):
                 reason = "hidden file"
             elif not is_image_name(name):
@@ -113,10 +114,10 @@ def scan_folder(root: str | os.PathLike, *, labelled: bool = True) -> ScanResult
                 if reason is None and top == "" and labelled:
                     reason = "not inside an identity folder"
             if reason is None:
-                result.items.append(ImageItem(str(path), top))
+                result.items.append(ImageItem(path, top))
                 image_count_by_dir[top] += 1
             else:
-                result.skipped.append(Skipped(str(path), reason))
+                result.skipped.append(Skipped(path, reason))
         if relative.parts and len(relative.parts) == 1 and not image_count_by_dir[top] and not dirnames:
             result.skipped.append(Skipped(str(here), "empty folder (no images)"))
     return result
@@ -131,7 +132,7 @@ def _link_to_ancestor(path: Path) -> str | None:
     return target if parent == target or parent.startswith(target.rstrip(os.sep) + os.sep) else None
 
 
-def _file_problem(path: Path) -> str | None:
+def _file_problem(path: str) -> str | None:
     """Why the decoder could not read `path`, found from its metadata alone; None if it can.
 
     Caught here rather than at decode time so the reason shows up at once, and because
