@@ -21,6 +21,7 @@ after it, the new one. The index lock (lock.py) keeps a second writer out throug
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.changes import Changes, copy_vectors, new_rows, next_id
 from siamcli.index.items import ITEMS_CSV
-from siamcli.index.result import IndexResult, index_bytes, record_result
+from siamcli.index.result import IndexResult, record_result, unchanged
 from siamcli.index.segment import write_segment
 from siamcli.index.store import LoadedIndex
 
@@ -55,7 +56,9 @@ def add_segment(old: LoadedIndex, changes: Changes, embedder, galleries: list[st
     if changes.paths or carried:
         record, outcome = _write_new_segment(old, changes, carried, embedder, number, seed, events)
         if record is None and not changes.removed and galleries == manifest.get("galleries"):
-            return _nothing_added(result, old, outcome)
+            result.skipped += outcome.failures  # only images that fail to decode were new: nothing changes
+            unchanged(result, old, time.perf_counter())
+            return
     crash_point("index-segment-written")
     dropped = {old.segments[position].number for position in range(1, len(old.segments))} if absorb else set()
     segments = [s for s in manifest["segments"] if s["number"] not in dropped]
@@ -135,7 +138,7 @@ def _names(manifest: dict) -> set[str]:
 def collect_garbage(out: Path, manifest: dict) -> None:
     """Delete what neither this manifest names nor it has just retired (see the module docstring)."""
     keep = _names(manifest) | set(manifest.get("retired") or [])
-    candidates = [path for path in out.glob("deleted-*.npy")]
+    candidates = list(out.glob("deleted-*.npy"))
     segments_dir = out / mf.SEGMENTS_DIR
     if segments_dir.is_dir():
         candidates += list(segments_dir.iterdir())
@@ -146,12 +149,3 @@ def collect_garbage(out: Path, manifest: dict) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-
-
-def _nothing_added(result: IndexResult, old: LoadedIndex, outcome) -> None:
-    """Only images that fail to decode were new: the index stays as it was."""
-    result.skipped += outcome.failures if outcome else []
-    result.index_type, result.factory, result.count = old.manifest["index_type"], old.manifest["factory"], old.count
-    result.kept, result.segments = old.count, len(old.segments)
-    result.recall_at_10, result.search_params = old.manifest.get("recall_at_10", 1.0), old.manifest.get("search_params") or {}
-    result.index_bytes = index_bytes(old.manifest)
