@@ -137,18 +137,14 @@ def wrap_index(run: Path, faiss_file: Path, dim: int, factory: str, params: dict
     from siamcli.index import faiss_index
     from siamcli.index import manifest as mf
     from siamcli.index.build import index_manifest
-    from siamcli.index.items import IndexItem, write_items
-
     index = faiss_index.read_index(faiss_file, mmap=True)
     rows = int(index.ntotal)
     del index
     index_type = "ivfpq" if not faiss_index.keeps_vectors(factory) else "ivf"
+    items = synthetic_items(run.parent, rows)
     with atomic_directory(run / "index") as tmp:
         os.link(faiss_file, tmp / mf.INDEX_FILE)  # the same bytes, not a copy of 3 GB
-        digest = "ab" * 32
-        write_items(tmp / mf.ITEMS_FILE, (IndexItem(id=i, path=f"/data/gallery/person_{i // 50:07d}/photo_{i:08d}.jpg",
-                                                    label=f"person_{i // 50:07d}", sha256=digest, size=48_000 + i % 997,
-                                                    mtime_ns=1_700_000_000_000_000_000 + i) for i in range(rows)))
+        os.link(items, tmp / mf.ITEMS_FILE)
         record = {"rows": rows, "factory": factory, "index_type": index_type, "chosen_by": "user", "search_params": params,
                   "recall_at_10": 0.0, "recall_sample": 0, "recall_count": rows,
                   "files": {name: mf.file_record(tmp / name) for name in (mf.INDEX_FILE, mf.ITEMS_FILE)}}
@@ -157,6 +153,21 @@ def wrap_index(run: Path, faiss_file: Path, dim: int, factory: str, params: dict
             count=rows, next_id=rows, gallery="/data/gallery", created=mf.now()))
     print(f"wrapped {faiss_file} ({factory}, {rows:,} rows): {folder_bytes(run / 'index') / rows:.0f} B a vector with items.sqlite", flush=True)
     return rows
+
+
+def synthetic_items(work: Path, rows: int) -> Path:
+    """W/items-N.sqlite: N rows with paths like /data/gallery/person_0000123/photo_00006150.jpg (made once)."""
+    from siamcli.index.items import IndexItem, write_items
+
+    path = work / f"items-{rows}.sqlite"
+    if not path.exists():
+        started = time.perf_counter()
+        write_items(path.with_suffix(".tmp"), (IndexItem(id=i, path=f"/data/gallery/person_{i // 50:07d}/photo_{i:08d}.jpg",
+                                                         label=f"person_{i // 50:07d}", sha256=f"{i:064x}", size=48_000 + i % 997,
+                                                         mtime_ns=1_700_000_000_000_000_000 + i) for i in range(rows)))
+        os.replace(path.with_suffix(".tmp"), path)
+        print(f"items.sqlite with {rows:,} rows: {time.perf_counter() - started:.0f} s, {path.stat().st_size / rows:.0f} B a row", flush=True)
+    return path
 
 
 def folder_bytes(folder: Path) -> int:
@@ -235,9 +246,12 @@ def main() -> None:
     parser.add_argument("--from-index", type=Path, help="an index.faiss to wrap (only the query is measured)")
     parser.add_argument("--factory", default="", help="with --from-index: its factory string")
     parser.add_argument("--params", default="{}", help="with --from-index: its search parameters (JSON)")
+    parser.add_argument("--prepare-items", action="store_true", help="only write W/items-COUNT.sqlite (for a later --from-index)")
     args = parser.parse_args()
     count, work = int(args.count), args.workdir
     run = make_model(work / "run", args.dim)
+    if args.prepare_items:
+        return synthetic_items(work, count) and None
     if args.from_index:
         count = wrap_index(run, args.from_index, args.dim, args.factory, json.loads(args.params))
         return report_query(run, count, str(REPO / "sample_data" / "queries" / "s1_10.png"), rows=[], label="wrapped")
