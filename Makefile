@@ -34,8 +34,13 @@ demo: $(STAMP) ## Train on sample_data, evaluate on held-out people, index, quer
 serve: $(STAMP) ## Serve the demo's index at http://127.0.0.1:8000 (run make demo first)
 	$(BIN)/siamcli serve --index $(DEMO)/index
 
+# Two pytest-xdist workers: much of a test's time is single-threaded (TensorFlow's start-up and
+# tracing, subprocesses, servers), so two tests at a time use both cores. Whole files go to a worker
+# (a module's fixtures are built once), the longest first (order set in tests/conftest.py).
+PYTEST_WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP) ## Run the test suite
-	$(BIN)/python -m pytest -q; code=$$?; \
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$code
 
 check: $(STAMP) ## Run the fast tests: no training, no ResNet50 run (pytest -m "not slow"), for the edit-test loop

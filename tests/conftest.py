@@ -25,10 +25,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 MODEL_FIXTURES = frozenset({"tiny_run", "resnet_weights", "reference_run"})
 
 
-def pytest_collection_modifyitems(items):
+# `make test` runs two pytest-xdist workers, each given whole files (--dist loadfile: a module's
+# fixtures are built once) in collection order (--no-loadscope-reorder). In a worker, files whose
+# tests use these costly fixtures come first, the longest first, so that no long file starts last
+# while the other worker idles. The order of a plain `pytest` run is left as it is. (The serve files
+# keep their order: test_serve_batcher.py must run before test_serve_browser.py in one process, whose
+# browser leaves an asyncio loop running that asyncio.run() then refuses.)
+LONG_FIRST = ("reference_run", "resnet_weights", "notebook_folder")
+
+
+def _long_rank(item) -> int:
+    return next((rank for rank, name in enumerate(LONG_FIRST) if name in item.fixturenames), len(LONG_FIRST))
+
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("train") or MODEL_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+    if getattr(config, "workerinput", None) is not None:  # an xdist worker
+        first = {}  # file → the best rank of any of its tests
+        for item in items:
+            first[item.path] = min(first.get(item.path, len(LONG_FIRST)), _long_rank(item))
+        items[:] = sorted(items, key=lambda item: first[item.path])  # stable: files stay whole and in order
 
 
 def identity_pattern(identity: int, size: int = 48) -> np.ndarray:

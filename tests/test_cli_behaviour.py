@@ -63,7 +63,8 @@ def test_a_terminated_train_ends_with_the_exact_resume_command(tmp_path):
     run = tmp_path / "runs" / "r"
     process = subprocess.Popen(
         [sys.executable, "-m", "siamcli", "train", str(data), "--out", str(run), "--weights", "none", "--image-size", "32",
-         "--frozen-epochs", "50", "--finetune-epochs", "0", "--steps-per-epoch", "2", "--batch-size", "8", "--patience", "0"],
+         "--frozen-epochs", "50", "--finetune-epochs", "0", "--steps-per-epoch", "2", "--batch-size", "8", "--patience", "0",
+         "--no-augment"],  # one cached view per image: epoch 2 comes sooner
         cwd=tmp_path, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},
     )
     lines = []
@@ -83,7 +84,7 @@ def test_a_terminated_train_ends_with_the_exact_resume_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_evaluates_from_another_folder_and_after_moving_with_its_data(tmp_path, tiny_run):
+def test_a_run_evaluates_from_another_folder_and_after_moving_with_its_data(tmp_path, tiny_run, monkeypatch):
     project = tmp_path / "project"
     run, data = copy_run(tiny_run, project)
     config = json.loads((run / "config.json").read_text())
@@ -91,8 +92,10 @@ def test_a_run_evaluates_from_another_folder_and_after_moving_with_its_data(tmp_
     (run / "config.json").write_text(json.dumps(config))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    done = run_cli("evaluate", "--model", str(run), "--no-baselines", "--projection", "pca", "--json", cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(elsewhere)  # from another folder: in this process (the moved run below: in a subprocess)
+    done = invoke("evaluate", "--model", run, "--no-baselines", "--projection", "pca", "--json")
+    assert done.exit_code == 0, done.stderr
+    assert json.loads((run / "eval" / "report.json").read_text())["data_dir"] == str(data)
     moved = tmp_path / "moved"
     shutil.move(project, moved)  # the run and its data move together: the absolute path is gone
     done = run_cli("evaluate", "--model", str(moved / "run"), "--no-baselines", "--projection", "pca", "--json", cwd=elsewhere)

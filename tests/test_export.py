@@ -60,8 +60,14 @@ def _resized_pixels(paths: list[str], size: int) -> np.ndarray:
 
 
 def _export(run: Path, out: Path, *flags: str) -> dict:
-    done = run_cli("export", str(run), "--out", str(out), "--json", *flags)
-    assert done.returncode == 0, done.stderr[-3000:]
+    """`siamcli export RUN --json` through the CLI in this process (the fresh processes that load
+    the files are the point of these tests; a third one per format would only start TensorFlow again)."""
+    from typer.testing import CliRunner
+
+    from siamcli.cli.app import app
+
+    done = CliRunner().invoke(app, ["export", str(run), "--out", str(out), "--json", *flags])
+    assert done.exit_code == 0, (done.stderr[-3000:], done.exception)
     summary = json.loads(done.stdout)
     assert all(diff <= summary["tolerance"] for diff in summary["max_abs_diff"].values()), summary
     assert json.loads((out / "export.json").read_text())["max_abs_diff"] == summary["max_abs_diff"]
