@@ -11,9 +11,14 @@ to disk. It is then queried in fresh processes, loaded as `siamcli query` loads 
     cold   mmap after dropping the file from the page cache (posix_fadvise DONTNEED): what the
            first queries of a process cost when the index is not in the page cache
 
-Per run: 1,000 queries as one batch, then 200 one at a time; recall@10 of the batch against
-exact ground truth over the whole gallery; VmRSS after loading and after searching (with
-RssFile, the part that is mapped file pages the kernel can drop under pressure).
+Per run: 1,000 queries as one batch, then 200 one at a time (mean, p50 and p99 latency);
+recall@10 of the batch against exact ground truth over the whole gallery; VmRSS after loading
+and after searching (with RssFile, the part that is mapped file pages the kernel can drop
+under pressure). Bytes a vector on disk, in two columns: `index` = index.faiss / N, `vecs` =
+the float32 vectors file the store keeps beside it for rebuilds (4·d, or 0 where the index
+holds them itself: `faiss_index.keeps_vectors`); the store's per-row metadata (paths, labels,
+hashes) is not counted. For those types the mapped run also times `reconstruct_rows` (what a
+rebuild reads instead of the vectors file) on the last 65,536 rows.
 
 Data: embedding-like vectors, not isotropic Gaussian noise. Each vector is one of N/10
 identities' centres in a 32-d latent space, plus noise, mapped into `dim` dimensions and
@@ -28,7 +33,7 @@ float32 = 10 GB is never held in memory, let alone twice); it and the exact grou
 kept in --workdir, so a rerun skips them.
 
     nice -n 10 python benchmarks/bench_large_gallery.py --workdir /data/bench           # 10^6: flat,hnsw,ivf,sq8,ivfpq
-    nice -n 10 python benchmarks/bench_large_gallery.py --sizes 1e7 --types ivfpq,sq8 --workdir /data/bench
+    nice -n 10 python benchmarks/bench_large_gallery.py --sizes 1e7 --types ivfpq --train-per-list 39 --workdir /data/bench
     python benchmarks/bench_large_gallery.py --compare-opq 1e5                          # OPQ vs PQ at equal bytes
 """
 
@@ -56,6 +61,7 @@ from siamcli.index import vectors as vector_file  # noqa: E402
 from siamcli.index.vectors import VectorWriter  # noqa: E402
 
 CHUNK = 65_536
+RECONSTRUCT_ROWS = 65_536  # mmap runs of types that keep their own vectors: decode this many rows, timed
 SINGLE_QUERIES = 200
 K = 10
 
@@ -110,7 +116,8 @@ def child_build(args) -> dict:
     started = time.perf_counter()
     faiss_index.write_index(index, args.index)
     return {"factory": plan.factory, "params": tuning.params, "manifest_recall": tuning.recall_at_10,
-            "reached": tuning.reached, "build_s": build_s, "write_s": time.perf_counter() - started}
+            "reached": tuning.reached, "build_s": build_s, "write_s": time.perf_counter() - started,
+            "keeps_vectors": faiss_index.keeps_vectors(plan)}
 
 
 def child_query(args) -> dict:
@@ -129,10 +136,13 @@ def child_query(args) -> dict:
     loaded = status_kib("VmRSS", "RssFile")
     out = {"load_s": load_s, "rss_load_mib": (loaded["VmRSS"] - before) / 1024}
     # one at a time first (a cold cache is only cold once), then the batch
-    started = time.perf_counter()
+    times = []
     for i in range(SINGLE_QUERIES):
+        started = time.perf_counter()
         index.search(queries[i:i + 1], K)
-    out["single_ms"] = (time.perf_counter() - started) / SINGLE_QUERIES * 1000
+        times.append(time.perf_counter() - started)
+    out["single_ms"] = float(np.mean(times)) * 1000
+    out["single_p50_ms"], out["single_p99_ms"] = (float(v) * 1000 for v in np.percentile(times, [50, 99]))
     started = time.perf_counter()
     _, found = index.search(queries, K)
     out["batch_ms"] = (time.perf_counter() - started) / len(queries) * 1000
@@ -140,6 +150,11 @@ def child_query(args) -> dict:
     after = status_kib("VmRSS", "RssFile")
     out["rss_after_mib"] = (after["VmRSS"] - before) / 1024
     out["rss_file_mib"] = after.get("RssFile", 0) / 1024
+    if args.mode == "mmap" and not faiss_index.keeps_vectors(args.factory):  # what a rebuild reads instead of embeddings.npy
+        rows = min(RECONSTRUCT_ROWS, index.ntotal)
+        started = time.perf_counter()
+        faiss_index.reconstruct_rows(index, index.ntotal - rows, rows)
+        out["reconstruct_rows_per_s"] = rows / (time.perf_counter() - started)
     return out
 
 
@@ -165,21 +180,25 @@ def run_type(workdir: Path, count: int, dim: int, index_type: str, vectors: Path
     if train_per_list:
         argv += ["--train-per-list", str(train_per_list)]
     built, build_peak = run_child(argv)
-    row = {"type": index_type, "N": count, **built, "build_peak_mib": build_peak, "bytes": index_path.stat().st_size}
+    row = {"type": index_type, "N": count, **built, "build_peak_mib": build_peak, "bytes": index_path.stat().st_size,
+           # the float32 copy the store keeps beside an index that does not hold its vectors by row (embeddings.npy)
+           "vectors_bytes": 4 * dim * count if built["keeps_vectors"] else 0}
     modes = ("read", "mmap", "cold") if index_type in ("ivf", "sq8", "ivfpq") else ("read",)
     for mode in modes:
         answer, peak = run_child(["--child", "query", "--mode", mode, "--index", str(index_path), "--queries-file", str(queries),
-                                  "--truth", str(truth), "--params", json.dumps(built["params"])])
+                                  "--truth", str(truth), "--params", json.dumps(built["params"]), "--factory", built["factory"]])
         row[mode] = {**answer, "peak_mib": peak}
     index_path.unlink()
     return row
 
 
 def print_header() -> None:
-    print(f"{'N':>10} {'type':>6} {'factory':>32} {'search params':>44} {'build':>6} {'peak':>7} {'file':>7} {'B/vec':>5} "
-          f"{'load':>5} {'load':>6} {'RSS':>6} {'batch':>6} {'single':>7} {'recall':>6} {'RSS':>6} {'file':>6} {'anon':>6}")
-    print(f"{'':>10} {'':>6} {'':>32} {'':>44} {'s':>6} {'MiB':>7} {'MiB':>7} {'':>5} "
-          f"{'as':>5} {'s':>6} {'load':>6} {'ms/q':>6} {'ms/q':>7} {'@10':>6} {'after':>6} {'pages':>6} {'':>6}")
+    """B/vec: index = index.faiss / N; vecs = the float32 file the store keeps beside it (0 where the
+    index holds its own vectors: faiss_index.keeps_vectors). The store's per-row metadata is not counted."""
+    print(f"{'N':>10} {'type':>6} {'factory':>34} {'search params':>44} {'build':>6} {'peak':>7} {'file':>7} {'index':>5} {'vecs':>5} "
+          f"{'load':>5} {'load':>6} {'RSS':>6} {'batch':>6} {'single':>7} {'p50':>6} {'p99':>6} {'recall':>6} {'RSS':>6} {'file':>6} {'anon':>6}")
+    print(f"{'':>10} {'':>6} {'':>34} {'':>44} {'s':>6} {'MiB':>7} {'MiB':>7} {'B/vec':>5} {'B/vec':>5} "
+          f"{'as':>5} {'s':>6} {'load':>6} {'ms/q':>6} {'ms/q':>7} {'ms':>6} {'ms':>6} {'@10':>6} {'after':>6} {'pages':>6} {'':>6}")
 
 
 def print_row(row: dict) -> None:
@@ -189,9 +208,12 @@ def print_row(row: dict) -> None:
         if mode not in row:
             continue
         q = row[mode]
-        lead = (f"{row['N']:>10,} {row['type']:>6} {row['factory']:>32} {params:>44} {row['build_s']:>6.0f} "
-                f"{row['build_peak_mib']:>7,.0f} {row['bytes'] / 2**20:>7,.0f} {row['bytes'] / row['N']:>5.0f}") if first else " " * 121
+        vectors = row.get("vectors_bytes", 4 * 256 * row["N"] * faiss_index.keeps_vectors(row["factory"]))  # earlier runs: d = 256
+        lead = (f"{row['N']:>10,} {row['type']:>6} {row['factory']:>34} {params:>44} {row['build_s']:>6.0f} "
+                f"{row['build_peak_mib']:>7,.0f} {row['bytes'] / 2**20:>7,.0f} {row['bytes'] / row['N']:>5.0f} "
+                f"{vectors / row['N']:>5.0f}") if first else " " * 129
         print(f"{lead} {mode:>5} {q['load_s']:>6.2f} {q['rss_load_mib']:>6,.0f} {q['batch_ms']:>6.2f} {q['single_ms']:>7.2f} "
+              f"{q.get('single_p50_ms', float('nan')):>6.2f} {q.get('single_p99_ms', float('nan')):>6.2f} "
               f"{q['recall']:>6.3f} {q['rss_after_mib']:>6,.0f} {q['rss_file_mib']:>6,.0f} "
               f"{max(0.0, q['rss_after_mib'] - q['rss_file_mib']):>6,.0f}", flush=True)
         first = False
@@ -207,7 +229,9 @@ def print_ratios(rows: list[dict]) -> None:
                   f"{max(0.0, read['rss_after_mib'] - read['rss_file_mib']):,.0f} MiB; "
                   f"single-query latency mmap/read "
                   f"{mapped['single_ms'] / read['single_ms']:.2f}x, cold/read {cold['single_ms'] / read['single_ms']:.2f}x; "
-                  f"recall mmap == read: {mapped['recall'] == read['recall']}")
+                  f"recall mmap == read: {mapped['recall'] == read['recall']}"
+                  + (f"; reconstruct_rows from the mapped file {mapped['reconstruct_rows_per_s']:,.0f} rows/s"
+                     if "reconstruct_rows_per_s" in mapped else ""))
     by = {(r["N"], r["type"]): r for r in rows}
     for (count, kind), row in by.items():
         flat = by.get((count, "flat"))
@@ -216,7 +240,9 @@ def print_ratios(rows: list[dict]) -> None:
                   f"single {flat['read']['single_ms'] / row['read']['single_ms']:.1f}x, file {row['bytes'] / flat['bytes']:.2f}x")
         sq8 = by.get((count, "sq8"))
         if sq8 and kind == "ivfpq":
-            print(f"{count:,} ivfpq vs sq8: file {row['bytes'] / sq8['bytes']:.2f}x, build {row['build_s'] / sq8['build_s']:.2f}x, "
+            kept = {r["type"]: (r["bytes"] + r.get("vectors_bytes", 0)) / r["N"] for r in (row, sq8)}
+            print(f"{count:,} ivfpq vs sq8: index + float32 vectors kept {kept['ivfpq']:,.0f} vs {kept['sq8']:,.0f} B/vector, "
+                  f"file {row['bytes'] / sq8['bytes']:.2f}x, build {row['build_s'] / sq8['build_s']:.2f}x, "
                   f"batch latency {row['read']['batch_ms'] / sq8['read']['batch_ms']:.2f}x, mmap RSS "
                   f"{row['mmap']['rss_after_mib'] / sq8['mmap']['rss_after_mib']:.2f}x, recall {row['read']['recall']:.3f} vs {sq8['read']['recall']:.3f}")
 
@@ -272,6 +298,7 @@ def main() -> None:
     parser.add_argument("--params", help=argparse.SUPPRESS)
     parser.add_argument("--truth", help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", help=argparse.SUPPRESS)
+    parser.add_argument("--factory", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train_per_list:
         faiss_index.TRAIN_POINTS_PER_LIST = args.train_per_list  # a smaller k-means sample, said in the output

@@ -46,11 +46,11 @@ def ivfpq_built(tmp_path_factory):
 
 def test_ivfpq_plan_is_ivf_with_pq_codes_and_exact_reranking():
     plan = faiss_index.plan_index("ivfpq", COUNT, DIM)
-    assert plan.factory == "IDMap,IVF512,PQ4,RFlat" and plan.nlist == 512 and plan.approximate
+    assert plan.factory == "IVF512,PQ2,Refine(SQ8)" and plan.nlist == 512 and plan.approximate
     big = faiss_index.plan_index("ivfpq", 10_000_000, 256)
-    assert big.factory == "IDMap,IVF16384_HNSW32,PQ32,RFlat" and big.nlist == 16384
+    assert big.factory == "IVF16384_HNSW32,PQ16,Refine(SQ8)" and big.nlist == 16384
     small = faiss_index.plan_index("ivfpq", 500, 16)  # too few points for 256 centroids per codebook
-    assert small.factory == "IDMap,IVF8,PQ2x3,RFlat"  # 8 centroids × 39 ≤ 500
+    assert small.factory == "IVF8,PQ1x3,Refine(SQ8)"  # 8 centroids × 39 ≤ 500
     assert "ivfpq" in faiss_index.INDEX_TYPES
 
 
@@ -67,10 +67,10 @@ def test_ivfpq_is_tuned_to_the_target_on_held_out_vectors(ivfpq_built):
     _, found = index.search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), exact.tolist())])
     assert recall >= faiss_index.RECALL_TARGET
-    # Re-ranking is exact: the scores returned are the true inner products.
+    # Re-ranking is from 8-bit vectors: the scores returned are the true inner products to within its steps.
     scores, rows = index.search(queries[:20], 10)
     x = np.load(vectors)
-    assert np.allclose(scores, np.einsum("qd,qkd->qk", queries[:20], x[rows]), atol=1e-5)
+    assert np.allclose(scores, np.einsum("qd,qkd->qk", queries[:20], x[rows]), atol=0.01)
 
 
 def test_query_load_is_memory_mapped_and_answers_like_a_normal_load(ivfpq_built):
@@ -86,7 +86,7 @@ def test_query_load_is_memory_mapped_and_answers_like_a_normal_load(ivfpq_built)
     ivf = faiss.extract_index_ivf(mm)
     lists = faiss.downcast_InvertedLists(ivf.invlists)
     biggest = int(np.argmax([lists.list_size(i) for i in range(ivf.nlist)]))
-    refine = faiss.downcast_index(faiss.downcast_index(mm.index).refine_index)
+    refine = faiss.downcast_index(mm.refine_index)
     start, end = _mapping_range(path)
     assert not refine.codes.is_owned
     for address in (int(lists.get_codes(biggest)), int(lists.get_ids(biggest)), int(refine.codes.data())):
@@ -118,7 +118,7 @@ def ivfpq_dir(tmp_path_factory, tiny_run):
     """(run, data, index dir): the tiny run's gallery indexed with --index-type ivfpq via build_index."""
     run, data = copy_run(tiny_run, tmp_path_factory.mktemp("ivfpq_dir"))
     result = build(run, data, index_type="ivfpq")
-    assert result.index_type == "ivfpq" and result.factory.endswith(",RFlat")
+    assert result.index_type == "ivfpq" and result.factory.endswith(",Refine(SQ8)")
     return run, data, result.index_dir
 
 
@@ -128,20 +128,21 @@ def test_build_index_with_ivfpq_then_query_maps_it_and_finds_each_image(ivfpq_di
     assert set(manifest["search_params"]) == {"nprobe", faiss_index.RERANK_PARAMETER}
     loaded = load_index(index_dir)
     assert mapped(index_dir / mf.INDEX_FILE)
-    embeddings = np.load(index_dir / mf.EMBEDDINGS_FILE)
+    assert not (index_dir / mf.EMBEDDINGS_FILE).exists()  # ivfpq holds the (8-bit) vectors itself
+    embeddings = faiss_index.reconstruct_rows(loaded.index, 0, loaded.index.ntotal)
     scores, rows = loaded.index.search(embeddings, 10)  # (k_factor re-ranks k_factor·10 candidates, as tuned)
-    # each image's nearest is itself, or an image the (untrained) model gives the same vector
-    assert np.allclose(scores[:, 0], 1.0, atol=1e-5) and np.allclose(embeddings[rows[:, 0]], embeddings, atol=1e-3)
+    # each image's nearest is itself, or an image the (untrained) model gives the same vector (to within the 8-bit scores)
+    assert np.allclose(scores[:, 0], 1.0, atol=0.01) and np.all(np.einsum("nd,nd->n", embeddings[rows[:, 0]], embeddings) > 0.99)
 
     from siamcli.index.search import query_images
 
     image = loaded.items[7].path
     outcome = query_images([image], index=str(index_dir), model=str(run), k=3)
-    assert abs(outcome.results[0].neighbours[0].similarity - 1.0) < 1e-4
+    assert abs(outcome.results[0].neighbours[0].similarity - 1.0) < 0.01  # scored from 8-bit vectors
     full = load_index(index_dir, full=True)  # an update reads it into memory: it will add to it
     assert faiss_index.faiss_module().extract_index_ivf(full.index).invlists is not None
     before = full.index.ntotal
-    full.index.add_with_ids(embeddings[:1], np.array([before], dtype=np.int64))
+    full.index.add(embeddings[:1])  # ivfpq's ids are positions: rows are added in order
     assert full.index.ntotal == before + 1
 
 
@@ -152,9 +153,9 @@ def test_a_big_index_file_is_checked_by_size_at_query_time_and_hashed_by_updates
     original = index_file.read_bytes()
     monkeypatch.setattr(store, "QUERY_HASH_MAX_BYTES", 1024)  # make the test's small file "big"
     assert len(original) > 1024
-    # Same size, a byte changed in the middle of the codes: a query no longer reads every byte…
+    # Same size, a byte changed in the codes (the 8-bit vectors, written last): a query no longer reads every byte…
     damaged = bytearray(original)
-    damaged[len(damaged) // 2] ^= 0xFF
+    damaged[len(damaged) - 20] ^= 0xFF
     index_file.write_bytes(bytes(damaged))
     load_index(copy)
     # …but an update hashes it all and refuses it.

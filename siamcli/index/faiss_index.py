@@ -1,9 +1,9 @@
 """FAISS index types, the `auto` rule, building from a vectors file, and measured recall@10.
 
 Every index searches by inner product (`METRIC_INNER_PRODUCT`) over unit-length embeddings,
-so the score is the cosine similarity. The id FAISS returns is the row in items.csv (and in
-embeddings.npy): Flat adds rows in order; HNSW (wrapped in `IDMap`) and IVF are given the row
-numbers explicitly, so rows can be added in any order.
+so the score is the cosine similarity. The id FAISS returns is the row in items.csv: Flat and
+ivfpq number rows by position (rows are added in order); HNSW (wrapped in `IDMap`) and IVF are
+given the row numbers explicitly, so rows can be added in any order.
 
 The `auto` rule (N = number of gallery images, d = embedding dim):
 
@@ -13,51 +13,72 @@ The `auto` rule (N = number of gallery images, d = embedding dim):
                                                        (benchmarks/bench_search.py); takes
                                                        N·(4d + 2·32·4 + 16) bytes: up to ≈ 6.6 M
                                                        vectors at d = 256
-    past that                     IVF{L},SQ8           L = power of 2 nearest 4·√N (≥ 39 points
-                                                       per list), k-means on ≤ 64·L sampled
-                                                       vectors; 8-bit codes, d bytes per vector
+    past that                     ivfpq                IVF{L}_HNSW32,PQ{d/16},Refine(SQ8) (below):
+                                                       N·(d + d/16 + 8) bytes, 280 at d = 256,
+                                                       and the store keeps no float32 copy
 
 HNSW builds at ≈ 0.2–0.4 ms per vector on 2 cores (minutes for 10^6): far less than embedding
 the images took, so build time does not limit it; memory does. `--index-type ivf` gives IVF with
-raw vectors (`IVF{L},Flat`) where they fit in 8 GiB, SQ8 codes past that.
+raw vectors (`IVF{L},Flat`) where they fit in 8 GiB, SQ8 codes (`IVF{L},SQ8`) past that.
 
-`--index-type ivfpq` (never chosen by `auto`): `IDMap,IVF{L}[_HNSW32],PQ{d/8},RFlat`.
-    IVF{L}      the same L lists as ivf; from 4,096 lists on the coarse quantizer is an HNSW
-                graph over the centroids (`_HNSW32`), since assigning 10^7 vectors to 16,384
-                centroids by brute force alone takes ≈ 25 min on 2 cores
-    PQ{d/8}     one 8-bit code per 8 dimensions (32 bytes at d = 256; fewer bits for a gallery
-                under 10^4, too small to train 256 centroids per codebook); no polysemous
-                training (index_factory's default: Hamming pre-filtering siamcli never uses)
-    RFlat       FAISS's IndexRefineFlat: the PQ search proposes k_factor·k candidates, which
-                are re-scored exactly against the raw vectors — so scores are true cosines
-                (thresholds apply as calibrated) and recall@10 reaches 0.95 with few lists
-    IDMap       IndexRefine numbers rows by insertion order; IDMap keeps ids = rows (8 B/vector)
-It takes N·(4d + d/8 + 16) bytes on disk and when read — 4× SQ8's N·(d + 8) — but a query
-process maps it (store.py), and only the PQ lists it scans (d/8 + 8 bytes a vector) and the
-k_factor·k rows it re-ranks per query are read: the hot set is ~6× smaller than SQ8's at d =
-256, the raw vectors stay cold on disk. Tuning raises nprobe at k_factor_rf = 32 (doubling, then
-bisecting, as for ivf), then halves k_factor_rf while recall@10 stays ≥ 0.96; with an HNSW
-quantizer its efSearch is 2·nprobe (at FAISS's default 16 the graph returned too few good lists
-and recall@10 stopped at 0.865 at 10^6, whatever nprobe). All go into search_params. (search.py
-searches at least 10 deep, the depth recall was tuned at, so --k 1 re-ranks as many candidates
-as were measured.)
+ivfpq, `IVF{L}[_HNSW32],PQ{d/16}[x{b}],Refine(SQ8)` — the compact index:
+    IVF{L}      the same L lists as ivf (L = power of 2 nearest 4·√N, ≥ 39 points per list,
+                k-means on ≤ 64·L sampled vectors); from 4,096 lists on the coarse quantizer is
+                an HNSW graph over the centroids (`_HNSW32`), since assigning 10^7 vectors to
+                16,384 centroids by brute force alone takes ≈ 25 min on 2 cores
+    PQ{d/16}    one 8-bit code per 16 dimensions (16 bytes at d = 256; fewer bits for a gallery
+                under 10^4, too small to train 256 centroids per codebook): only proposes
+                candidates; no polysemous training (index_factory's default: Hamming
+                pre-filtering siamcli never uses)
+    Refine(SQ8) FAISS's IndexRefine over an IndexScalarQuantizer(QT_8bit): the PQ search
+                proposes k_factor·k candidates, re-scored against 8-bit vectors (one byte a
+                dimension, 256 steps over each dimension's trained range) — scores are cosines
+                to within ≈ 0.005 (thresholds apply as calibrated; tests/test_faiss_compact.py)
+These 8-bit vectors are also the gallery's only stored copy: they sit in row order (no IDMap:
+ids are positions, 8 bytes a vector saved), `reconstruct_rows` decodes them (a mapped file
+too), and `keeps_vectors` tells the store it needs no embeddings.npy. A rebuild from decoded
+vectors searches as well as the original (recall within 0.01, tested). The build puts every
+row into the 8-bit storage and all but the held-out rows into the IVF lists, with their row
+numbers, so tuning sees an index without the held-out rows; they join the lists after it.
+Updates add rows in order (`add_rows`, start_row = ntotal).
 
-OPQ (a learned rotation before PQ) was measured against plain PQ at equal code bytes (32) on
-benchmarks/bench_large_gallery.py's data (N = 10^5, d = 256, IVF1024, nprobe 128, 1,000 fresh
-queries; `--compare-opq`): recall@10 0.811 → 0.938 without re-ranking (k_factor 1), but
-0.977 → 0.985 at k_factor 8 and 0.985 → 0.985 at k_factor 32, for 6.5× the train+add time
-(412 s vs 63 s on 2 busy cores). With exact re-ranking, tuning reaches the same recall at the
-same nprobe by re-ranking a few more candidates, so OPQ does not pay here and is not used.
+Size at d = 256: 256 (SQ8) + 16 (PQ) + 8 (the list's id) = 280 B a vector, plus centroids and
+codebooks: 285.6 B measured at 10^6 (benchmarks/results/large_gallery.txt); at 10^7 the
+centroids add ≈ 2 B. With the store's ~110 B of per-row metadata, ≤ 400 B a vector; PQ32 would
+make it 296 + 110 > 400. The old ivfpq (`IDMap,...,PQ32,RFlat`: float32 re-ranking, 1,074 B, plus embeddings.npy,
+1,024 B) held the vectors twice. SQ6 or fp16 refinement was not needed: SQ8 re-ranking reaches
+the target (measurements below and in docs/scaling.md).
 
-Why `auto` keeps IVF{L},SQ8 past the HNSW budget rather than ivfpq: auto switches to IVF only
-when HNSW (≈ N·1.3 KB at d = 256) no longer fits 8 GiB, i.e. past ≈ 6.6 M vectors. ivfpq's
-index holds the raw vectors again (N·1,072 B at d = 256): at that size it is itself past the
-budget, and its build keeps them all in memory (peak 2.2 GB at 10^6, ≈ 11 GB at 10^7), while
-SQ8 takes N·(d + 8) B and reaches recall@10 ≥ 0.95 on its own (both were tuned to ≥ 0.96 on
-held-out vectors and measured ≥ 0.95 on fresh queries at 10^6; see docs/scaling.md). ivfpq is
-for when exact scores matter (thresholds) or the page cache cannot hold SQ8's codes: mapped,
-its hot set is the PQ lists (d/8 + 16 B a vector), the raw vectors are read only for the
-candidates a query re-ranks.
+Tuning raises nprobe at k_factor_rf = 64 (doubling, then bisecting, as for ivf), then halves
+k_factor_rf while recall@10 stays ≥ 0.96 (PQ16 codes rank candidates coarsely: the re-ranking
+depth does the work); with an HNSW quantizer its efSearch is 2·nprobe (at FAISS's default 16 the
+graph returned too few good lists and recall@10 stopped at 0.865 at 10^6, whatever nprobe).
+All go into search_params. (search.py searches at least 10 deep, the depth recall was tuned at,
+so --k 1 re-ranks as many candidates as were measured.)
+
+OPQ (a learned rotation before PQ) was measured against plain PQ at equal code bytes (32, with
+the former float32 re-ranking) on benchmarks/bench_large_gallery.py's data (N = 10^5, d = 256,
+IVF1024, nprobe 128, 1,000 fresh queries; `--compare-opq`): recall@10 0.811 → 0.938 without
+re-ranking (k_factor 1), but 0.977 → 0.985 at k_factor 8 and 0.985 → 0.985 at k_factor 32, for
+6.5× the train+add time (412 s vs 63 s on 2 busy cores). With re-ranking, tuning reaches the
+same recall by re-ranking a few more candidates, so OPQ does not pay here and is not used.
+
+Why `auto` picks ivfpq past the HNSW budget (≈ 6.6 M vectors at d = 256), not IVF{L},SQ8 as
+before: auto leaves HNSW only when its graph and float32 vectors (≈ 1.3 KB a vector at d = 256)
+no longer fit 8 GiB; there, what matters is what the index directory keeps on disk and in the
+page cache, at recall@10 ≥ 0.95. Measured at 10^6, d = 256, 1,000 fresh queries
+(benchmarks/results/large_gallery.txt, 2 busy cores):
+                      on disk, B a vector                 recall@10   single query, mapped
+    ivfpq (PQ16)      286 (index.faiss, nothing beside)   0.958       2.8 ms warm, 11 ms cold cache
+    IVF4096,SQ8       268 + 1,024 (embeddings.npy) = 1,292  0.963     3.0 ms warm, 29 ms cold cache
+IVF,SQ8's 8-bit codes sit in list order, so the store must keep the float32 vectors beside it to
+rebuild; ivfpq's are in row order and are that copy (4.5× less on disk). A query scans 24 bytes
+a listed vector (PQ code and id) instead of 264 and reads only the k_factor·10 8-bit rows it
+re-ranks, so from a cold page cache it is ≈ 3× faster. Both score from 8-bit vectors (cosines to
+within ≈ 0.005). Its build peaks at 1.2 GB at 10^6 (the 8-bit vectors, the lists and the k-means
+sample: ≈ 4 GB at 10^7), against 0.7 GB for SQ8's. (The warm/cold SQ8 figures are from an earlier
+run on a less loaded machine; in the same run as ivfpq's, SQ8's queries ran beside a 10^7 build
+and measured 15 / 33 ms.)
 
 Recall is measured the way queries arrive: on vectors the index has not seen. An approximate
 build holds out a random sample of up to 1,000 gallery vectors (a tenth of a small gallery),
@@ -89,7 +110,7 @@ from siamcli.index import vectors as vector_file
 
 INDEX_TYPES = IndexType.values()
 FLAT_MAX = 50_000  # auto: exact search up to this many images
-MEMORY_BUDGET = 8 << 30  # auto: HNSW (raw vectors + graph) up to this size, IVF with SQ8 codes past it
+MEMORY_BUDGET = 8 << 30  # auto: HNSW (raw vectors + graph) up to this size, ivfpq past it
 HNSW_M = 32  # graph degree: the usual speed/recall sweet spot for d in 64…512
 HNSW_EF_CONSTRUCTION = 40  # FAISS's default
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per inverted list (FAISS asks for 39…256)
@@ -101,10 +122,15 @@ RECALL_QUERIES = 1000  # held-out vectors recall is measured on (at most a tenth
 EXACT_CHUNK_ROWS = 8192  # exact search scores (queries × chunk) at a time: 32 MiB for 1,000 queries
 SEARCH_PARAMETER = {"hnsw": "efSearch", "ivf": "nprobe", "ivfpq": "nprobe"}  # the one tune() raises first
 RERANK_PARAMETER = "k_factor_rf"  # ivfpq: IndexRefine re-scores k_factor·k PQ candidates exactly
-K_FACTOR_TUNE, K_FACTOR_MIN = 32, 1  # ivfpq: nprobe is tuned at k_factor 32, then k_factor halves while recall holds
+K_FACTOR_TUNE, K_FACTOR_MIN = 64, 1  # ivfpq: nprobe is tuned at k_factor 64, then k_factor halves while recall holds
 QUANTIZER_EF_PER_PROBE = 2  # ivfpq with an HNSW coarse quantizer: its efSearch = 2·nprobe (at FAISS's
                             # default 16 the graph misses lists: recall@10 stopped at 0.865 at 10^6)
-PQ_SUBVECTOR_DIM = 8  # ivfpq: one 8-bit PQ code per 8 dimensions (32 bytes at d = 256)
+PQ_SUBVECTOR_DIM = 16  # ivfpq: one 8-bit PQ code per 16 dimensions (16 bytes at d = 256; module docstring)
+REFINE_CODES = "SQ8"  # ivfpq: re-ranks from, and keeps for rebuilds, d bytes a vector (per-dimension 8-bit steps)
+SQ_RANGE_MARGIN = 0.05  # ivfpq: each dimension's 8-bit range is the training sample's min…max widened by 5% of it
+                        # on both sides, so rows added later (or missed by the sample) are rarely clipped:
+                        # 1e6 × 256 data, 262 k sample, 100 k other rows: clipped rows 48 → 2, worst top-10
+                        # score error 0.0035 → 0.0022, mean per-dimension error 0.00048 → 0.00053
 PQ_TRAIN_MIN = 256 * 39  # 8-bit codebooks: 256 centroids × FAISS's 39 points each
 HNSW_QUANTIZER_MIN_LISTS = 4096  # ivfpq: an HNSW coarse quantizer from this many lists on (assigning
                                  # 10^7 vectors to 16,384 centroids by brute force takes ≈ 25 min on 2 cores)
@@ -170,17 +196,61 @@ def pq_bits(count: int) -> int:
 
 
 def ivfpq_factory(count: int, dim: int) -> str:
-    """IDMap,IVF{L}[_HNSW32],PQ{M}[x{b}],RFlat — see the module docstring."""
+    """IVF{L}[_HNSW32],PQ{M}[x{b}],Refine(SQ8) — see the module docstring."""
     nlist = nlist_for(count)
     quantizer = f"_HNSW{HNSW_M}" if nlist >= HNSW_QUANTIZER_MIN_LISTS else ""
     bits = pq_bits(count)
     codes = f"PQ{pq_subquantizers(dim)}" + (f"x{bits}" if bits != 8 else "")
-    return f"IDMap,IVF{nlist}{quantizer},{codes},RFlat"
+    return f"IVF{nlist}{quantizer},{codes},Refine({REFINE_CODES})"
 
 
 def ivfpq_bytes(count: int, dim: int) -> int:
-    """index.faiss of ivfpq: raw vectors (re-ranking) + PQ codes + the list's id + IDMap's id."""
-    return count * (4 * dim + pq_subquantizers(dim) + 16)
+    """index.faiss of ivfpq: 8-bit vectors (re-ranking, rebuilds) + PQ codes + the list's id."""
+    return count * (dim + pq_subquantizers(dim) + 8)
+
+
+# ivfpq's factory: IVF lists of PQ codes re-ranked from scalar-quantised vectors kept in row order (no IDMap)
+_ROW_ORDERED_REFINE = re.compile(r"^IVF\d+[^,]*,PQ[^,]+,Refine\(SQ(?:8|6|4|fp16|bf16)\)$")
+
+
+def keeps_vectors(plan_or_factory: IndexPlan | str) -> bool:
+    """Whether the store must keep the vectors beside the index (embeddings.npy) for future rebuilds.
+
+    False when the index itself holds every row's vector in row order, readable with
+    `reconstruct_rows`: ivfpq's `...,Refine(SQ8)` (no IDMap: ids = rows). True for every
+    other factory, the old `IDMap,...,RFlat` ivfpq included (its vectors are in insertion
+    order, held-out rows last, not row order).
+    """
+    factory = plan_or_factory.factory if isinstance(plan_or_factory, IndexPlan) else str(plan_or_factory)
+    return _ROW_ORDERED_REFINE.search(factory) is None
+
+
+def reconstruct_rows(index, start: int, count: int) -> np.ndarray:
+    """float32 (count, d): rows start … start+count-1 as the index stores them (SQ8: decoded 8-bit codes).
+
+    For an index `keeps_vectors` says holds its own vectors (also works on Flat, exactly).
+    Works on a memory-mapped index: only those rows' codes are read. SQ8 decodes each dimension
+    to within half an 8-bit step of its range (mean |x̂ - x| 0.0005, 99.9th percentile 0.0013 at
+    d = 256 on the benchmark's embeddings; a row outside the trained range is clipped: ≈ 2 in
+    100,000), so decoded vectors are unit length to within ≈ 0.01.
+    """
+    storage = _row_storage(index)
+    if storage is None:
+        raise ValueError(f"{type(index).__name__} does not hold its vectors in row order; read them from the vectors file")
+    if start < 0 or count < 0 or start + count > storage.ntotal:
+        raise IndexError(f"rows {start}…{start + count - 1} are outside the index's 0…{storage.ntotal - 1}")
+    if count == 0:
+        return np.zeros((0, index.d), np.float32)
+    return np.ascontiguousarray(storage.reconstruct_n(start, count), dtype=np.float32)
+
+
+def _row_storage(index):
+    """The flat codes that hold row i at position i (ivfpq's refine vectors, Flat's vectors), else None."""
+    faiss = faiss_module()
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        index = faiss.downcast_index(index.refine_index)
+    return index if isinstance(index, faiss.IndexFlatCodes) else None
 
 
 def hnsw_bytes(count: int, dim: int) -> int:
@@ -207,7 +277,7 @@ def plan_index(index_type: str, count: int, dim: int) -> IndexPlan:
         elif hnsw_bytes(count, dim) <= MEMORY_BUDGET:
             index_type = "hnsw"
         else:
-            return IndexPlan("ivf", f"IVF{nlist_for(count)},SQ8", chosen_by)
+            index_type = "ivfpq"
     if index_type == "flat":
         return IndexPlan("flat", "Flat", chosen_by)
     if index_type == "hnsw":
@@ -227,15 +297,22 @@ def create(plan: IndexPlan, dim: int):
         # index_factory turns on polysemous training (codes ordered for Hamming pre-filtering,
         # which siamcli never uses): most of the training time, for nothing.
         faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+        refine = faiss.downcast_index(index.refine_index)
+        if isinstance(refine, faiss.IndexScalarQuantizer):
+            refine.sq.rangestat_arg = SQ_RANGE_MARGIN
     return index
 
 
 def add_rows(index, vectors_path, start_row: int = 0, skip: np.ndarray | None = None) -> None:
     """Add the file's rows from `start_row` on, except those where `skip` is True, as ids = rows.
 
-    Flat takes rows in order only (its ids are positions), so it is never given `skip`.
+    Flat and ivfpq (`...,Refine(SQ8)`: ids are positions in its vector storage) take rows in
+    order only: `start_row` must be their ntotal, and they are never given `skip` (a build
+    that holds rows out uses `_add_rows_holding_out`).
     """
-    with_ids = not isinstance(index, faiss_module().IndexFlat)
+    with_ids = _row_storage(index) is None  # HNSW (IDMap), IVF: given the row numbers
+    if not with_ids and skip is not None:
+        raise ValueError(f"{type(index).__name__} takes the file's rows in order, none skipped")
     (count, _), _ = vector_file.read_shape(vectors_path)
     adding = count - start_row - (int(skip[start_row:].sum()) if skip is not None else 0)
     _reserve(index, index.ntotal + adding)
@@ -252,12 +329,42 @@ def add_rows(index, vectors_path, start_row: int = 0, skip: np.ndarray | None = 
             index.add_with_ids(chunk, rows.astype(np.int64))
         else:
             if rows[0] != index.ntotal or rows[-1] - rows[0] != len(rows) - 1:
-                raise ValueError("a Flat index takes the file's rows in order")
+                raise ValueError(f"{type(index).__name__} takes the file's rows in order")
             index.add(chunk)
 
 
+def _add_rows_holding_out(index, vectors_path, skip: np.ndarray) -> None:
+    """ivfpq's build: every row into the refine vectors (position = row), the rest into the IVF lists.
+
+    The IVF lists are given row numbers as ids, so the index answers rows, as if the held-out
+    rows were not there (the re-ranking only reads the rows the lists propose), until
+    `_add_held_out` puts them in the lists too. No IDMap: its 8 bytes a vector are not needed.
+    """
+    faiss = faiss_module()
+    base, refine = faiss.downcast_index(index.base_index), faiss.downcast_index(index.refine_index)
+    if index.ntotal or base.ntotal or refine.ntotal:
+        raise ValueError("_add_rows_holding_out builds an empty index")
+    for first, chunk in vector_file.iter_chunks(vectors_path):
+        refine.add(chunk)
+        keep = ~skip[first:first + len(chunk)]
+        rows = np.arange(first, first + len(chunk), dtype=np.int64)
+        if not keep.all():
+            chunk, rows = np.ascontiguousarray(chunk[keep]), rows[keep]
+        base.add_with_ids(chunk, rows)
+    index.ntotal = refine.ntotal
+
+
+def _add_held_out(index, vectors, rows: np.ndarray) -> None:
+    """The held-out rows, once recall is measured: into HNSW/IVF by id, into ivfpq's IVF lists only."""
+    faiss = faiss_module()
+    if isinstance(index, faiss.IndexRefine):
+        faiss.downcast_index(index.base_index).add_with_ids(vectors, rows.astype(np.int64))
+    else:
+        index.add_with_ids(vectors, rows.astype(np.int64))
+
+
 def _reserve(index, rows: int) -> None:
-    """Allocate the raw-vector storage of Flat / HNSW,Flat / ivfpq's RFlat once, at its final size.
+    """Allocate the vector storage of Flat / HNSW,Flat / ivfpq's Refine(SQ8) once, at its final size.
 
     Added chunk by chunk, FAISS's std::vector would grow by doubling, copying as it goes: a
     peak of up to twice the index. Resizing up then back to the current size keeps the
@@ -268,7 +375,7 @@ def _reserve(index, rows: int) -> None:
     storage = inner
     if isinstance(inner, faiss.IndexHNSW):
         storage = faiss.downcast_index(inner.storage)
-    elif isinstance(inner, faiss.IndexRefine):  # ivfpq: the raw vectors re-ranking reads
+    elif isinstance(inner, faiss.IndexRefine):  # ivfpq: the 8-bit vectors re-ranking reads
         storage = faiss.downcast_index(inner.refine_index)
     if isinstance(storage, faiss.IndexFlatCodes):
         used = storage.codes.size()
@@ -303,14 +410,17 @@ def build_and_tune(vectors_path, plan: IndexPlan, seed: int = 0, target: float =
         size = min(len(pool), size)
         index.train(vector_file.read_rows(vectors_path, np.sort(rng.choice(pool, size=size, replace=False))))
     stage(f"adding {count} vectors to {plan.factory}")
-    # Room for every row, held-out ones included: reserved only for the rest, the raw-vector
-    # storage doubled when those came last (build peak 20.5 GB for a 10 GB ivfpq at 10^7).
+    # Room for every row, held-out ones included: reserved only for the rest, the vector
+    # storage doubled when those came last (build peak 20.5 GB for the old float32 ivfpq at 10^7).
     _reserve(index, count)
-    add_rows(index, vectors_path, skip=skip)
+    if _row_storage(index) is not None:  # ivfpq: ids are positions in the refine vectors
+        _add_rows_holding_out(index, vectors_path, skip)
+    else:
+        add_rows(index, vectors_path, skip=skip)
     if len(held_out):
         stage("measuring recall@10 on held-out vectors against exact search")
         tuning = tune(index, plan, RecallProbe(vectors_path, held_out, skip), target)
-        index.add_with_ids(vector_file.read_rows(vectors_path, held_out), held_out.astype(np.int64))
+        _add_held_out(index, vector_file.read_rows(vectors_path, held_out), held_out)
     else:  # a gallery this small is searched exhaustively at the largest setting
         tuning = Tuning(recall_at_10=1.0, params=_exhaustive(plan), sample=0)
         set_search_params(index, tuning.params)
