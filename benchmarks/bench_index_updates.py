@@ -123,7 +123,8 @@ def make_index(run: Path, paths: list[str], dim: int, index_type: str) -> float:
 
     with atomic_directory(run / "index") as tmp:
         clustered_vectors(tmp / mf.EMBEDDINGS_FILE, len(paths), dim)
-        record = write_segment(tmp, items(), faiss_index.plan_index(index_type, len(paths), dim), len(paths), seed=0)
+        record = write_segment(tmp, items(), faiss_index.plan_index(index_type, len(paths), dim), len(paths), seed=0,
+                               galleries=[str(Path(paths[0]).parents[1])])
         write_json(tmp / mf.MANIFEST, index_manifest(
             record, fingerprint=file_sha256(run / "model.keras"), model_path=(run / "model.keras").resolve(), dim=dim,
             image_size=32, count=len(paths), next_id=len(paths), gallery=str(Path(paths[0]).parents[1]), created=mf.now()))
@@ -164,7 +165,8 @@ def synthetic_items(work: Path, rows: int) -> Path:
         started = time.perf_counter()
         write_items(path.with_suffix(".tmp"), (IndexItem(id=i, path=f"/data/gallery/person_{i // 50:07d}/photo_{i:08d}.jpg",
                                                          label=f"person_{i // 50:07d}", sha256=f"{i:064x}", size=48_000 + i % 997,
-                                                         mtime_ns=1_700_000_000_000_000_000 + i) for i in range(rows)))
+                                                         mtime_ns=1_700_000_000_000_000_000 + i) for i in range(rows)),
+                    ["/data/gallery"])
         os.replace(path.with_suffix(".tmp"), path)
         print(f"items.sqlite with {rows:,} rows: {time.perf_counter() - started:.0f} s, {path.stat().st_size / rows:.0f} B a row", flush=True)
     return path

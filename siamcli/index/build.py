@@ -44,7 +44,7 @@ from siamcli.index.lock import index_lock
 from siamcli.index.result import IndexResult, record_result, unchanged
 from siamcli.index.search import run_threshold
 from siamcli.index.segment import write_segment
-from siamcli.index.store import LoadedIndex, check_model, is_index_dir, load_index, verify_all_files
+from siamcli.index.store import LoadedIndex, check_model, galleries_of, is_index_dir, load_index, verify_all_files
 from siamcli.index.update import add_segment
 from siamcli.rundir import find_run
 
@@ -194,7 +194,7 @@ def rewrite(out: Path, old: LoadedIndex | None, changes: Changes, embedder, gall
                 yield from new_rows(changes, outcome, first_id)
 
         plan = faiss_index.plan_index(index_type or _index_type(options, old), count, dim)
-        record = write_segment(tmp, rows(), plan, count, options.seed, events)
+        record = write_segment(tmp, rows(), plan, count, options.seed, galleries, events)
         write_items_csv(tmp / ITEMS_CSV, rows())
         image_size = old.manifest["image_size"] if old is not None else embedder.image_size
         created = old.manifest.get("created", mf.now()) if old is not None else mf.now()
@@ -326,8 +326,7 @@ def _galleries_after(old: LoadedIndex, options: IndexOptions) -> tuple[list[str]
 
 
 def _known_galleries(old: LoadedIndex) -> list[str]:
-    manifest = old.manifest
-    return list(manifest.get("galleries") or ([manifest["gallery"]] if manifest.get("gallery") else []))
+    return galleries_of(old.manifest)
 
 
 def _index_type(options: IndexOptions, old: LoadedIndex | None) -> str:

@@ -34,6 +34,7 @@ class Segment:
     record: dict  # factory, index_type, search_params, recall_at_10, files
     deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted rows removed since
     mmap: bool = False  # map the FAISS file instead of reading it (query processes, big IVF indexes)
+    galleries: list[str] = field(default_factory=list)  # the manifest's: stored paths are relative to them
     _index: object = None
 
     @property
@@ -107,12 +108,12 @@ class Segment:
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
     def items_at(self, rows) -> dict[int, IndexItem]:
-        return read_rows(self.items_path, rows)
+        return read_rows(self.items_path, rows, self.galleries)
 
     def live_items(self) -> Iterator[tuple[int, IndexItem]]:
         """(row, item) of every live row, in row order."""
         dead = set(self.deleted.tolist())
-        for row, item in enumerate(read_items(self.items_path)):
+        for row, item in enumerate(read_items(self.items_path, self.galleries)):
             if row not in dead:
                 yield row, item
 
@@ -144,16 +145,17 @@ class Segment:
 
 
 def write_segment(folder: Path, items: Iterable[IndexItem], plan: faiss_index.IndexPlan, rows: int, seed: int,
-                  events: Events = NO_EVENTS) -> dict:
+                  galleries: list[str], events: Events = NO_EVENTS) -> dict:
     """Finish a segment whose embeddings.npy (`rows` vectors) is in `folder`: build and tune its
-    FAISS index, write index.faiss and items.sqlite (`items`, row order), and drop embeddings.npy
+    FAISS index, write index.faiss and items.sqlite (`items`, row order, paths stored under their
+    `galleries`: the manifest's list), and drop embeddings.npy
     when the index stores the vectors itself. Returns the segment's manifest record."""
     vectors_path = folder / mf.EMBEDDINGS_FILE
     index, plan, tuning = build_faiss_index(vectors_path, plan, rows, seed, events)
     events.stage("writing the index")
     faiss_index.write_index(index, folder / mf.INDEX_FILE)
     del index
-    written = write_items(folder / mf.ITEMS_FILE, items)
+    written = write_items(folder / mf.ITEMS_FILE, items, galleries)
     if written != rows:
         raise RuntimeError(f"segment {folder}: {written} items for {rows} vectors")
     if not faiss_index.keeps_vectors(plan.factory):

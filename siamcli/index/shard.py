@@ -158,9 +158,9 @@ def build_part(options: build.IndexOptions, events: Events = NO_EVENTS) -> PartR
                 outcome = embed_to_file(model, part_paths, writer, image_size, options.batch_size, events.advance)
             if outcome.failures:
                 events.message(describe_skipped(outcome.failures))
-            write_items(tmp / mf.ITEMS_FILE, (IndexItem(id=row, path=part_paths[p], label=part_labels[p], sha256=outcome.sha256(p),
-                                                        size=int(outcome.sizes[p]), mtime_ns=int(outcome.mtimes[p]))
-                                              for row, p in enumerate(outcome.kept)))
+            rows = (IndexItem(id=row, path=part_paths[p], label=part_labels[p], sha256=outcome.sha256(p),
+                              size=int(outcome.sizes[p]), mtime_ns=int(outcome.mtimes[p])) for row, p in enumerate(outcome.kept))
+            write_items(tmp / mf.ITEMS_FILE, rows, [os.path.abspath(options.gallery)])
             write_json(tmp / mf.MANIFEST, {
                 "format": mf.PART_FORMAT,
                 "shard": shard,
@@ -243,7 +243,7 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
                     for _, chunk in vector_file.iter_chunks(part.directory / mf.EMBEDDINGS_FILE):
                         writer.write(chunk)
             plan = faiss_index.plan_index(options.index_type or "auto", count, dim)
-            record = write_segment(tmp, _renumbered(parts), plan, count, options.seed, events)
+            record = write_segment(tmp, _renumbered(parts), plan, count, options.seed, [first["gallery"]], events)
             write_items_csv(tmp / ITEMS_CSV, _renumbered(parts))
             manifest = build.index_manifest(
                 record, fingerprint=fingerprint, model_path=run.model, dim=dim, image_size=first["image_size"], count=count,
@@ -301,7 +301,7 @@ def _renumbered(parts: list[_Part]):
     """The partials' rows in shard order, with ids 0, 1, 2… as a single build gives them."""
     next_id = 0
     for part in parts:
-        for item in read_items(part.directory / mf.ITEMS_FILE):
+        for item in read_items(part.directory / mf.ITEMS_FILE, [part.manifest["gallery"]]):
             yield dataclasses.replace(item, id=next_id)
             next_id += 1
 

@@ -138,7 +138,7 @@ def load_index(directory: str | Path, full: bool = False) -> LoadedIndex:
     deleted = read_tombstones(directory, manifest)
     segments = []
     for record in [base_record(manifest), *manifest["segments"]]:
-        segment = _segment(directory, record, deleted, mmap=not full)
+        segment = _segment(directory, record, deleted, mmap=not full, galleries=galleries_of(manifest))
         _check_segment(segment, manifest, full)
         segments.append(segment)
     live = sum(segment.live for segment in segments)
@@ -148,7 +148,7 @@ def load_index(directory: str | Path, full: bool = False) -> LoadedIndex:
     return LoadedIndex(directory=directory, manifest=manifest, segments=segments)
 
 
-def _segment(directory: Path, record: dict, deleted: dict[int, np.ndarray], mmap: bool) -> Segment:
+def _segment(directory: Path, record: dict, deleted: dict[int, np.ndarray], mmap: bool, galleries: list[str]) -> Segment:
     try:
         number, rows, name = int(record["number"]), int(record["rows"]), str(record["name"])
         if not isinstance(record["files"], dict) or rows < 0 or name.startswith(("/", "..")):
@@ -156,7 +156,7 @@ def _segment(directory: Path, record: dict, deleted: dict[int, np.ndarray], mmap
     except (KeyError, TypeError, ValueError):
         raise CorruptArtifactError(f"{directory / mf.MANIFEST} describes a segment it cannot read; rebuild the index with --force") from None
     return Segment(number=number, directory=directory / name if name else directory, rows=rows, record=record,
-                   deleted=deleted.get(number, np.zeros(0, np.int64)), mmap=mmap)
+                   deleted=deleted.get(number, np.zeros(0, np.int64)), mmap=mmap, galleries=galleries)
 
 
 def _check_segment(segment: Segment, manifest: dict, full: bool) -> None:
@@ -176,6 +176,14 @@ def _check_segment(segment: Segment, manifest: dict, full: bool) -> None:
         if rows != segment.rows or dim != manifest["embedding_dim"]:
             raise CorruptArtifactError(f"{segment.directory / mf.EMBEDDINGS_FILE} is ({rows}, {dim}), expected "
                                        f"({segment.rows}, {manifest['embedding_dim']}); rebuild the index with --force")
+
+
+def galleries_of(manifest: dict) -> list[str]:
+    """The gallery folders the index spans (stored paths are relative to them)."""
+    galleries = manifest.get("galleries") or ([manifest["gallery"]] if manifest.get("gallery") else [])
+    if not isinstance(galleries, list) or not all(isinstance(g, str) for g in galleries):
+        raise CorruptArtifactError("the index manifest's galleries is not a list of folders; rebuild the index with --force")
+    return galleries
 
 
 def read_tombstones(directory: Path, manifest: dict) -> dict[int, np.ndarray]:

@@ -54,7 +54,7 @@ def add_segment(old: LoadedIndex, changes: Changes, embedder, galleries: list[st
     number = int(manifest.get("next_segment", 1))
     record, outcome = None, None
     if changes.paths or carried:
-        record, outcome = _write_new_segment(old, changes, carried, embedder, number, seed, events)
+        record, outcome = _write_new_segment(old, changes, carried, embedder, number, seed, galleries, events)
         if record is None and not changes.removed and galleries == manifest.get("galleries"):
             result.skipped += outcome.failures  # only images that fail to decode were new: nothing changes
             unchanged(result, old, time.perf_counter())
@@ -80,7 +80,8 @@ def add_segment(old: LoadedIndex, changes: Changes, embedder, galleries: list[st
     result.kept = len(changes.kept)
 
 
-def _write_new_segment(old: LoadedIndex, changes: Changes, carried, embedder, number: int, seed: int, events: Events):
+def _write_new_segment(old: LoadedIndex, changes: Changes, carried, embedder, number: int, seed: int, galleries: list[str],
+                       events: Events):
     """(record or None when no row decoded, embedding outcome): segments/NNNNNN with `carried`
     rows (absorbed later segments) and the new images."""
     folder = old.directory / mf.SEGMENTS_DIR / f".{number:06d}.tmp"
@@ -102,7 +103,7 @@ def _write_new_segment(old: LoadedIndex, changes: Changes, carried, embedder, nu
                 yield from new_rows(changes, outcome, next_id(old))
 
         plan = faiss_index.plan_index("auto", rows, old.dim)  # later segments are small: exact up to 50,000 rows
-        record = write_segment(folder, items(), plan, rows, seed, events)
+        record = write_segment(folder, items(), plan, rows, seed, galleries, events)
         publish_directory(folder, folder.with_name(f"{number:06d}"))
         return record, outcome
     except BaseException:
