@@ -28,9 +28,7 @@ MODEL_FIXTURES = frozenset({"tiny_run", "resnet_weights", "reference_run"})
 # `make test` runs two pytest-xdist workers, each given whole files (--dist loadfile: a module's
 # fixtures are built once) in collection order (--no-loadscope-reorder). In a worker, files whose
 # tests use these costly fixtures come first, the longest first, so that no long file starts last
-# while the other worker idles. The order of a plain `pytest` run is left as it is. (The serve files
-# keep their order: test_serve_batcher.py must run before test_serve_browser.py in one process, whose
-# browser leaves an asyncio loop running that asyncio.run() then refuses.)
+# while the other worker idles. The order of a plain `pytest` run is left as it is.
 LONG_FIRST = ("reference_run", "resnet_weights", "notebook_folder")
 
 

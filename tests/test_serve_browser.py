@@ -21,7 +21,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 K = 6
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not the session: Playwright's event loop runs until it exits, and asyncio.run() refuses to run beside it
 def browser():
     if not Path(CHROMIUM).is_file():
         pytest.skip("Chromium not found: install it with `apt-get install -y chromium` (or set SIAMCLI_CHROMIUM to its path)")
