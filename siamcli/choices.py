@@ -62,11 +62,11 @@ class Pooling(Choice):
 
 
 class IndexType(Choice):
-    AUTO = "auto"  # flat, then hnsw, then ivf with 8-bit codes, by gallery size
+    AUTO = "auto"  # flat, then hnsw, then ivfpq, by gallery size
     FLAT = "flat"  # exact
     HNSW = "hnsw"
     IVF = "ivf"
-    IVFPQ = "ivfpq"  # PQ codes with exact re-ranking, for galleries of millions
+    IVFPQ = "ivfpq"  # PQ codes re-ranked from 8-bit vectors, for galleries of millions
 
 
 class Projection(Choice):
