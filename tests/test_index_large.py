@@ -146,7 +146,9 @@ def test_build_index_with_ivfpq_then_query_maps_it_and_finds_each_image(ivfpq_di
     assert full.index.ntotal == before + 1
 
 
-def test_a_big_index_file_is_checked_by_size_at_query_time_and_hashed_by_updates(ivfpq_dir, tmp_path, monkeypatch):
+def test_a_big_index_file_is_checked_by_size_at_load_and_hashed_by_a_rewrite(ivfpq_dir, tmp_path, monkeypatch):
+    from siamcli.index.compact import compact_index
+
     _, _, index_dir = ivfpq_dir
     copy = Path(shutil.copytree(index_dir, tmp_path / "index"))
     index_file = copy / mf.INDEX_FILE
@@ -158,9 +160,11 @@ def test_a_big_index_file_is_checked_by_size_at_query_time_and_hashed_by_updates
     damaged[len(damaged) - 20] ^= 0xFF
     index_file.write_bytes(bytes(damaged))
     load_index(copy)
-    # …but an update hashes it all and refuses it.
+    load_index(copy, full=True)  # nor does an update, which must cost what it changes…
+    # …but a rewrite, which reads every byte anyway, hashes it all and refuses it.
     with pytest.raises(CorruptArtifactError, match="checksum"):
-        load_index(copy, full=True)
+        compact_index(copy)
+    assert index_file.read_bytes() == bytes(damaged)  # and leaves the index as it was
     # Truncated or grown: refused by the query too, before FAISS reads it.
     index_file.write_bytes(original[:-100])
     with pytest.raises(CorruptArtifactError, match="truncated or changed"):
