@@ -117,11 +117,6 @@ class Segment:
             if row not in dead:
                 yield row, item
 
-    def live_rows(self) -> np.ndarray:
-        keep = np.ones(self.rows, bool)
-        keep[self.deleted] = False
-        return np.flatnonzero(keep)
-
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), dim) float32 stored vectors of these rows (exact, or decoded 8-bit ones)."""
         rows = np.asarray(rows, np.int64)
