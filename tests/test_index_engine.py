@@ -120,7 +120,7 @@ def test_auto_rule_is_exact_when_small_then_hnsw_then_ivf_past_the_memory_budget
     assert plan("auto", faiss_index.FLAT_MAX, 256).factory == "Flat"
     assert plan("auto", faiss_index.FLAT_MAX + 1, 256).factory == "IDMap,HNSW32,Flat"
     assert plan("auto", 1_000_000, 256).factory == "IDMap,HNSW32,Flat"  # 1.3 GB: fits
-    assert plan("auto", 10_000_000, 256).factory == "IVF16384_HNSW32,PQ16,Refine(SQ8)"  # 13 GB as HNSW: compact ivfpq
+    assert plan("auto", 10_000_000, 256).factory == "IVF16384_HNSW32,PQ32,Refine(SQ8)"  # 13 GB as HNSW: compact ivfpq
     assert faiss_index.hnsw_bytes(6_000_000, 256) <= faiss_index.MEMORY_BUDGET < faiss_index.hnsw_bytes(7_000_000, 256)
     assert plan("ivf", 1_000_000, 256).factory == "IVF4096,Flat"
     assert plan("ivf", 30, 16).factory == "IVF1,Flat"  # too few points to train more lists

@@ -48,7 +48,7 @@ def test_ivfpq_plan_is_ivf_with_pq_codes_and_exact_reranking():
     plan = faiss_index.plan_index("ivfpq", COUNT, DIM)
     assert plan.factory == "IVF512,PQ2,Refine(SQ8)" and plan.nlist == 512 and plan.approximate
     big = faiss_index.plan_index("ivfpq", 10_000_000, 256)
-    assert big.factory == "IVF16384_HNSW32,PQ16,Refine(SQ8)" and big.nlist == 16384
+    assert big.factory == "IVF16384_HNSW32,PQ32,Refine(SQ8)" and big.nlist == 16384
     small = faiss_index.plan_index("ivfpq", 500, 16)  # too few points for 256 centroids per codebook
     assert small.factory == "IVF8,PQ1x3,Refine(SQ8)"  # 8 centroids × 39 ≤ 500
     assert "ivfpq" in faiss_index.INDEX_TYPES

@@ -13,20 +13,21 @@ The `auto` rule (N = number of gallery images, d = embedding dim):
                                                        (benchmarks/bench_search.py); takes
                                                        N·(4d + 2·32·4 + 16) bytes: up to ≈ 6.6 M
                                                        vectors at d = 256
-    past that                     ivfpq                IVF{L}_HNSW32,PQ{d/16},Refine(SQ8) (below):
-                                                       N·(d + d/16 + 8) bytes, 280 at d = 256,
+    past that                     ivfpq                IVF{L}_HNSW32,PQ{d/8},Refine(SQ8) (below):
+                                                       N·(d + d/8 + 8) bytes, 296 at d = 256,
                                                        and the store keeps no float32 copy
 
 HNSW builds at ≈ 0.2–0.4 ms per vector on 2 cores (minutes for 10^6): far less than embedding
 the images took, so build time does not limit it; memory does. `--index-type ivf` gives IVF with
 raw vectors (`IVF{L},Flat`) where they fit in 8 GiB, SQ8 codes (`IVF{L},SQ8`) past that.
 
-ivfpq, `IVF{L}[_HNSW32],PQ{d/16}[x{b}],Refine(SQ8)` — the compact index:
+ivfpq, `IVF{L}[_HNSW32],PQ{m}[x{b}],Refine(SQ8)` — the compact index:
     IVF{L}      the same L lists as ivf (L = power of 2 nearest 4·√N, ≥ 39 points per list,
                 k-means on ≤ 64·L sampled vectors); from 4,096 lists on the coarse quantizer is
                 an HNSW graph over the centroids (`_HNSW32`), since assigning 10^7 vectors to
                 16,384 centroids by brute force alone takes ≈ 25 min on 2 cores
-    PQ{d/16}    one 8-bit code per 16 dimensions (16 bytes at d = 256; fewer bits for a gallery
+    PQ{m}       one 8-bit code per 16 dimensions, per 8 from 2·10^6 vectors on (PQ16 / PQ32 at
+                d = 256; see PQ_FINE_FROM; fewer bits for a gallery
                 under 10^4, too small to train 256 centroids per codebook): only proposes
                 candidates; no polysemous training (index_factory's default: Hamming
                 pre-filtering siamcli never uses)
@@ -42,10 +43,13 @@ row into the 8-bit storage and all but the held-out rows into the IVF lists, wit
 numbers, so tuning sees an index without the held-out rows; they join the lists after it.
 Updates add rows in order (`add_rows`, start_row = ntotal).
 
-Size at d = 256: 256 (SQ8) + 16 (PQ) + 8 (the list's id) = 280 B a vector, plus centroids and
-codebooks: 285.6 B measured at 10^6 (benchmarks/results/large_gallery.txt); at 10^7 the
-centroids add ≈ 2 B. With the store's ~110 B of per-row metadata, ≤ 400 B a vector; PQ32 would
-make it 296 + 110 > 400. The old ivfpq (`IDMap,...,PQ32,RFlat`: float32 re-ranking, 1,074 B, plus embeddings.npy,
+Size at d = 256: 256 (SQ8) + 16 (PQ16) + 8 (the list's id) = 280 B a vector, plus centroids and
+codebooks: 285.6 B measured at 10^6, 282 B at 10^7 (benchmarks/results/large_gallery.txt). But
+at 10^7, PQ16 codes rank candidates too coarsely: recall@10 0.907 on fresh queries at nprobe
+1,024 and k_factor 64. From PQ_FINE_FROM (2·10^6) vectors on, the codes are PQ{d/8}: 296 B, and
+with the store's 96 B of per-row metadata (items.sqlite, measured at 10^7) 392 ≤ 400 B a vector.
+PQ32 candidates reached 0.962 at 10^7 with float32 re-ranking; with 8-bit re-ranking at 10^7 it
+is not yet measured. The old ivfpq (`IDMap,...,PQ32,RFlat`: float32 re-ranking, 1,074 B, plus embeddings.npy,
 1,024 B) held the vectors twice. SQ6 or fp16 refinement was not needed: SQ8 re-ranking reaches
 the target (measurements below and in docs/scaling.md).
 
@@ -125,7 +129,10 @@ RERANK_PARAMETER = "k_factor_rf"  # ivfpq: IndexRefine re-scores k_factor·k PQ 
 K_FACTOR_TUNE, K_FACTOR_MIN = 64, 1  # ivfpq: nprobe is tuned at k_factor 64, then k_factor halves while recall holds
 QUANTIZER_EF_PER_PROBE = 2  # ivfpq with an HNSW coarse quantizer: its efSearch = 2·nprobe (at FAISS's
                             # default 16 the graph misses lists: recall@10 stopped at 0.865 at 10^6)
-PQ_SUBVECTOR_DIM = 16  # ivfpq: one 8-bit PQ code per 16 dimensions (16 bytes at d = 256; module docstring)
+PQ_SUBVECTOR_DIM = 16  # ivfpq: one 8-bit PQ code per 16 dimensions (16 bytes at d = 256; module docstring) …
+PQ_FINE_FROM = 2_000_000  # … and per 8 dimensions from this many vectors on: at 10^7, PQ16 candidates reached
+                          # recall@10 0.907 at nprobe 1,024 and k_factor 64 (measured), PQ32 0.962 (with float32
+                          # re-ranking, measured earlier); auto picks ivfpq only past ≈ 6.6 M, so it always gets PQ32
 REFINE_CODES = "SQ8"  # ivfpq: re-ranks from, and keeps for rebuilds, d bytes a vector (per-dimension 8-bit steps)
 SQ_RANGE_MARGIN = 0.05  # ivfpq: each dimension's 8-bit range is the training sample's min…max widened by 5% of it
                         # on both sides, so rows added later (or missed by the sample) are rarely clipped:
@@ -179,9 +186,10 @@ def nlist_for(count: int) -> int:
     return max(1, power)
 
 
-def pq_subquantizers(dim: int) -> int:
-    """PQ codes per vector: one per PQ_SUBVECTOR_DIM dimensions, a divisor of dim (FAISS needs one)."""
-    m = max(1, dim // PQ_SUBVECTOR_DIM)
+def pq_subquantizers(dim: int, count: int = 0) -> int:
+    """PQ codes per vector: one per PQ_SUBVECTOR_DIM dimensions (half that from PQ_FINE_FROM
+    vectors on), a divisor of dim (FAISS needs one)."""
+    m = max(1, dim // (PQ_SUBVECTOR_DIM // 2 if count >= PQ_FINE_FROM else PQ_SUBVECTOR_DIM))
     while dim % m:
         m -= 1
     return m
@@ -200,13 +208,13 @@ def ivfpq_factory(count: int, dim: int) -> str:
     nlist = nlist_for(count)
     quantizer = f"_HNSW{HNSW_M}" if nlist >= HNSW_QUANTIZER_MIN_LISTS else ""
     bits = pq_bits(count)
-    codes = f"PQ{pq_subquantizers(dim)}" + (f"x{bits}" if bits != 8 else "")
+    codes = f"PQ{pq_subquantizers(dim, count)}" + (f"x{bits}" if bits != 8 else "")
     return f"IVF{nlist}{quantizer},{codes},Refine({REFINE_CODES})"
 
 
 def ivfpq_bytes(count: int, dim: int) -> int:
     """index.faiss of ivfpq: 8-bit vectors (re-ranking, rebuilds) + PQ codes + the list's id."""
-    return count * (dim + pq_subquantizers(dim) + 8)
+    return count * (dim + pq_subquantizers(dim, count) + 8)
 
 
 # ivfpq's factory: IVF lists of PQ codes re-ranked from scalar-quantised vectors kept in row order (no IDMap)
