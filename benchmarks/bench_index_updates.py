@@ -228,12 +228,13 @@ def lookup_times(index_dir: Path, count: int) -> tuple[float, float]:
     """(seconds to name 10 rows from items.sqlite, seconds to read all of it)."""
     from siamcli.index.items import read_items, read_rows
 
+    galleries = json.loads((index_dir / "manifest.json").read_text())["galleries"]
     rows = np.random.default_rng(2).choice(count, 10, replace=False).tolist()
     started = time.perf_counter()
-    read_rows(index_dir / "items.sqlite", rows)
+    read_rows(index_dir / "items.sqlite", rows, galleries)
     some = time.perf_counter() - started
     started = time.perf_counter()
-    read_items(index_dir / "items.sqlite")
+    read_items(index_dir / "items.sqlite", galleries)
     return some, time.perf_counter() - started
 
 
