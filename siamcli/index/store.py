@@ -68,6 +68,10 @@ class LoadedIndex:
         """Every live row ((segment, row), item), base first, in row order: read once, then kept."""
         return [((position, row), item) for position, segment in enumerate(self.segments) for row, item in segment.live_items()]
 
+    @functools.cached_property
+    def _by_ref(self) -> dict[Ref, IndexItem]:
+        return dict(self.entries)
+
     @property
     def items(self) -> list[IndexItem]:
         return [item for _, item in self.entries]
@@ -88,8 +92,8 @@ class LoadedIndex:
     def lookup(self, refs) -> dict[Ref, IndexItem]:
         """The items of these rows: from memory when `entries` was read, else k rows of SQLite."""
         refs = set(refs)
-        if "entries" in self.__dict__:
-            return {ref: item for ref, item in self.entries if ref in refs}
+        if "entries" in self.__dict__:  # a server: every item is in memory, found by ref (not a scan per search)
+            return {ref: self._by_ref[ref] for ref in refs}
         found: dict[Ref, IndexItem] = {}
         for position in {position for position, _ in refs}:
             rows = [row for p, row in refs if p == position]
