@@ -98,3 +98,25 @@ def test_many_small_updates_keep_few_segments(tmp_path, tiny_run, monkeypatch):
     assert [segment.rows for segment in loaded.segments] == [30, 3, 1]
     assert sorted(item.id for item in loaded.items) == list(range(34))
     assert sorted(p.name for p in (run / "index" / "segments").iterdir()) == ["000003", "000004"]
+
+
+def test_an_older_format_or_damaged_tombstones_are_one_line_errors(tmp_path, tiny_run):
+    import pytest
+
+    from siamcli.errors import CorruptArtifactError, UserError
+    from siamcli.index.store import load_index
+
+    run, data = copy_run(tiny_run, tmp_path)
+    build(run, data)
+    (data / "id_2" / "img_1.png").unlink()
+    build(run, data, prune=True)
+    index_dir = run / "index"
+    manifest_path = index_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    tombstones = index_dir / manifest["deleted"]["file"]
+    tombstones.write_bytes(tombstones.read_bytes()[:-8])
+    with pytest.raises(CorruptArtifactError, match="deleted-.*truncated or changed"):
+        load_index(index_dir)
+    manifest_path.write_text(json.dumps({**manifest, "format": "siamcli-index/1"}))
+    with pytest.raises(UserError, match=r"older siamcli .*--force"):
+        load_index(index_dir)
