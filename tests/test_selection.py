@@ -57,26 +57,47 @@ def test_folds_split_identities_and_the_best_epoch_prefers_training_on_ties():
     assert folds.best_epoch([0.9, 0.85, 0.8]) == 0 and folds.best_epoch([0.8, 0.8, 0.79]) == 1 and folds.best_epoch([0.7, 0.8, 0.9]) == 2
 
 
-def test_the_start_head_standardises_and_projects_on_the_main_directions():
+def test_the_start_head_standardises_features_centres_pixels_and_weighs_the_two():
     from siamcli.models.embedding import build_head
-    from siamcli.training.start_model import init_head_to_pass_on, pca_directions
+    from siamcli.training.start_model import fit_start, init_head_to_pass_on, pca_directions, set_head
 
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(50, 12)) * np.linspace(0.1, 5, 12) + 3
-    head = build_head(embedding_dim=4, feature_dim=12, dropout=0.3)
-    init_head_to_pass_on(head, features)
+    features = rng.normal(size=(50, 12)) * np.linspace(0.1, 5, 12) + 3  # 9 CNN features, then 3 "pixels"
+    head = build_head(embedding_dim=8, feature_dim=12, dropout=0.3)
+    init_head_to_pass_on(head, features, pixel_weight=0.25, pixel_dims=3)
     out = head(features.astype(np.float32), training=False).numpy()
-    norm = head.get_layer("feature_norm")
-    standardised = (features - features.mean(0)) / np.sqrt(features.var(0) + norm.epsilon)
-    expected = standardised @ pca_directions(standardised, 4)
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(out, expected, atol=1e-4)
+    epsilon = head.get_layer("feature_norm").epsilon
+    standardised = (features[:, :9] - features[:, :9].mean(0)) / np.sqrt(features[:, :9].var(0) + epsilon)
+    centred = features[:, 9:] - features[:, 9:].mean(0)
+    blocks = []
+    for block, dims, weight in ((standardised, 6, 0.75), (centred, 2, 0.25)):  # 1/4 of the columns for pixels
+        projected = block @ pca_directions(block, dims)
+        blocks.append(np.sqrt(weight) * projected / np.sqrt(np.mean(np.sum(projected**2, axis=1))))
+    expected = np.concatenate(blocks, axis=1)
+    np.testing.assert_allclose(out, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-4)
+
+    fit = fit_start(features, 8, 3, epsilon)
+    set_head(head, fit, 0.0)  # the backbone's features alone: pixels change nothing
+    moved = features.copy()
+    moved[:, 9:] = rng.normal(size=(50, 3))
+    np.testing.assert_allclose(head(features.astype(np.float32)).numpy(), head(moved.astype(np.float32)).numpy(), atol=1e-5)
+    set_head(head, fit, 1.0)  # pixels alone
+    out = head(features.astype(np.float32)).numpy()
+    assert np.abs(out[:, :6]).max() < 1e-6 and np.allclose(np.linalg.norm(out[:, 6:], axis=1), 1, atol=1e-5)
+
+
+def test_the_pixel_weight_is_the_best_scoring_and_a_tie_goes_to_less_pixel():
+    from siamcli.training.start_model import best_pixel_weight
+
+    assert best_pixel_weight({0.0: 0.7, 0.25: 0.72, 0.5: 0.71}) == 0.25
+    assert best_pixel_weight({0.0: 0.7, 0.5: 0.7, 1.0: 0.6}) == 0.0
+    assert best_pixel_weight({0.0: 0.5, 1.0: 0.9}) == 1.0
 
 
 def _noise_and_real_identities(root, seed=0):
     """14 identities × 4 images at 32 px: the 10 that the split holds out are real (each its own
-    pattern); each of the 4 trained on holds one image of each of four of them: training can only
-    learn to confuse held-out identities."""
+    pattern); each of the 4 trained on holds one image of each of four of them: what training
+    learns confuses held-out identities (and the test's learning rate wrecks the head besides)."""
     from collections import Counter
 
     from conftest import identity_pattern
@@ -122,7 +143,7 @@ def test_a_run_whose_training_cannot_help_keeps_its_start_model(tmp_path, monkey
     monkeypatch.setattr(trainer._Session, "_start", start_and_record)
     config = TrainConfig(data_dir=str(data), image_size=32, embedding_dim=8, weights="none", batch_size=8,
                          images_per_identity=2, steps_per_epoch=20, frozen_epochs=3, finetune_epochs=0,
-                         val_fraction=0.75, lr=0.05, patience=0, views=2, dropout=0.0)
+                         val_fraction=0.75, lr=2.0, patience=0, views=2, dropout=0.0)  # a rate that wrecks the head
     result = trainer.train(config, out=str(tmp_path / "run"), force=True)
 
     assert result.best_epoch == START_EPOCH and len(result.history) == 3
@@ -130,6 +151,9 @@ def test_a_run_whose_training_cannot_help_keeps_its_start_model(tmp_path, monkey
     assert "no trained epoch beat the start model" in result.selection and result.selection in result.warnings
     recorded = json.loads((result.run_dir / "config.json").read_text())
     assert recorded["selection"]["kept_epoch"] == 0 and recorded["selection"]["line"] == result.selection
+    scores = recorded["selection"]["pixel_weight_scores"]  # the start's pixel weight: the best on validation
+    assert recorded["selection"]["pixel_weight_chosen_by"] == "validation" and set(scores) == {"0", "0.25", "0.5", "0.75", "1"}
+    assert scores[f"{recorded['selection']['pixel_weight']:g}"] == max(scores.values()) == result.start_metrics["map_at_r"]
     kept = embed(load_embedding_model(result.run_dir / "model.keras"), seen["images"]).vectors
     np.testing.assert_allclose(kept, seen["start"], atol=1e-5)
     assert result.validation == {"held_out_identities": 10, "images": 40, "identities": 10, "images_of_train_identities": 0}

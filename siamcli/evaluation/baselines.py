@@ -128,4 +128,5 @@ def build_untrained_backbone(image_size: int, choice, config: dict):
     # config.json records the resolved cut; the regime's default stands in for older runs.
     feature_layer, pooling = default_cut(choice.pretrained)
     keras.utils.set_random_seed(int(config.get("seed", 0)))
-    return build_backbone(image_size, choice, config.get("feature_layer") or feature_layer, config.get("pooling") or pooling)
+    return build_backbone(image_size, choice, config.get("feature_layer") or feature_layer, config.get("pooling") or pooling,
+                          thumbnail=False)  # the backbone's own features: raw pixels are the other baseline

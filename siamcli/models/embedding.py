@@ -3,6 +3,7 @@
     image (any size, RGB 0–255) → Resizing(S) → resnet_preprocess (fixed 1×1 conv: BGR, means removed)
         → ResNet50 up to `feature_layer`
         → pooling (global average, or an N×N grid of averages that keeps coarse layout)
+        ⊕ a 16×16 RGB thumbnail of the resized image itself (area averages, 768 values)
         → head: BatchNorm → Dropout → Dense(embedding_dim) → L2-normalise → embedding (unit length)
 
 Every layer is one of Keras's own, so `model.keras` loads with plain
@@ -13,6 +14,12 @@ the frozen phase can train the head on cached backbone features. With ImageNet w
 whole ResNet50 and global average pooling are the right default; with random weights
 (`--weights none`) the deep, globally pooled features carry little, and an earlier layer
 with grid pooling is what measured best (docs/training.md).
+
+The thumbnail rides along so that the pixels themselves are always within the head's reach:
+on some data (small, centred drawings such as handwritten digits) raw pixels retrieve better
+than an untrained or badly transferred backbone, and the start model
+(training/start_model.py) weighs the two blocks by what validation measures. It has no
+weights; the CNN features come first and the thumbnail's THUMBNAIL_DIM values last.
 """
 
 from __future__ import annotations
@@ -31,9 +38,14 @@ from siamcli.tf_runtime import import_tensorflow
 import_tensorflow()
 import keras  # noqa: E402
 
+THUMBNAIL_SIDE = 16
+THUMBNAIL_DIM = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
 
-def build_backbone(image_size: int, weights: WeightsChoice, feature_layer: str = LAST_LAYER, pooling: str = "avg") -> keras.Model:
-    """(batch, S, S, 3) pixels in [0, 255] → (batch, features) pooled ResNet50 features."""
+
+def build_backbone(image_size: int, weights: WeightsChoice, feature_layer: str = LAST_LAYER, pooling: str = "avg",
+                   thumbnail: bool = True) -> keras.Model:
+    """(batch, S, S, 3) pixels in [0, 255] → (batch, features): pooled ResNet50 features, then
+    (with `thumbnail`) the image's THUMBNAIL_DIM thumbnail values."""
     if image_size < MIN_IMAGE_SIZE:
         raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE} (ResNet50's smallest input), got {image_size}")
     if feature_layer not in block_outputs():
@@ -64,7 +76,17 @@ def build_backbone(image_size: int, weights: WeightsChoice, feature_layer: str =
         cells = int(pooling[len("grid"):])
         features = keras.layers.AdaptiveAveragePooling2D((cells, cells), name="pool")(features)
         features = keras.layers.Flatten(name="flatten")(features)
+    if thumbnail:
+        small = keras.layers.AdaptiveAveragePooling2D((THUMBNAIL_SIDE, THUMBNAIL_SIDE), name="thumbnail")(pixels)
+        small = keras.layers.Flatten(name="thumbnail_flatten")(small)
+        features = keras.layers.Concatenate(name="features_and_thumbnail")([features, small])
     return keras.Model(pixels, features, name="backbone")
+
+
+def thumbnail_dims(backbone: keras.Model) -> int:
+    """How many of the backbone's last outputs are the thumbnail (0 for a backbone built without one)."""
+    names = {layer.name for layer in backbone.layers}
+    return THUMBNAIL_DIM if "thumbnail" in names else 0
 
 
 def build_head(embedding_dim: int, feature_dim: int, dropout: float = 0.0) -> keras.Model:

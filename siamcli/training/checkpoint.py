@@ -48,6 +48,9 @@ class TrainerState:
     best_metrics: dict = field(default_factory=dict)
     start_metrics: dict = field(default_factory=dict)  # the start model's validation scores ("epoch 0")
     fold_curve: list = field(default_factory=list)  # cross-validated MAP@R after 0, 1, … frozen epochs (training/folds.py)
+    pixel_weight: float = 0.0  # the start model's share of pixels in the distance (training/start_model.py)
+    pixel_weight_scores: dict = field(default_factory=dict)  # candidate weight (as text) → its start's validation MAP@R
+    pixel_weight_chosen_by: str = ""  # "identity folds", "validation" or "default"
     epochs_since_best: int = 0
     rows: list = field(default_factory=list)  # history.csv rows so far
     sampler_state: dict | None = None  # numpy bit-generator state of the P×K sampler

@@ -11,7 +11,9 @@ by two-fold cross-validation over *all* the run's identities (training and held-
     `frozen_epochs` epochs of the run's length, and scores the half it never saw after every
     epoch (MAP@R, the half's identities among themselves, clean images); the two folds train
     in step and stop once their mean has not improved for `patience` epochs;
-    the curve is the mean of the two halves' scores per epoch, epoch 0 being the start models;
+    the curve is the mean of the two halves' scores per epoch, epoch 0 being the start models
+    (the same folds' start models, one per candidate pixel weight, choose that weight first:
+    `start_scores`);
     the frozen phase then trains the real head (on the training identities only) for the
     curve's best epoch count (0: the start model is kept; a tie goes to the trained epoch).
 
@@ -28,7 +30,7 @@ from siamcli.data.pipeline import PKSampler, pk_batches
 from siamcli.evaluation.metrics import retrieval_metrics
 from siamcli.models import embedding as nets
 from siamcli.models.embed import embed
-from siamcli.training.start_model import init_head_to_pass_on, prefer
+from siamcli.training.start_model import fit_start, init_head_to_pass_on, prefer, set_head
 
 FOLDS = 2
 MIN_IDENTITIES_PER_FOLD = 2
@@ -72,7 +74,8 @@ def cross_validate(session, features: np.ndarray, labels: np.ndarray, epochs: in
         train, held = assignment != fold, assignment == fold
         with session.strategy.scope():
             head = nets.build_head(config.embedding_dim, features.shape[-1], config.dropout)
-            init_head_to_pass_on(head, features[:, train].reshape(-1, features.shape[-1]))
+            init_head_to_pass_on(head, features[:, train].reshape(-1, features.shape[-1]), session.state.pixel_weight,
+                                 nets.thumbnail_dims(session.backbone))
             optimizer = session._optimizer(config.lr, head.trainable_variables, epochs)
         step = make_train_step(head, optimizer, session.strategy, config.margin, config.mining)
         _, train_labels = np.unique(labels[train], return_inverse=True)
@@ -94,6 +97,25 @@ def cross_validate(session, features: np.ndarray, labels: np.ndarray, epochs: in
         if patience and epoch - best_epoch(curve) >= patience:
             break
     return curve
+
+
+def start_scores(session, features: np.ndarray, labels: np.ndarray, weights) -> dict[float, float] | None:
+    """Mean held-out-fold MAP@R of the start model for each pixel weight in `weights`, or None
+    (too few identities for folds). Arguments as for `cross_validate`."""
+    assignment = fold_assignment(labels, session.config.seed)
+    if assignment is None:
+        return None
+    head = nets.build_head(session.config.embedding_dim, features.shape[-1], 0.0)
+    epsilon = head.get_layer("feature_norm").epsilon
+    scores = {weight: [] for weight in weights}
+    for fold in range(FOLDS):
+        train, held = assignment != fold, assignment == fold
+        fit = fit_start(features[:, train].reshape(-1, features.shape[-1]), session.config.embedding_dim,
+                        nets.thumbnail_dims(session.backbone), epsilon)
+        for weight in weights:
+            set_head(head, fit, weight)
+            scores[weight].append(_score(head, features[0, held], labels[held]))
+    return {weight: float(np.mean(values)) for weight, values in scores.items()}
 
 
 def _score(head, features: np.ndarray, labels: np.ndarray) -> float:

@@ -1,14 +1,22 @@
 """The model a run starts from, and the rule that a run never ends worse than it.
 
-The start model is the backbone's features passed on by the head, before any training step:
+The start model is the backbone's output passed on by the head, before any training step. The
+backbone's output has two blocks (models/embedding.py): the CNN's pooled features and a 16×16
+thumbnail of the image. The head maps each block to its own columns of the embedding:
 
-    features → standardise (the head's BatchNorm holds the training features' mean and variance)
-             → PCA projection to embedding_dim (the head's Dense kernel) → L2-normalise
+    CNN features → standardise → PCA to the first 3/4 of embedding_dim ┐ × √(1 − w) ┐
+    thumbnail    → centre      → PCA to the last  1/4 of embedding_dim ┘ × √w      ┴→ L2-normalise
 
-so its distances are those of the standardised backbone features, kept to their
-`embedding_dim` main directions. (Measured on unseen identities, from scratch: ORL 0.724 MAP@R
-against 0.664 for the L2-normalised raw features and 0.692 for centred ones; digits 0.602
-against 0.560 and 0.560.) The trainer scores it on the validation set as "epoch 0" before any step;
+(BatchNorm holds the training features' mean and variance, its gamma undoes the scaling of the
+thumbnail's values; the Dense kernel holds both projections, each block scaled to a mean squared
+norm of 1, so `w` is the share of the distance that comes from pixels.) So its distances are a
+weighted sum of the standardised backbone features' and the pixels', kept to their main
+directions. `w`, the pixel weight, is chosen from PIXEL_WEIGHTS by validation (the trainer).
+Measured on unseen identities, from scratch (docs/training.md): on ORL faces the backbone
+alone starts at 0.72 MAP@R, pixels alone at 0.66, w = 0.25 at 0.73; on handwritten digits the
+backbone alone 0.54–0.61, pixels alone 0.63 (raw pixels 0.625).
+
+The trainer scores the start on the validation set as "epoch 0" before any step;
 model selection keeps the best epoch *including* epoch 0 (`prefer`): a trained epoch replaces
 the start only if it scores at least as well on validation MAP@R, and a later trained epoch
 replaces an earlier one only if it scores strictly better. When no trained epoch reaches the
@@ -17,9 +25,14 @@ start, model.keras is the start model and the run says so (`verdict`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 START_EPOCH = 0  # the epoch number the start model is recorded under
+PIXEL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the start's candidate shares of pixels in the distance
+DEFAULT_PIXEL_WEIGHT = 0.25  # without validation to choose: never below the backbone alone on ORL or digits
+PIXEL_SHARE_OF_DIMS = 4  # the thumbnail gets 1/4 of the embedding's columns (PCA of pixels saturates early)
 
 
 def pca_directions(features: np.ndarray, dims: int) -> np.ndarray:
@@ -39,24 +52,71 @@ def pca_directions(features: np.ndarray, dims: int) -> np.ndarray:
     return kernel * np.where(signs == 0, 1.0, signs)
 
 
-def init_head_to_pass_on(head, features: np.ndarray) -> None:
-    """Set `head` (feature_norm BatchNorm → [dropout] → projection → l2) to the start model.
+@dataclass
+class StartFit:
+    """What the start model learns from the training features: the head's settings but `w`."""
 
-    BatchNorm: moving mean and variance = the features' (gamma 1, beta 0), so it standardises
-    them, in inference as in training (batch statistics). Projection: the PCA directions of the
-    standardised features, bias 0.
-    """
+    mean: np.ndarray  # (d,)
+    variance: np.ndarray  # (d,)
+    gamma: np.ndarray  # (d,) 1 for CNN features, the standard deviation for thumbnail values (centred only)
+    backbone: np.ndarray  # (d - p, columns) CNN block projection, scaled to mean squared norm 1
+    pixels: np.ndarray  # (p, columns) thumbnail block projection, scaled likewise
+
+    def kernel(self, pixel_weight: float) -> np.ndarray:
+        """The head's Dense kernel for pixel share `pixel_weight`."""
+        d, p = len(self.mean), len(self.pixels)
+        kernel = np.zeros((d, self.backbone.shape[1] + self.pixels.shape[1]), np.float64)
+        kernel[:d - p, :self.backbone.shape[1]] = np.sqrt(1.0 - pixel_weight) * self.backbone
+        kernel[d - p:, self.backbone.shape[1]:] = np.sqrt(pixel_weight) * self.pixels
+        return kernel
+
+
+def fit_start(features: np.ndarray, embedding_dim: int, pixel_dims: int, epsilon: float) -> StartFit:
+    """The start model's statistics and projections from `features` (n, d), whose last
+    `pixel_dims` columns are the thumbnail; `epsilon` is the head BatchNorm's."""
     features = np.asarray(features, np.float64)
-    norm = head.get_layer("feature_norm")
     mean, variance = features.mean(axis=0), features.var(axis=0)
-    norm.moving_mean.assign(mean.astype(np.float32))
-    norm.moving_variance.assign(variance.astype(np.float32))
-    norm.gamma.assign(np.ones_like(mean, np.float32))
-    norm.beta.assign(np.zeros_like(mean, np.float32))
-    standardised = (features - mean) / np.sqrt(variance + norm.epsilon)
+    gamma = np.ones_like(mean)
+    if pixel_dims:
+        gamma[-pixel_dims:] = np.sqrt(variance[-pixel_dims:] + epsilon)
+    normalised = (features - mean) / np.sqrt(variance + epsilon) * gamma
+    pixel_columns = embedding_dim // PIXEL_SHARE_OF_DIMS if pixel_dims else 0
+    split = features.shape[1] - pixel_dims
+    return StartFit(mean, variance, gamma, _scaled_directions(normalised[:, :split], embedding_dim - pixel_columns),
+                    _scaled_directions(normalised[:, split:], pixel_columns))
+
+
+def _scaled_directions(block: np.ndarray, dims: int) -> np.ndarray:
+    """PCA directions of `block`, scaled so its projections have a mean squared norm of 1."""
+    directions = pca_directions(block, dims) if block.shape[1] else np.zeros((0, dims))
+    projected = (block - block.mean(axis=0)) @ directions
+    energy = float(np.mean(np.sum(projected**2, axis=1))) if len(block) else 0.0
+    return directions / np.sqrt(energy) if energy > 0 else directions
+
+
+def set_head(head, fit: StartFit, pixel_weight: float) -> None:
+    """Set `head` (feature_norm BatchNorm → [dropout] → projection → l2) to the start model with
+    pixel share `pixel_weight`, in inference as in training (batch statistics then standardise
+    as the moving ones do)."""
+    norm = head.get_layer("feature_norm")
+    norm.moving_mean.assign(fit.mean.astype(np.float32))
+    norm.moving_variance.assign(fit.variance.astype(np.float32))
+    norm.gamma.assign(fit.gamma.astype(np.float32))
+    norm.beta.assign(np.zeros_like(fit.mean, np.float32))
     projection = head.get_layer("projection")
-    projection.kernel.assign(pca_directions(standardised, int(projection.kernel.shape[-1])).astype(np.float32))
+    projection.kernel.assign(fit.kernel(pixel_weight).astype(np.float32))
     projection.bias.assign(np.zeros(int(projection.kernel.shape[-1]), np.float32))
+
+
+def init_head_to_pass_on(head, features: np.ndarray, pixel_weight: float, pixel_dims: int) -> None:
+    """Fit the start model on `features` (n, d) and set `head` to it (see the module docstring)."""
+    dims = int(head.get_layer("projection").kernel.shape[-1])
+    set_head(head, fit_start(features, dims, pixel_dims, head.get_layer("feature_norm").epsilon), pixel_weight)
+
+
+def best_pixel_weight(scores: dict[float, float]) -> float:
+    """The pixel weight whose start scored best; a tie goes to the smaller weight (the learnable features)."""
+    return max(sorted(scores), key=lambda weight: (scores[weight], -weight))
 
 
 def prefer(score: float, best_score: float, best_epoch: int | None) -> bool:
@@ -95,7 +155,7 @@ def verdict(start: dict | None, best_epoch: int | None, best: dict, trained_scor
             return f"no epoch was trained: model.keras is the start model (val MAP@R {start['map_at_r']:.3f})"
         return (f"no trained epoch beat the start model on validation (start MAP@R {start['map_at_r']:.3f}, "
                 f"best trained epoch {max(trained_scores):.3f}): model.keras is the start model "
-                "(backbone features through a PCA projection)")
+                "(backbone features and pixels through PCA)")
     gain = best["map_at_r"] - start["map_at_r"]
     line = (f"kept epoch {best_epoch}: val MAP@R {best['map_at_r']:.3f} against {start['map_at_r']:.3f} for the start model "
             f"({gain:+.3f})")

@@ -393,11 +393,12 @@ class _Session:
             self._finetune_phase()
 
     def _start(self) -> None:
-        """Epoch 0: the head set to pass the backbone's features on (PCA), scored before any step."""
+        """Epoch 0: the head set to pass the backbone's output on (PCA), scored before any step."""
         started = time.perf_counter()
         train_features, val_features = self._cached_features()
         self._cache_seconds = time.perf_counter() - started
-        start_model.init_head_to_pass_on(self.head, train_features.reshape(-1, train_features.shape[-1]))
+        self._choose_pixel_weight(train_features, val_features)
+        self._set_start(self.head, train_features)
         if val_features is None:
             return
         embeddings = embed(self.head, val_features[0], batch_size=256).vectors
@@ -409,10 +410,51 @@ class _Session:
         state.best_score, state.best_epoch = state.start_metrics["map_at_r"], start_model.START_EPOCH
         state.best_metrics = dict(state.start_metrics) | {"phase": "start"}
         self._save_model()
-        self.events.stage("epoch 0 (start model: backbone features through a PCA projection)")  # a line of its own
+        self.events.stage(f"epoch 0 (start model: backbone features and pixels through PCA, pixel weight {state.pixel_weight:g})")
         self.events.result(f"val P@1 {state.start_metrics['precision_at_1']:.3f}  MAP@R {state.start_metrics['map_at_r']:.3f}")
         if self._use_folds() and self.config.frozen_epochs and self.config.patience:
             self._choose_frozen_length(train_features, val_features)
+
+    def _set_start(self, head, train_features: np.ndarray) -> None:
+        """`head` ← the start model fitted on the training features, with the run's pixel weight."""
+        start_model.init_head_to_pass_on(head, train_features.reshape(-1, train_features.shape[-1]),
+                                         self.state.pixel_weight, nets.thumbnail_dims(self.backbone))
+
+    def _choose_pixel_weight(self, train_features, val_features) -> None:
+        """The start's share of pixels: the candidate that validation scores best (identity
+        folds when they choose the frozen length, else the held-out identities), else the default."""
+        state = self.state
+        state.pixel_weight, state.pixel_weight_chosen_by = start_model.DEFAULT_PIXEL_WEIGHT, "default"
+        if not nets.thumbnail_dims(self.backbone):
+            state.pixel_weight = 0.0
+            return
+        scores = None
+        if self._use_folds():
+            scores = folds.start_scores(self, np.concatenate([train_features, val_features], axis=1), self._run_labels(),
+                                        start_model.PIXEL_WEIGHTS)
+            chosen_by = "identity folds"
+        if scores is None and val_features is not None and self.held_out_identities:
+            fit = start_model.fit_start(train_features.reshape(-1, train_features.shape[-1]), self.config.embedding_dim,
+                                        nets.thumbnail_dims(self.backbone), self.head.get_layer("feature_norm").epsilon)
+            scores = {}
+            for weight in start_model.PIXEL_WEIGHTS:
+                start_model.set_head(self.head, fit, weight)
+                scores[weight] = self._val_scores(embed(self.head, val_features[0], batch_size=256).vectors)["map_at_r"]
+            chosen_by = "validation"
+        if not scores or any(score != score for score in scores.values()):  # NaN: nothing to score
+            return
+        state.pixel_weight, state.pixel_weight_chosen_by = start_model.best_pixel_weight(scores), chosen_by
+        state.pixel_weight_scores = {f"{weight:g}": score for weight, score in scores.items()}
+        self.events.stage("start model's pixel weight")
+        self.events.result(f"{state.pixel_weight:g}, chosen by {chosen_by} (start MAP@R for pixel weight "
+                           + ", ".join(f"{weight:g}: {score:.3f}" for weight, score in scores.items()) + ")")
+
+    def _run_labels(self) -> np.ndarray:
+        """One label per image of the run (training images, then validation images), in one label space."""
+        names = self.train_data.names + self.val_data.names
+        index = {name: i for i, name in enumerate(dict.fromkeys(names))}
+        return np.array([index[self.train_data.names[i]] for i in self.train_data.labels]
+                        + [index[self.val_data.names[i]] for i in self.val_data.labels], np.int64)
 
     def _use_folds(self) -> bool:
         """Too few held-out identities to measure: the frozen phase's length comes from folds
@@ -420,11 +462,7 @@ class _Session:
         return 0 < self.held_out_identities < adaptive.MIN_VAL_IDENTITIES and bool(self.config.patience)
 
     def _choose_frozen_length(self, train_features, val_features) -> None:
-        names = self.train_data.names + self.val_data.names  # one label space over every image of the run
-        index = {name: i for i, name in enumerate(dict.fromkeys(names))}
-        labels = np.array([index[self.train_data.names[i]] for i in self.train_data.labels]
-                          + [index[self.val_data.names[i]] for i in self.val_data.labels], np.int64)
-        curve = folds.cross_validate(self, np.concatenate([train_features, val_features], axis=1), labels,
+        curve = folds.cross_validate(self, np.concatenate([train_features, val_features], axis=1), self._run_labels(),
                                      self.config.frozen_epochs, self.config.patience, tf, make_train_step)
         if curve is None:
             return
@@ -445,7 +483,7 @@ class _Session:
         if start_ap is None:  # resumed: the start's embeddings are not at hand
             train_features, val_features = self._cached_features()
             start_head = nets.build_head(self.config.embedding_dim, train_features.shape[-1], self.config.dropout)
-            start_model.init_head_to_pass_on(start_head, train_features.reshape(-1, train_features.shape[-1]))
+            self._set_start(start_head, train_features)
             self._val_scores(embed(start_head, val_features[0], batch_size=256).vectors)
             start_ap = self._start_ap = self._last_ap
             self._val_scores(embed(self.head, val_features[0], batch_size=256).vectors)
@@ -551,7 +589,7 @@ class _Session:
             if self.state.best_epoch == start_model.START_EPOCH and self.state.phase_epochs[FROZEN]:
                 # The frozen epochs did not beat the start: fine-tune from the start model.
                 train_features, _ = self._cached_features()
-                start_model.init_head_to_pass_on(self.head, train_features.reshape(-1, train_features.shape[-1]))
+                self._set_start(self.head, train_features)
         with self.strategy.scope():
             nets.set_backbone_trainable(self.backbone, config.finetune_from, train_batchnorm=config.regime.train_batchnorm)
             net = self._image_model()
@@ -684,6 +722,8 @@ class _Session:
             write_json(self.run_dir / rundir.CONFIG_FILE, recorded | {"selection": {
                 "start": state.start_metrics, "kept_epoch": state.best_epoch, "kept": state.best_metrics, "line": line,
                 "frozen_length_by_folds": state.fold_curve or None,
+                "pixel_weight": state.pixel_weight, "pixel_weight_chosen_by": state.pixel_weight_chosen_by,
+                "pixel_weight_scores": state.pixel_weight_scores or None,
             }})
         return line
 
