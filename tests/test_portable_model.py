@@ -117,6 +117,8 @@ def _old_release_model(new_model):
     for name in ("pool", "flatten"):
         if any(layer.name == name for layer in backbone.layers):
             features = backbone.get_layer(name)(features)
+    thumbnail = backbone.get_layer("thumbnail_flatten")(backbone.get_layer("thumbnail")(pixels))
+    features = backbone.get_layer("features_and_thumbnail")([features, thumbnail])
     old_backbone = keras.Model(pixels, features, name="backbone")
     return nets.assemble(old_backbone, new_model.get_layer("head"), int(backbone.input_shape[1]))
 
