@@ -157,3 +157,23 @@ def test_a_run_whose_training_cannot_help_keeps_its_start_model(tmp_path, monkey
     kept = embed(load_embedding_model(result.run_dir / "model.keras"), seen["images"]).vectors
     np.testing.assert_allclose(kept, seen["start"], atol=1e-5)
     assert result.validation == {"held_out_identities": 10, "images": 40, "identities": 10, "images_of_train_identities": 0}
+
+
+@pytest.mark.train
+def test_with_few_held_out_identities_folds_choose_the_pixel_weight_and_the_frozen_length(tmp_path, image_folders):
+    """Two identities held out: too few to measure, so the identity folds choose both."""
+    from siamcli.training import trainer
+
+    data = image_folders(identities=8, per_identity=4, size=32)
+    config = TrainConfig(data_dir=str(data), image_size=32, embedding_dim=8, weights="none", batch_size=8,
+                         images_per_identity=2, steps_per_epoch=3, frozen_epochs=2, finetune_epochs=0,
+                         val_fraction=0.25, views=2)
+    result = trainer.train(config, out=str(tmp_path / "run"), force=True)
+
+    selection = json.loads((result.run_dir / "config.json").read_text())["selection"]
+    assert selection["pixel_weight_chosen_by"] == "identity folds"
+    scores = selection["pixel_weight_scores"]
+    assert set(scores) == {"0", "0.25", "0.5", "0.75", "1"} and scores[f"{selection['pixel_weight']:g}"] == max(scores.values())
+    curve = selection["frozen_length_by_folds"]
+    assert curve[0] == pytest.approx(max(scores.values()))  # the folds' epoch 0 is the chosen start
+    assert 2 <= len(curve) <= 3 and result.validation["held_out_identities"] == 2
