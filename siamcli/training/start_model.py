@@ -39,15 +39,24 @@ def pca_directions(features: np.ndarray, dims: int) -> np.ndarray:
     """(d, dims) orthonormal columns: the main directions of the centred `features` (n, d).
 
     With fewer samples than `dims`, the columns past the data's rank are zero: the start then
-    passes on every direction the data has; training can still grow the others.
+    passes on every direction the data has; training can still grow the others. Computed from
+    the eigenvectors of the smaller of XᵀX and XXᵀ (symmetric: always converges, where LAPACK's
+    SVD failed on the thumbnails of greyscale photos, whose three channels are equal columns).
     """
-    features = np.asarray(features, np.float64)
-    centred = features - features.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)  # rows of vt: directions, largest first
-    kernel = np.zeros((features.shape[1], dims), np.float64)
-    keep = min(dims, vt.shape[0])
-    kernel[:, :keep] = vt[:keep].T
-    # A sign convention, so the start does not depend on the SVD routine's choice.
+    centred = np.asarray(features, np.float64) - np.asarray(features, np.float64).mean(axis=0)
+    n, d = centred.shape
+    if n >= d:
+        values, vectors = np.linalg.eigh(centred.T @ centred)
+        directions = vectors[:, ::-1]
+    else:
+        values, vectors = np.linalg.eigh(centred @ centred.T)
+        values, vectors = values[::-1], vectors[:, ::-1]
+        rank = int(np.sum(values > values.max(initial=0.0) * n * np.finfo(np.float64).eps))
+        directions = centred.T @ vectors[:, :rank] / np.sqrt(values[:rank])
+    kernel = np.zeros((d, dims), np.float64)
+    keep = min(dims, directions.shape[1])
+    kernel[:, :keep] = directions[:, :keep]
+    # A sign convention, so the start does not depend on the eigen solver's choice.
     signs = np.sign(kernel[np.abs(kernel).argmax(axis=0), np.arange(dims)])
     return kernel * np.where(signs == 0, 1.0, signs)
 
