@@ -71,12 +71,14 @@ def test_the_start_head_standardises_features_centres_pixels_and_weighs_the_two(
     centred = features[:, 9:] - features[:, 9:].mean(0)
     blocks = []
     for block, dims, weight in ((standardised, 6, 0.75), (centred, 2, 0.25)):  # 1/4 of the columns for pixels
-        projected = block @ pca_directions(block, dims)
+        projected = block @ pca_directions(block, dims)  # each block to a mean squared norm of 1
         blocks.append(np.sqrt(weight) * projected / np.sqrt(np.mean(np.sum(projected**2, axis=1))))
     expected = np.concatenate(blocks, axis=1)
     np.testing.assert_allclose(out, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-4)
 
     fit = fit_start(features, 8, 3, epsilon)
+    kernel = head.get_layer("projection").kernel.numpy()  # the larger block's directions stay orthonormal
+    np.testing.assert_allclose(kernel[:9, :6].T @ kernel[:9, :6], np.eye(6), atol=1e-5)
     set_head(head, fit, 0.0)  # the backbone's features alone: pixels change nothing
     moved = features.copy()
     moved[:, 9:] = rng.normal(size=(50, 3))

@@ -7,9 +7,10 @@ thumbnail of the image. The head maps each block to its own columns of the embed
     CNN features → standardise → PCA to the first 3/4 of embedding_dim ┐ × √(1 − w) ┐
     thumbnail    → centre      → PCA to the last  1/4 of embedding_dim ┘ × √w      ┴→ L2-normalise
 
-(BatchNorm holds the training features' mean and variance, its gamma undoes the scaling of the
-thumbnail's values; the Dense kernel holds both projections, each block scaled to a mean squared
-norm of 1, so `w` is the share of the distance that comes from pixels.) So its distances are a
+(BatchNorm holds the training features' mean and variance; its gamma undoes the per-value
+scaling of the thumbnail and gives its projection the CNN block's mean squared norm; the Dense
+kernel holds both projections weighted by √(1 − w) and √w, so `w` is the share of the distance
+that comes from pixels.) So its distances are a
 weighted sum of the standardised backbone features' and the pixels', kept to their main
 directions. `w`, the pixel weight, is chosen from PIXEL_WEIGHTS by validation (the trainer).
 Measured on unseen identities, from scratch (docs/training.md): on ORL faces the backbone
@@ -67,40 +68,46 @@ class StartFit:
 
     mean: np.ndarray  # (d,)
     variance: np.ndarray  # (d,)
-    gamma: np.ndarray  # (d,) 1 for CNN features, the standard deviation for thumbnail values (centred only)
-    backbone: np.ndarray  # (d - p, columns) CNN block projection, scaled to mean squared norm 1
-    pixels: np.ndarray  # (p, columns) thumbnail block projection, scaled likewise
+    gamma: np.ndarray  # (d,) BatchNorm's scale: 1 for CNN features; for thumbnail values, centred only, one scale
+    backbone: np.ndarray  # (d - p, columns) orthonormal PCA directions of the standardised CNN features
+    pixels: np.ndarray  # (p, columns) orthonormal PCA directions of the centred thumbnail
 
     def kernel(self, pixel_weight: float) -> np.ndarray:
-        """The head's Dense kernel for pixel share `pixel_weight`."""
+        """The head's Dense kernel for pixel share `pixel_weight`: the larger block's directions
+        stay orthonormal (Adam's steps then have the size they had before pixels joined)."""
         d, p = len(self.mean), len(self.pixels)
         kernel = np.zeros((d, self.backbone.shape[1] + self.pixels.shape[1]), np.float64)
-        kernel[:d - p, :self.backbone.shape[1]] = np.sqrt(1.0 - pixel_weight) * self.backbone
-        kernel[d - p:, self.backbone.shape[1]:] = np.sqrt(pixel_weight) * self.pixels
+        scale = max(np.sqrt(1.0 - pixel_weight), np.sqrt(pixel_weight))
+        kernel[:d - p, :self.backbone.shape[1]] = np.sqrt(1.0 - pixel_weight) / scale * self.backbone
+        kernel[d - p:, self.backbone.shape[1]:] = np.sqrt(pixel_weight) / scale * self.pixels
         return kernel
 
 
 def fit_start(features: np.ndarray, embedding_dim: int, pixel_dims: int, epsilon: float) -> StartFit:
     """The start model's statistics and projections from `features` (n, d), whose last
-    `pixel_dims` columns are the thumbnail; `epsilon` is the head BatchNorm's."""
+    `pixel_dims` columns are the thumbnail; `epsilon` is the head BatchNorm's.
+
+    BatchNorm standardises the CNN features and only centres the thumbnail, with one scale
+    chosen so that both blocks' projections have the same mean squared norm: `w` alone then
+    says how much of the distance comes from pixels.
+    """
     features = np.asarray(features, np.float64)
     mean, variance = features.mean(axis=0), features.var(axis=0)
-    gamma = np.ones_like(mean)
-    if pixel_dims:
-        gamma[-pixel_dims:] = np.sqrt(variance[-pixel_dims:] + epsilon)
-    normalised = (features - mean) / np.sqrt(variance + epsilon) * gamma
-    pixel_columns = embedding_dim // PIXEL_SHARE_OF_DIMS if pixel_dims else 0
     split = features.shape[1] - pixel_dims
-    return StartFit(mean, variance, gamma, _scaled_directions(normalised[:, :split], embedding_dim - pixel_columns),
-                    _scaled_directions(normalised[:, split:], pixel_columns))
+    deviation = np.sqrt(variance + epsilon)
+    standardised, centred = (features[:, :split] - mean[:split]) / deviation[:split], features[:, split:] - mean[split:]
+    pixel_columns = embedding_dim // PIXEL_SHARE_OF_DIMS if pixel_dims else 0
+    backbone = pca_directions(standardised, embedding_dim - pixel_columns)
+    pixels = pca_directions(centred, pixel_columns) if pixel_dims else np.zeros((0, 0))
+    energy = _energy(standardised @ backbone), _energy(centred @ pixels)
+    pixel_scale = np.sqrt(energy[0] / energy[1]) if energy[0] > 0 and energy[1] > 0 else 1.0
+    gamma = np.concatenate([np.ones(split), deviation[split:] * pixel_scale])
+    return StartFit(mean, variance, gamma, backbone, pixels)
 
 
-def _scaled_directions(block: np.ndarray, dims: int) -> np.ndarray:
-    """PCA directions of `block`, scaled so its projections have a mean squared norm of 1."""
-    directions = pca_directions(block, dims) if block.shape[1] else np.zeros((0, dims))
-    projected = (block - block.mean(axis=0)) @ directions
-    energy = float(np.mean(np.sum(projected**2, axis=1))) if len(block) else 0.0
-    return directions / np.sqrt(energy) if energy > 0 else directions
+def _energy(projected: np.ndarray) -> float:
+    """Mean squared norm of the rows of `projected` (0 for none)."""
+    return float(np.mean(np.sum(projected**2, axis=1))) if projected.size else 0.0
 
 
 def set_head(head, fit: StartFit, pixel_weight: float) -> None:
