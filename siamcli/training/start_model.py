@@ -12,10 +12,9 @@ scaling of the thumbnail and gives its projection the CNN block's mean squared n
 kernel holds both projections weighted by √(1 − w) and √w, so `w` is the share of the distance
 that comes from pixels.) So its distances are a
 weighted sum of the standardised backbone features' and the pixels', kept to their main
-directions. `w`, the pixel weight, is chosen from PIXEL_WEIGHTS by validation (the trainer).
-Measured on unseen identities, from scratch (docs/training.md): on ORL faces the backbone
-alone starts at 0.72 MAP@R, pixels alone at 0.66, w = 0.25 at 0.73; on handwritten digits the
-backbone alone 0.54–0.61, pixels alone 0.63 (raw pixels 0.625).
+directions. `w`, the pixel weight, is chosen from PIXEL_WEIGHTS by validation (the trainer):
+no single weight suits all data (faces want a little pixel, small drawings mostly pixels; the
+measurements are in docs/training.md).
 
 The trainer scores the start on the validation set as "epoch 0" before any step;
 model selection keeps the best epoch *including* epoch 0 (`prefer`): a trained epoch replaces
