@@ -30,7 +30,7 @@ from siamcli.data.pipeline import PKSampler, pk_batches
 from siamcli.evaluation.metrics import retrieval_metrics
 from siamcli.models import embedding as nets
 from siamcli.models.embed import embed
-from siamcli.training.start_model import fit_start, init_head_to_pass_on, prefer, set_head
+from siamcli.training.start_model import fit_start, init_head_to_pass_on, prefer, scores_by_weight
 
 FOLDS = 2
 MIN_IDENTITIES_PER_FOLD = 2
@@ -99,23 +99,21 @@ def cross_validate(session, features: np.ndarray, labels: np.ndarray, epochs: in
     return curve
 
 
-def start_scores(session, features: np.ndarray, labels: np.ndarray, weights) -> dict[float, float] | None:
-    """Mean held-out-fold MAP@R of the start model for each pixel weight in `weights`, or None
+def start_scores(session, features: np.ndarray, labels: np.ndarray) -> dict[float, float] | None:
+    """Mean held-out-fold MAP@R of the start model for each candidate pixel weight, or None
     (too few identities for folds). Arguments as for `cross_validate`."""
     assignment = fold_assignment(labels, session.config.seed)
     if assignment is None:
         return None
     head = nets.build_head(session.config.embedding_dim, features.shape[-1], 0.0)
-    epsilon = head.get_layer("feature_norm").epsilon
-    scores = {weight: [] for weight in weights}
+    per_fold = []
     for fold in range(FOLDS):
         train, held = assignment != fold, assignment == fold
         fit = fit_start(features[:, train].reshape(-1, features.shape[-1]), session.config.embedding_dim,
-                        nets.thumbnail_dims(session.backbone), epsilon)
-        for weight in weights:
-            set_head(head, fit, weight)
-            scores[weight].append(_score(head, features[0, held], labels[held]))
-    return {weight: float(np.mean(values)) for weight, values in scores.items()}
+                        nets.thumbnail_dims(session.backbone), head.get_layer("feature_norm").epsilon)
+        held_features, held_labels = features[0, held], labels[held]
+        per_fold.append(scores_by_weight(head, fit, lambda start, x=held_features, y=held_labels: _score(start, x, y)))
+    return {weight: float(np.mean([scores[weight] for scores in per_fold])) for weight in per_fold[0]}
 
 
 def _score(head, features: np.ndarray, labels: np.ndarray) -> float:

@@ -10,9 +10,8 @@ thumbnail of the image. The head maps each block to its own columns of the embed
 (BatchNorm holds the training features' mean and variance; its gamma undoes the per-value
 scaling of the thumbnail and gives its projection the CNN block's mean squared norm; the Dense
 kernel holds both projections weighted by √(1 − w) and √w, so `w` is the share of the distance
-that comes from pixels.) So its distances are a
-weighted sum of the standardised backbone features' and the pixels', kept to their main
-directions. `w`, the pixel weight, is chosen from PIXEL_WEIGHTS by validation (the trainer):
+that comes from pixels.) So its distances are a weighted sum of the standardised backbone
+features' and the pixels', kept to their main directions. `w`, the pixel weight, is chosen from PIXEL_WEIGHTS by validation (the trainer):
 no single weight suits all data (faces want a little pixel, small drawings mostly pixels; the
 measurements are in docs/training.md).
 
@@ -127,6 +126,15 @@ def init_head_to_pass_on(head, features: np.ndarray, pixel_weight: float, pixel_
     """Fit the start model on `features` (n, d) and set `head` to it (see the module docstring)."""
     dims = int(head.get_layer("projection").kernel.shape[-1])
     set_head(head, fit_start(features, dims, pixel_dims, head.get_layer("feature_norm").epsilon), pixel_weight)
+
+
+def scores_by_weight(head, fit: StartFit, score) -> dict[float, float]:
+    """{pixel weight: score(head)} for every candidate in PIXEL_WEIGHTS, `head` set to each start in turn."""
+    scores = {}
+    for weight in PIXEL_WEIGHTS:
+        set_head(head, fit, weight)
+        scores[weight] = score(head)
+    return scores
 
 
 def best_pixel_weight(scores: dict[float, float]) -> float:

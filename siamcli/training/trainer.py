@@ -430,16 +430,13 @@ class _Session:
             return
         scores = None
         if self._use_folds():
-            scores = folds.start_scores(self, np.concatenate([train_features, val_features], axis=1), self._run_labels(),
-                                        start_model.PIXEL_WEIGHTS)
+            scores = folds.start_scores(self, np.concatenate([train_features, val_features], axis=1), self._run_labels())
             chosen_by = "identity folds"
         if scores is None and val_features is not None and self.held_out_identities:
             fit = start_model.fit_start(train_features.reshape(-1, train_features.shape[-1]), self.config.embedding_dim,
                                         nets.thumbnail_dims(self.backbone), self.head.get_layer("feature_norm").epsilon)
-            scores = {}
-            for weight in start_model.PIXEL_WEIGHTS:
-                start_model.set_head(self.head, fit, weight)
-                scores[weight] = self._val_scores(embed(self.head, val_features[0], batch_size=256).vectors)["map_at_r"]
+            scores = start_model.scores_by_weight(
+                self.head, fit, lambda head: self._val_scores(embed(head, val_features[0], batch_size=256).vectors)["map_at_r"])
             chosen_by = "validation"
         if not scores or any(score != score for score in scores.values()):  # NaN: nothing to score
             return
