@@ -46,10 +46,9 @@ Updates add rows in order (`add_rows`, start_row = ntotal).
 Size at d = 256: 256 (SQ8) + 16 (PQ16) + 8 (the list's id) = 280 B a vector, plus centroids and
 codebooks: 285.6 B measured at 10^6, 282 B at 10^7 (benchmarks/results/large_gallery.txt). But
 at 10^7, PQ16 codes rank candidates too coarsely: recall@10 0.907 on fresh queries at nprobe
-1,024 and k_factor 64. From PQ_FINE_FROM (2·10^6) vectors on, the codes are PQ{d/8}: 296 B, and
-with the store's 96 B of per-row metadata (items.sqlite, measured at 10^7) 392 ≤ 400 B a vector.
-PQ32 candidates reached 0.962 at 10^7 with float32 re-ranking; with 8-bit re-ranking at 10^7 it
-is not yet measured. The old ivfpq (`IDMap,...,PQ32,RFlat`: float32 re-ranking, 1,074 B, plus embeddings.npy,
+1,024 and k_factor 64. From PQ_FINE_FROM (2·10^6) vectors on, the codes are PQ{d/8}: 298 B
+a vector measured at 10^7, recall@10 0.956 at nprobe 384 and k_factor 64, and with the store's
+96 B of per-row metadata (items.sqlite) 394 ≤ 400 B a vector. The old ivfpq (`IDMap,...,PQ32,RFlat`: float32 re-ranking, 1,074 B, plus embeddings.npy,
 1,024 B) held the vectors twice. SQ6 or fp16 refinement was not needed: SQ8 re-ranking reaches
 the target (measurements below and in docs/scaling.md).
 
@@ -131,8 +130,8 @@ QUANTIZER_EF_PER_PROBE = 2  # ivfpq with an HNSW coarse quantizer: its efSearch 
                             # default 16 the graph misses lists: recall@10 stopped at 0.865 at 10^6)
 PQ_SUBVECTOR_DIM = 16  # ivfpq: one 8-bit PQ code per 16 dimensions (16 bytes at d = 256; module docstring) …
 PQ_FINE_FROM = 2_000_000  # … and per 8 dimensions from this many vectors on: at 10^7, PQ16 candidates reached
-                          # recall@10 0.907 at nprobe 1,024 and k_factor 64 (measured), PQ32 0.962 (with float32
-                          # re-ranking, measured earlier); auto picks ivfpq only past ≈ 6.6 M, so it always gets PQ32
+                          # recall@10 0.907 at the deepest setting, PQ32 0.956 (both measured, docs/scaling.md);
+                          # auto picks ivfpq only past ≈ 6.6 M, so it always gets PQ32
 REFINE_CODES = "SQ8"  # ivfpq: re-ranks from, and keeps for rebuilds, d bytes a vector (per-dimension 8-bit steps)
 SQ_RANGE_MARGIN = 0.05  # ivfpq: each dimension's 8-bit range is the training sample's min…max widened by 5% of it
                         # on both sides, so rows added later (or missed by the sample) are rarely clipped:
