@@ -179,3 +179,5 @@ def test_with_few_held_out_identities_folds_choose_the_pixel_weight_and_the_froz
     curve = selection["frozen_length_by_folds"]
     assert curve[0] == pytest.approx(max(scores.values()))  # the folds' epoch 0 is the chosen start
     assert 2 <= len(curve) <= 3 and result.validation["held_out_identities"] == 2
+    summary = result.summary()
+    assert (summary["pixel_weight"], summary["pixel_weight_chosen_by"]) == (selection["pixel_weight"], "identity folds")

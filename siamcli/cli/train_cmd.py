@@ -130,6 +130,8 @@ def _print_summary(result) -> None:
     if validation.get("images"):
         table.add_row("validation", _validation_line(validation))
     table.add_row("epochs", str(summary["epochs"]))
+    if summary.get("pixel_weight_chosen_by"):
+        table.add_row("start's pixel weight", f"{summary['pixel_weight']:g} (chosen by {summary['pixel_weight_chosen_by']})")
     if summary.get("selection"):
         table.add_row("kept vs start", summary["selection"])
     best = summary["best"]

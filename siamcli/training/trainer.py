@@ -70,6 +70,8 @@ class TrainResult:
     start_metrics: dict = field(default_factory=dict)  # the start model's validation scores ("epoch 0")
     selection: str | None = None  # one line: the kept model against the start, on validation
     validation: dict = field(default_factory=dict)  # what the validation set holds
+    pixel_weight: float = 0.0  # the start model's share of pixels, and what chose it
+    pixel_weight_chosen_by: str = ""
 
     def summary(self) -> dict:
         return {
@@ -88,6 +90,8 @@ class TrainResult:
             "start": self.start_metrics,
             "selection": self.selection,
             "validation": self.validation,
+            "pixel_weight": self.pixel_weight,
+            "pixel_weight_chosen_by": self.pixel_weight_chosen_by,
         }
 
 
@@ -252,6 +256,8 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
         start_metrics=session.state.start_metrics,
         selection=selection,
         validation=_validation_size(split, val_data, val_images),
+        pixel_weight=session.state.pixel_weight,
+        pixel_weight_chosen_by=session.state.pixel_weight_chosen_by,
     )
 
 
