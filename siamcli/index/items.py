@@ -70,13 +70,17 @@ def content_hash(path: str | os.PathLike) -> str:
         return ""
 
 
+def _implied_label(relative: str) -> str:
+    """The label a path under its gallery implies: its top-level folder ("" at the gallery's root)."""
+    return relative.split(os.sep, 1)[0] if os.sep in relative else ""
+
+
 def _stored(item: IndexItem, prefixes: list[str]) -> tuple[int, bytes, bytes | None]:
     """(gallery, path under it, label or None when the path implies it)."""
     for gallery, prefix in enumerate(prefixes):
         if item.path.startswith(prefix):
             relative = item.path[len(prefix):]
-            implied = relative.split(os.sep, 1)[0] if os.sep in relative else ""
-            return gallery, os.fsencode(relative), None if item.label == implied else os.fsencode(item.label)
+            return gallery, os.fsencode(relative), None if item.label == _implied_label(relative) else os.fsencode(item.label)
     return -1, os.fsencode(item.path), os.fsencode(item.label)
 
 
@@ -120,10 +124,7 @@ def _reader(path: Path) -> Iterator[sqlite3.Connection]:
 def _item(record: tuple, galleries: list[str]) -> IndexItem:
     item_id, gallery, stored, label, digest, size, mtime_ns = record
     path = os.fsdecode(stored)
-    if label is None:
-        label = path.split(os.sep, 1)[0] if os.sep in path else ""
-    else:
-        label = os.fsdecode(label)
+    label = _implied_label(path) if label is None else os.fsdecode(label)
     if gallery >= 0:
         try:
             path = os.path.join(galleries[gallery], path)
