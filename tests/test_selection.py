@@ -76,7 +76,7 @@ def test_the_start_head_standardises_features_centres_pixels_and_weighs_the_two(
     expected = np.concatenate(blocks, axis=1)
     np.testing.assert_allclose(out, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-4)
 
-    fit = fit_start(features, 8, 3, epsilon)
+    fit = fit_start(head, features, 3)
     kernel = head.get_layer("projection").kernel.numpy()  # the larger block's directions stay orthonormal
     np.testing.assert_allclose(kernel[:9, :6].T @ kernel[:9, :6], np.eye(6), atol=1e-5)
     set_head(head, fit, 0.0)  # the backbone's features alone: pixels change nothing

@@ -109,8 +109,7 @@ def start_scores(session, features: np.ndarray, labels: np.ndarray) -> dict[floa
     per_fold = []
     for fold in range(FOLDS):
         train, held = assignment != fold, assignment == fold
-        fit = fit_start(features[:, train].reshape(-1, features.shape[-1]), session.config.embedding_dim,
-                        nets.thumbnail_dims(session.backbone), head.get_layer("feature_norm").epsilon)
+        fit = fit_start(head, features[:, train].reshape(-1, features.shape[-1]), nets.thumbnail_dims(session.backbone))
         held_features, held_labels = features[0, held], labels[held]
         per_fold.append(scores_by_weight(head, fit, lambda start, x=held_features, y=held_labels: _score(start, x, y)))
     return {weight: float(np.mean([scores[weight] for scores in per_fold])) for weight in per_fold[0]}

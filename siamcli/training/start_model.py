@@ -81,14 +81,16 @@ class StartFit:
         return kernel
 
 
-def fit_start(features: np.ndarray, embedding_dim: int, pixel_dims: int, epsilon: float) -> StartFit:
-    """The start model's statistics and projections from `features` (n, d), whose last
-    `pixel_dims` columns are the thumbnail; `epsilon` is the head BatchNorm's.
+def fit_start(head, features: np.ndarray, pixel_dims: int) -> StartFit:
+    """The start model for `head` (its embedding size and BatchNorm epsilon) from `features`
+    (n, d), whose last `pixel_dims` columns are the thumbnail.
 
     BatchNorm standardises the CNN features and only centres the thumbnail, with one scale
     chosen so that both blocks' projections have the same mean squared norm: `w` alone then
     says how much of the distance comes from pixels.
     """
+    embedding_dim = int(head.get_layer("projection").kernel.shape[-1])
+    epsilon = head.get_layer("feature_norm").epsilon
     features = np.asarray(features, np.float64)
     mean, variance = features.mean(axis=0), features.var(axis=0)
     split = features.shape[1] - pixel_dims
@@ -124,8 +126,7 @@ def set_head(head, fit: StartFit, pixel_weight: float) -> None:
 
 def init_head_to_pass_on(head, features: np.ndarray, pixel_weight: float, pixel_dims: int) -> None:
     """Fit the start model on `features` (n, d) and set `head` to it (see the module docstring)."""
-    dims = int(head.get_layer("projection").kernel.shape[-1])
-    set_head(head, fit_start(features, dims, pixel_dims, head.get_layer("feature_norm").epsilon), pixel_weight)
+    set_head(head, fit_start(head, features, pixel_dims), pixel_weight)
 
 
 def scores_by_weight(head, fit: StartFit, score) -> dict[float, float]:

@@ -403,8 +403,9 @@ class _Session:
         started = time.perf_counter()
         train_features, val_features = self._cached_features()
         self._cache_seconds = time.perf_counter() - started
-        self._choose_pixel_weight(train_features, val_features)
-        self._set_start(self.head, train_features)
+        fit = start_model.fit_start(self.head, train_features.reshape(-1, train_features.shape[-1]), nets.thumbnail_dims(self.backbone))
+        self._choose_pixel_weight(fit, train_features, val_features)
+        start_model.set_head(self.head, fit, self.state.pixel_weight)
         if val_features is None:
             return
         embeddings = embed(self.head, val_features[0], batch_size=256).vectors
@@ -426,9 +427,10 @@ class _Session:
         start_model.init_head_to_pass_on(head, train_features.reshape(-1, train_features.shape[-1]),
                                          self.state.pixel_weight, nets.thumbnail_dims(self.backbone))
 
-    def _choose_pixel_weight(self, train_features, val_features) -> None:
+    def _choose_pixel_weight(self, fit: start_model.StartFit, train_features, val_features) -> None:
         """The start's share of pixels: the candidate that validation scores best (identity
-        folds when they choose the frozen length, else the held-out identities), else the default."""
+        folds when they choose the frozen length, else the held-out identities, with `fit`: the
+        start fitted on the training features), else the default."""
         state = self.state
         state.pixel_weight, state.pixel_weight_chosen_by = start_model.DEFAULT_PIXEL_WEIGHT, "default"
         if not nets.thumbnail_dims(self.backbone):
@@ -439,8 +441,6 @@ class _Session:
             scores = folds.start_scores(self, np.concatenate([train_features, val_features], axis=1), self._run_labels())
             chosen_by = "identity folds"
         if scores is None and val_features is not None and self.held_out_identities:
-            fit = start_model.fit_start(train_features.reshape(-1, train_features.shape[-1]), self.config.embedding_dim,
-                                        nets.thumbnail_dims(self.backbone), self.head.get_layer("feature_norm").epsilon)
             scores = start_model.scores_by_weight(
                 self.head, fit, lambda head: self._val_scores(embed(head, val_features[0], batch_size=256).vectors)["map_at_r"])
             chosen_by = "validation"
