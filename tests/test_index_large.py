@@ -44,7 +44,7 @@ def ivfpq_built(tmp_path_factory):
     return vectors, path, plan, tuning, queries
 
 
-def test_ivfpq_plan_is_ivf_with_pq_codes_and_exact_reranking():
+def test_ivfpq_plan_is_ivf_with_pq_codes_and_8bit_reranking():
     plan = faiss_index.plan_index("ivfpq", COUNT, DIM)
     assert plan.factory == "IVF512,PQ2,Refine(SQ8)" and plan.nlist == 512 and plan.approximate
     big = faiss_index.plan_index("ivfpq", 10_000_000, 256)

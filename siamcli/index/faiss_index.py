@@ -48,8 +48,9 @@ codebooks: 285.6 B measured at 10^6, 282 B at 10^7 (benchmarks/results/large_gal
 at 10^7, PQ16 codes rank candidates too coarsely: recall@10 0.907 on fresh queries at nprobe
 1,024 and k_factor 64. From PQ_FINE_FROM (2·10^6) vectors on, the codes are PQ{d/8}: 298 B
 a vector measured at 10^7, recall@10 0.956 at nprobe 384 and k_factor 64, and with the store's
-96 B of per-row metadata (items.sqlite) 394 ≤ 400 B a vector. The old ivfpq (`IDMap,...,PQ32,RFlat`: float32 re-ranking, 1,074 B, plus embeddings.npy,
-1,024 B) held the vectors twice. SQ6 or fp16 refinement was not needed: SQ8 re-ranking reaches
+96 B of per-row metadata (items.sqlite) 394 ≤ 400 B a vector. The old ivfpq
+(`IDMap,...,PQ32,RFlat`: float32 re-ranking, 1,074 B, plus embeddings.npy, 1,024 B) held the
+vectors twice. SQ6 or fp16 refinement was not needed: SQ8 re-ranking reaches
 the target (measurements below and in docs/scaling.md).
 
 Tuning raises nprobe at k_factor_rf = 64 (doubling, then bisecting, as for ivf), then halves
