@@ -335,3 +335,27 @@ def test_the_run_calibration_is_read_only_for_its_own_model(tmp_path):
     (tmp_path / "calibration.json").unlink()
     assert read_calibration(tmp_path, "x") == (None, "not calibrated: run `siamcli evaluate` on identities the model never trained on")
     assert similarity_threshold(0.5) == 0.75
+
+
+def test_items_store_paths_under_their_gallery_and_refuse_a_gallery_the_manifest_lacks(tmp_path):
+    import os
+    import sqlite3
+
+    from siamcli.index.items import IndexItem, read_items, read_rows, write_items
+
+    galleries = [str(tmp_path / "g0"), str(tmp_path / "g1")]
+    items = [
+        IndexItem(id=0, path=os.path.join(galleries[0], "alice", "1.png"), label="alice", sha256="ab" * 32, size=5, mtime_ns=7),
+        IndexItem(id=4, path=os.path.join(galleries[1], "root.png"), label="", sha256="cd" * 32),
+        IndexItem(id=9, path=os.path.join(galleries[1], "bob", "2.png"), label="renamed", sha256="ef" * 32),  # not implied
+        IndexItem(id=11, path="/elsewhere/3.png", label="carol", sha256=""),  # under no gallery
+    ]
+    path = tmp_path / "items.sqlite"
+    assert write_items(path, items, galleries) == 4
+    assert read_items(path, galleries) == items and read_rows(path, [2, 0], galleries) == {0: items[0], 2: items[2]}
+    with sqlite3.connect(path) as db:
+        stored = db.execute("SELECT gallery, path, label FROM items ORDER BY row").fetchall()
+    assert stored[0] == (0, os.fsencode(os.path.join("alice", "1.png")), None)  # relative, label implied
+    assert stored[2][2] == b"renamed" and stored[3][:2] == (-1, b"/elsewhere/3.png")
+    with pytest.raises(CorruptArtifactError, match="names gallery 1 of 1; rebuild the index with --force"):
+        read_items(path, galleries[:1])
