@@ -1,6 +1,7 @@
 """The run directory: where a training run leaves its artifacts, and how later commands find it.
 
     <run>/model.keras    image in, unit-length embedding out (best validation epoch)
+    <run>/start.keras    the same network before any training step (epoch 0), for `evaluate`'s start column
     <run>/config.json    resolved options, library versions, what the data held
     <run>/split.json     {"train": [...], "val": [...]} identity names
     <run>/history.csv    one row per epoch
@@ -26,6 +27,7 @@ from siamcli.jsonio import read_json  # run configs, split files, checkpoint sta
 DEFAULT_RUNS_ROOT = Path("runs")
 LATEST = "latest"
 MODEL_FILE = "model.keras"
+START_MODEL_FILE = "start.keras"  # the start model (epoch 0); runs of earlier releases lack it
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
 HISTORY_FILE = "history.csv"
@@ -45,6 +47,10 @@ class RunPaths:
     @property
     def split(self) -> Path:
         return self.run_dir / SPLIT_FILE
+
+    @property
+    def start_model(self) -> Path:
+        return self.run_dir / START_MODEL_FILE
 
 
 def new_run_dir(out: str | None, force: bool) -> Path:
