@@ -39,13 +39,14 @@ serve: $(STAMP) ## Serve the demo's index at http://127.0.0.1:8000 (run make dem
 # (a module's fixtures are built once), the longest first (order set in tests/conftest.py).
 PYTEST_WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
-test: $(STAMP) ## Run the test suite
+# pytest exits 5 when it collects no test: a broken collection, never a pass.
+test: $(STAMP) ## Run the test suite (fails if pytest collects no test)
 	$(BIN)/python -m pytest -q $(PYTEST_WORKERS); code=$$?; \
-	if [ $$code -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$code
+	if [ $$code -eq 5 ]; then echo "error: pytest collected no tests; a broken collection is a failure" >&2; fi; exit $$code
 
 check: $(STAMP) ## Run the fast tests: no training, no ResNet50 run (pytest -m "not slow"), for the edit-test loop
 	$(BIN)/python -m pytest -q -m "not slow"; code=$$?; \
-	if [ $$code -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$code
+	if [ $$code -eq 5 ]; then echo "error: pytest collected no tests; a broken collection is a failure" >&2; fi; exit $$code
 
 lint: $(STAMP) ## Lint the code with ruff (configured in pyproject.toml)
 	$(BIN)/ruff check siamcli tests benchmarks
