@@ -9,21 +9,35 @@ import sys
 from typing import Any, Iterator, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from siamcli.jsonio import json_default
 
+PIPE_WIDTH = 10_000  # off a terminal: wider than any row, so no cell is ever folded
 
-def _console(stderr: bool = False) -> Console:
-    console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console.width = 1000  # a pipe or a file: never fold a path to fit an imaginary 80 columns
-    return console
+
+def _is_tty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+class _Console(Console):
+    """Rich's console, its width decided at each print, not once at import: on a terminal the
+    terminal's own (Rich's rule: COLUMNS, else the terminal's size), so a table fits the screen;
+    off one (a pipe, a file, a test's captured stream) PIPE_WIDTH whatever COLUMNS says, so what
+    a script or a test reads is the same at every width."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if _is_tty(self.file) else ConsoleDimensions(PIPE_WIDTH, size.height)
 
 
 # Human-facing output (tables, progress) goes to stderr when --json owns stdout.
-stdout = _console()
-stderr = _console(stderr=True)
+stdout = _Console(highlight=False)
+stderr = _Console(stderr=True, highlight=False)
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
