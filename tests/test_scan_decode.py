@@ -85,3 +85,23 @@ def test_corrupt_file_raises_decode_error_with_reason(messy):
     with pytest.raises(DecodeError) as info:
         decode_image(str(messy / "carol" / "broken.jpg"))
     assert info.value.reason
+
+
+def test_layout_hints_name_only_what_is_really_there(tmp_path):
+    from siamcli.data.scan import check_identity_layout
+
+    root = tmp_path / "data"
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    for split, person in (("valid", "ann"), ("valid", "ben"), ("training", "ann"), ("training", "cid")):
+        _save(root / split / person / "1.png", rgb)
+    with pytest.raises(UserError, match=r"\(training/, valid/\), each holding identity folders: point train at .*/training$"):
+        check_identity_layout(scan_folder(root))
+    _save(root / "dora" / "1.png", rgb)  # one real identity beside them: not a folder of splits
+    check_identity_layout(scan_folder(root))
+    flat = tmp_path / "flat"
+    _save(flat / "a.png", rgb)
+    (flat / "empty_identity").mkdir()
+    with pytest.raises(UserError, match=r"^1 image at the root of .*flat and no identity sub-folders"):
+        check_identity_layout(scan_folder(flat))
+    _save(flat / "eve" / "1.png", rgb)  # images beside identity folders: skipped, named by the usual warning
+    check_identity_layout(scan_folder(flat))

@@ -165,3 +165,28 @@ def test_imagenet_weights_neither_cached_nor_downloadable_are_one_line_exit_2_at
     assert not (tmp_path / "run").exists()
     explicit = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--weights", "imagenet"])
     _assert_one_line_usage_error(explicit, "cannot be downloaded", "--weights none")
+
+
+# Should the check fail to refuse, training goes on: with these options, for seconds.
+QUICK = ["--weights", "none", "--image-size", "32", "--embedding-dim", "8", "--batch-size", "4", "--images-per-identity", "2",
+         "--steps-per-epoch", "1", "--frozen-epochs", "1", "--finetune-epochs", "0", "--patience", "0", "--views", "1"]
+
+
+def test_train_on_a_folder_of_images_without_identity_folders_says_how_to_lay_them_out(tmp_path, image_folders):
+    flat = tmp_path / "flat"
+    for image in image_folders("sorted", identities=8, per_identity=5).rglob("*.png"):
+        flat.mkdir(exist_ok=True)
+        image.rename(flat / f"{image.parent.name}_{image.name}")
+    _assert_one_line_usage_error(runner.invoke(app, ["train", str(flat), "--out", str(tmp_path / "run"), *QUICK]),
+                                 f"40 images at the root of {flat} and no identity sub-folders",
+                                 f"put each identity's images in a sub-folder {flat}/<identity>/")
+
+
+def test_train_on_a_folder_of_splits_points_at_the_training_split(tmp_path):
+    from conftest import write_identity_folders
+
+    data = tmp_path / "data"
+    write_identity_folders(data / "train", identities=4, per_identity=3, size=32)
+    write_identity_folders(data / "test", identities=3, per_identity=3, size=32, seed=1)
+    _assert_one_line_usage_error(runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), *QUICK]),
+                                 f"{data}'s sub-folders look like a split (test/, train/)", f"point train at {data}/train")

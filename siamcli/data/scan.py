@@ -19,6 +19,9 @@ from siamcli.errors import UserError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"}
 )
+# Folder names of a dataset's splits: a folder of them is one level above the identity folders.
+SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval", "holdout"})
+OUTSIDE_IDENTITY = "not inside an identity folder"
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def scan_folder(root: str | os.PathLike, *, labelled: bool = True) -> ScanResult
             else:
                 reason = _file_problem(path)
                 if reason is None and top == "" and labelled:
-                    reason = "not inside an identity folder"
+                    reason = OUTSIDE_IDENTITY
             if reason is None:
                 result.items.append(ImageItem(path, top))
                 image_count_by_dir[top] += 1
@@ -121,6 +124,32 @@ def scan_folder(root: str | os.PathLike, *, labelled: bool = True) -> ScanResult
         if relative.parts and len(relative.parts) == 1 and not image_count_by_dir[top] and not dirnames:
             result.skipped.append(Skipped(str(here), "empty folder (no images)"))
     return result
+
+
+def check_identity_layout(scan: ScanResult) -> None:
+    """Refuse, with the fix, a labelled folder laid out one level off (a UserError):
+
+    images at its root and no identity folder with images (nothing to train on), or
+    sub-folders that are all named like splits (train/, test/, ...) and hold identity folders
+    (each split would train as one identity). Images at the root beside identity folders are
+    only skipped, and named with the other skipped files.
+    """
+    root = scan.root
+    if not scan.items:
+        loose = sum(s.reason == OUTSIDE_IDENTITY for s in scan.skipped)
+        if loose:
+            raise UserError(f"{loose} image{'s' if loose != 1 else ''} at the root of {root} and no identity sub-folders: "
+                            f"put each identity's images in a sub-folder {os.path.join(root, '<identity>')}/")
+        return
+    inner: dict[str, set[str]] = {}  # top folder → the folders inside it that hold its images ("" for itself)
+    for item in scan.items:
+        parts = Path(item.path).relative_to(root).parts
+        inner.setdefault(item.label, set()).add(parts[1] if len(parts) > 2 else "")
+    if all(top.lower() in SPLIT_NAMES and "" not in folders for top, folders in inner.items()):
+        splits = sorted(inner)
+        train = next((name for name in splits if name.lower().startswith("train")), max(splits, key=lambda n: len(inner[n])))
+        raise UserError(f"{root}'s sub-folders look like a split ({', '.join(name + '/' for name in splits)}), each holding "
+                        f"identity folders: point train at {os.path.join(root, train)}")
 
 
 def _link_to_ancestor(path: Path) -> str | None:

@@ -27,7 +27,7 @@ import pandas as pd
 from siamcli import __version__, rundir
 from siamcli.atomic import atomic_path, write_csv, write_json
 from siamcli.data.pipeline import PKSampler, augment_images, pk_batches
-from siamcli.data.scan import Skipped, describe_skipped, scan_folder
+from siamcli.data.scan import Skipped, check_identity_layout, describe_skipped, scan_folder
 from siamcli.data.split import IdentitySplit, split_identities
 from siamcli.errors import Interrupted, UserError
 from siamcli.evaluation.metrics import evaluate_retrieval
@@ -121,6 +121,7 @@ def train(config: TrainConfig, out: str | None = None, force: bool = False, even
     config = config.validate().resolve()
     weights = resolve_weights(config.weights)  # fail fast, before any slow work
     scan = scan_folder(config.data_dir, labelled=True)
+    check_identity_layout(scan)
     split = split_identities(scan.counts(), config.val_fraction, config.seed)
     if is_chief(config.strategy):
         run_dir = rundir.new_run_dir(out, force)
