@@ -13,7 +13,7 @@ from siamcli.cli.common import engine_errors, fail, fmt, print_json, stderr, std
 
 
 def verify(
-    images: Annotated[Optional[List[str]], typer.Argument(metavar="[IMAGE_A IMAGE_B]", show_default=False, help="The two images to compare.")] = None,
+    images: Annotated[Optional[List[str]], typer.Argument(metavar="IMAGE_A IMAGE_B", show_default=False, help="The two images to compare.")] = None,
     pairs: Annotated[Optional[Path], typer.Option("--pairs", metavar="PAIRS.csv", show_default=False, help="A CSV of pairs: columns a,b (paths; relative ones from the CSV's folder) and optionally same (1 or 0).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).", show_default=False)] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Match when the cosine similarity is ≥ this (-1 to 1), instead of the run's calibrated threshold.", show_default=False)] = None,
@@ -86,8 +86,8 @@ def _decision_line(decision) -> str:
                 "only at the run's calibrated threshold (`siamcli evaluate`), not at one you set")
     c = decision.calibration
     return (f"threshold: similarity ≥ {decision.threshold:.6f}, calibrated by `siamcli evaluate` on {c.identities} identities the model "
-            f"never trained on; there, false-match rate {_percent(c.far)} (95 % interval {_percent(c.far_ci95[0])}–{_percent(c.far_ci95[1])}), "
-            f"false-non-match rate {_percent(c.frr)} (95 % interval {_percent(c.frr_ci95[0])}–{_percent(c.frr_ci95[1])})")
+            f"never trained on; there, false-match rate {_percent(c.far)} ({_interval(c.far_ci95)}), "
+            f"false-non-match rate {_percent(c.frr)} ({_interval(c.frr_ci95)})")
 
 
 def _scores_line(scores) -> str:
@@ -97,6 +97,10 @@ def _scores_line(scores) -> str:
         return line + "; no accuracy: no threshold"
     return (line + f"; at similarity ≥ {scores.threshold:.4f}: accuracy {_percent(scores.accuracy)}, false-match rate "
             f"{_percent(scores.false_match_rate)}, false-non-match rate {_percent(scores.false_non_match_rate)}")
+
+
+def _interval(bounds) -> str:
+    return f"95 % interval {100 * bounds[0]:.1f}–{100 * bounds[1]:.1f} %"
 
 
 def _percent(value: float | None) -> str:
