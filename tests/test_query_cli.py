@@ -126,6 +126,21 @@ def test_bad_queries_are_one_line_errors(tiny_index, tmp_path):
     one_line_error(invoke("query", data / "id_0" / "img_0.png", "--index", tmp_path / "no_index"), "no index at")
 
 
+def test_a_bad_file_among_several_is_skipped_with_a_warning_naming_it(tiny_index, tmp_path):
+    run, data = tiny_index
+    good = data / "id_0" / "img_0.png"
+    broken = [tmp_path / "broken.png", tmp_path / "also_broken.jpg"]
+    for path in broken:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    result = invoke("query", good, broken[0], "--model", run, "--k", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    answers = json.loads(result.stdout)
+    assert [answer["query"] for answer in answers] == [str(good)] and answers[0]["results"][0]["path"] == str(good)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and str(broken[0]) in warnings[0] and "not a readable image" in warnings[0], result.stderr
+    one_line_error(invoke("query", *broken, "--model", run), "none of the query images could be read", *map(str, broken))
+
+
 def _copy_index(tiny_index, tmp_path) -> tuple[Path, Path, Path]:
     run, data = tiny_index
     work = Path(shutil.copytree(run, tmp_path / "run"))

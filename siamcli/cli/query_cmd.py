@@ -28,7 +28,7 @@ def query(
     with engine_errors():
         from siamcli.index.search import query_images
 
-        outcome = query_images(images, index=index, model=model, k=k, batch_size=batch_size)
+        outcome = query_images(images, index=index, model=model, k=k, batch_size=batch_size, skip_unreadable=True)
         for note in outcome.notes:
             warn(note)
         if plot:

@@ -99,7 +99,8 @@ def resolve_model(loaded: LoadedIndex, model: str | None) -> Path:
 
 
 def query_paths(images: Sequence[str]) -> tuple[list[str], list[Skipped]]:
-    """Expand IMAGE... (files or folders of images) into files; a missing or unreadable one is an error."""
+    """Expand IMAGE... (files or folders of images) into files; a missing one is an error (one
+    that cannot be read or decoded is found by the decoder: see query_images)."""
     paths: list[str] = []
     skipped: list[Skipped] = []
     for image in images:
@@ -115,11 +116,6 @@ def query_paths(images: Sequence[str]) -> tuple[list[str], list[Skipped]]:
         elif not path.is_file():
             raise UserError(f"query image {image} is not a file")
         else:
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise UserError(f"cannot read query image {image}: {exc.strerror}") from exc
             paths.append(str(path))
     if not paths:
         raise UserError("no query images given")
@@ -186,8 +182,12 @@ def query_images(
     model: str | None = None,
     k: int = 5,
     batch_size: int = 32,
+    skip_unreadable: bool = False,
 ) -> QueryOutcome:
-    """Embed each query image and return its k nearest gallery images."""
+    """Embed each query image and return its k nearest gallery images.
+
+    A file inside a query folder that cannot be decoded is skipped (said in `notes`); so is a
+    named one when `skip_unreadable` (the CLI), else it is an error. None answered: an error."""
     if k < 1:
         raise UserError(f"--k must be at least 1, got {k}")
     if batch_size < 1:
@@ -203,7 +203,7 @@ def query_images(
     embedded = embed(load_query_model(model_path, loaded), paths, batch_size=batch_size)
     named = {str(Path(p)) for p in images if not Path(p).is_dir()}
     for failure in embedded.failures:
-        if str(Path(failure.path)) in named:
+        if str(Path(failure.path)) in named and (not skip_unreadable or len(paths) == 1):
             raise UserError(f"cannot read query image {failure.path}: {failure.reason}")
     skipped.extend(embedded.failures)
     if not embedded.kept:
