@@ -1,6 +1,6 @@
 """The package's layers import downward only, with no cycles, and the engine never imports the CLI's libraries.
 
-    siamcli (the package: its lazy notebook facade), api, cli, serve  →  training, export
+    siamcli (the package: its lazy notebook facade), api, cli, serve  →  training, export, pairs, cluster
         →  index, evaluation  →  models  →  data  →  top-level helpers
 
 Read from the source (every import, lazy ones inside functions too), so a violation fails here
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "siamcli"
-RANK = {"top": 0, "data": 1, "models": 2, "index": 3, "evaluation": 3, "training": 4, "export": 4, "api": 5, "serve": 5, "cli": 6,
-        "facade": 6, "__main__": 7}
-ENGINE = ("data", "models", "index", "evaluation", "training", "export", "api", "facade", "top")
+RANK = {"top": 0, "data": 1, "models": 2, "index": 3, "evaluation": 3, "training": 4, "export": 4, "pairs": 4, "cluster": 4,
+        "api": 5, "serve": 5, "cli": 6, "facade": 6, "__main__": 7}
+ENGINE = ("data", "models", "index", "evaluation", "training", "export", "pairs", "cluster", "api", "facade", "top")
 
 
 def _layer(module: str) -> str:
