@@ -4,9 +4,8 @@ Operating point: the equal error rate by default, or the largest threshold whose
 rate (FAR) on the evaluated different-identity pairs is at most `target_far`.
 
 Uncertainty: pairs of the same people are not independent draws, so the 95 % intervals come
-from a bootstrap over identities (the "subsets bootstrap": resample identities with
-replacement, keep every pair of each drawn identity; Bolle, Ratha & Pankanti, 2004). An
-identity's false matches are those of the pairs it takes part in.
+from the bootstrap over identities (evaluation.bootstrap: every pair of each drawn identity
+kept). An identity's false matches are those of the pairs it takes part in.
 
 Reliability, stated and checked: at least MIN_IDENTITIES identities with two or more images and
 MIN_SAME_PAIRS same-identity pairs, and enough different-identity pairs to measure the target
@@ -19,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from siamcli.calibration import Calibration
+from siamcli.evaluation.bootstrap import interval95, resampled_ratios
 from siamcli.evaluation.verification import PairDistances, VerificationResult
 
 MIN_IDENTITIES = 10  # people behind the different-identity pairs: fewer, and FAR is a guess
 MIN_SAME_PAIRS = 100
-BOOTSTRAP_SAMPLES = 1000
 
 
 def calibrate(pairs: PairDistances, verification: VerificationResult, target_far: float | None = None,
@@ -66,12 +65,7 @@ def _rate_with_interval(errors: np.ndarray, identities: np.ndarray | None, seed:
     # Per identity: pairs it takes part in, and errors among them (a pair counts for both its people).
     pairs = sum(np.bincount(sides[:, c], minlength=count) for c in range(sides.shape[1])).astype(np.float64)
     wrong = sum(np.bincount(sides[:, c], weights=errors.astype(np.float64), minlength=count) for c in range(sides.shape[1]))
-    present = np.flatnonzero(pairs > 0)
-    rng = np.random.default_rng(seed)
-    draws = rng.choice(present, size=(BOOTSTRAP_SAMPLES, len(present)), replace=True)
-    rates = wrong[draws].sum(axis=1) / np.maximum(pairs[draws].sum(axis=1), 1.0)
-    low, high = np.percentile(rates, [2.5, 97.5])
-    return rate, (float(low), float(high))
+    return rate, interval95(resampled_ratios(wrong, pairs, seed))
 
 
 def _unreliable_because(identities: int, same_pairs: int, different_pairs: int, target_far: float | None) -> str:
