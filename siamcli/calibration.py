@@ -43,6 +43,13 @@ class Calibration:
         """The threshold as a cosine similarity: a pair matches when similarity ≥ this."""
         return similarity_threshold(self.threshold)
 
+    def in_words(self) -> str:
+        """What the error rates mean for one comparison: "at this threshold about 1 in 8
+        different-identity pairs is called a match and about 1 in 8 same-identity pairs is missed"."""
+        false_match = share_in_words(self.far, self.different_pairs, "different-identity pair", "called a match")
+        missed = share_in_words(self.frr, self.same_pairs, "same-identity pair", "missed")
+        return f"at this threshold {false_match} and {missed}"
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["far_ci95"], data["frr_ci95"] = list(self.far_ci95), list(self.frr_ci95)
@@ -53,6 +60,20 @@ class Calibration:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         known["far_ci95"], known["frr_ci95"] = tuple(known.get("far_ci95", ())), tuple(known.get("frr_ci95", ()))
         return cls(**known)
+
+
+def share_in_words(rate: float, count: int, noun: str, outcome: str) -> str:
+    """A rate as a person reads it: "none of the 1,215 <noun>s is", "about 1 in 8 <noun>s is" (under
+    a quarter; two significant digits past 100), "about 32 % of <noun>s are", "every <noun> is"."""
+    if rate <= 0:
+        return f"none of the {count:,} {noun}s is {outcome}"
+    if rate >= 1:
+        return f"every {noun} is {outcome}"
+    if rate < 0.25:
+        one_in = 1 / rate
+        one_in = round(one_in) if one_in < 100 else int(float(f"{one_in:.2g}"))
+        return f"about 1 in {one_in:,} {noun}s is {outcome}"
+    return f"about {round(rate * 100)} % of {noun}s are {outcome}"
 
 
 def similarity_threshold(distance_threshold: float | None) -> float | None:

@@ -106,3 +106,26 @@ def test_enough_held_out_identities_calibrate_and_training_identities_never_repl
     assert json.loads((run / "calibration.json").read_text()) == held_out
     assert (run / "eval" / "metrics.json").read_bytes() == before  # the held-out report is kept
     assert (run / "eval-copy" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("rate, words", [
+    (0.0, "none of the 1,215 pairs is matched"),
+    (0.13, "about 1 in 8 pairs is matched"),
+    (0.091, "about 1 in 11 pairs is matched"),
+    (0.0012, "about 1 in 830 pairs is matched"),
+    (0.001, "about 1 in 1,000 pairs is matched"),
+    (0.32, "about 32 % of pairs are matched"),
+    (1.0, "every pair is matched"),
+])
+def test_an_error_rate_in_words(rate, words):
+    """Finding 12: "reliable" beside a 13 % EER said nothing of what that means for one comparison."""
+    from siamcli.calibration import share_in_words
+
+    assert share_in_words(rate, 1215, "pair", "matched") == words
+
+
+def test_a_calibration_says_both_error_rates_in_words():
+    calibration, _ = _calibrated(40, per_identity=9)
+    text = calibration.in_words()
+    assert text.startswith("at this threshold ") and " different-identity pairs " in text and " same-identity pair" in text
+    assert text.endswith("missed") and "called a match and" in text
