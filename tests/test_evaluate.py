@@ -57,7 +57,7 @@ def test_writes_every_file_with_the_documented_shapes(evaluated):
     for name in ("confusion.png", "roc.png", "projection.png", "errors.png"):
         assert_png(out / name)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == METRIC_KEYS + ["baselines", "calibration"]
+    assert list(metrics) == METRIC_KEYS + ["baselines", "calibration", "verdict"]
     calibration = metrics["calibration"]
     assert calibration["operating_point"] == "eer" and calibration["threshold"] == metrics["threshold"]
     assert calibration["reliable"] is False and "5 identities" in calibration["reason"]  # 5 identities with 2+ images
@@ -155,7 +155,8 @@ def test_cli_defaults_to_the_runs_held_out_identities_and_prints_only_json(tiny_
     result = runner.invoke(_app(), ["evaluate", "--model", str(run), "--out", str(out), "--no-baselines", "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert list(document) == METRIC_KEYS + ["baselines", "calibration"] and document["baselines"] == {}
+    assert list(document) == METRIC_KEYS + ["baselines", "calibration", "verdict"] and document["baselines"] == {}
+    assert document["verdict"] is None  # --no-baselines: nothing to judge against
     assert json.loads((run / "calibration.json").read_text())["threshold"] == document["calibration"]["threshold"]
     assert set(pd.read_csv(out / "labels.csv")["label"]) == {"id_4", "id_5"}
     assert json.loads((out / "report.json").read_text())["held_out_identities"] is True
@@ -212,7 +213,7 @@ def test_real_subprocess_prints_one_json_document_and_no_tensorflow_noise(tiny_r
                         "--no-baselines", "--projection", "pca", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     document = json.loads(completed.stdout)
-    assert list(document) == METRIC_KEYS + ["baselines", "calibration"]
+    assert list(document) == METRIC_KEYS + ["baselines", "calibration", "verdict"]
     assert "oneDNN" not in completed.stderr and "cuda" not in completed.stderr.lower()
     assert (tmp_path / "sub" / "errors.png").is_file()
 

@@ -66,3 +66,38 @@ def test_roc_projection_and_errors_are_pngs(tmp_path):
     plots.errors_plot([], tmp_path / "no_errors.png")
     for name in ("roc.png", "tsne.png", "pca.png", "errors.png", "no_errors.png"):
         assert_png(tmp_path / name)
+
+
+def test_numeric_labels_are_the_heatmaps_tick_labels_in_numeric_order():
+    """Digits as identities: each tick is the label itself, in numeric order (never the string
+    order 0, 1, 10, 11, 2 … that reads like a broken axis), and the label thinning says so."""
+    names = [str(i) for i in range(12)]
+    rng = np.random.default_rng(0)
+    truth = np.repeat(names, 4)
+    figure = plots.confusion_figure(classify(truth, rng.permutation(truth)))
+    axis = figure.axes[0]
+    assert [t.get_text() for t in axis.get_xticklabels()] == names
+    assert [t.get_text() for t in axis.get_yticklabels()] == names
+    plots.plt.close(figure)
+    many = [str(i) for i in range(0, 300, 2)]  # 150 identities: every 3rd label is drawn
+    figure = plots.confusion_figure(classify(np.repeat(many, 2), np.repeat(many, 2)))
+    axis = figure.axes[0]
+    ticks = [int(t.get_text()) for t in axis.get_xticklabels()]
+    assert ticks == sorted(ticks) and ticks[:3] == [0, 6, 12]
+    assert "1 label in 3" in axis.get_xlabel()
+    plots.plt.close(figure)
+
+
+def test_the_confusion_tables_columns_are_the_numeric_labels_themselves():
+    """`siamcli evaluate`'s confusion table: with labels 0–9 the columns were numbered 1–10 and the
+    rows "1 0", "2 1" …; short labels now head the columns and rows themselves."""
+    from siamcli.cli.evaluate_cmd import _confusion_table
+
+    names = [str(i) for i in range(10)]
+    table = _confusion_table(classify(np.repeat(names, 3), np.repeat(names, 3)))
+    assert [column.header for column in table.columns[1:]] == names
+    assert list(table.columns[0].cells) == names
+    long = [f"person_{i:02d}" for i in range(12)]  # 12 columns this wide pass 80: keyed by letters beside the name
+    table = _confusion_table(classify(np.repeat(long, 2), np.repeat(long, 2)))
+    assert [column.header for column in table.columns[1:]] == list("ABCDEFGHIJKL")
+    assert list(table.columns[0].cells)[:2] == ["A person_00", "B person_01"]

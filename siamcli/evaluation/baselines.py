@@ -1,5 +1,8 @@
 """Baselines scored beside the trained model, so a report shows what training bought.
 
+start_model         <run>/start.keras: the run's own network before any training step (the
+                    trainer writes it; runs of earlier releases lack it, and the column is then
+                    left out with a warning). Embedded by the one embedding loop, as model.keras.
 raw_pixels          each image decoded and resized exactly as the model sees it (S × S RGB,
                     bilinear, antialiased), flattened and scaled to [0, 1]; compared by plain
                     squared Euclidean distance, not normalised (mean-centring would change no
@@ -11,8 +14,8 @@ untrained_backbone  the ResNet50 the run started from, before any training: pool
                     `--weights PATH` runs: that file if it is still there. Otherwise skipped,
                     with the reason.
 
-Both are computed from one more pass over the images (decoded by the same pipeline), and only
-when their feature matrix fits in `memory_bytes`; past that they are skipped with the reason.
+The last two are computed from one more pass over the images (decoded by the same pipeline), and
+only when their feature matrix fits in `memory_bytes`; past that they are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+START_MODEL = "start_model"
 RAW_PIXELS = "raw_pixels"
 UNTRAINED_BACKBONE = "untrained_backbone"
-NAMES = {RAW_PIXELS: "raw pixels", UNTRAINED_BACKBONE: "untrained backbone"}
+BASELINE_ORDER = (START_MODEL, UNTRAINED_BACKBONE, RAW_PIXELS)  # columns, metrics.json, ties of the verdict
+NAMES = {START_MODEL: "start model", RAW_PIXELS: "raw pixels", UNTRAINED_BACKBONE: "untrained backbone"}
+START_NOT_RECORDED = "not recorded (trained by an earlier release)"
 DEFAULT_MEMORY_BYTES = 2 << 30  # largest feature matrix a baseline may hold
 
 
@@ -34,6 +40,25 @@ class BaselineFeatures:
     features: dict[str, np.ndarray] = field(default_factory=dict)  # name → (n, d) float32
     descriptions: dict[str, str] = field(default_factory=dict)  # name → what exactly was scored
     skipped: dict[str, str] = field(default_factory=dict)  # name → why it was not
+
+
+def start_model_features(path: Path, paths: Sequence[str], batch_size: int = 32,
+                         on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray | None, str]:
+    """(embeddings of `paths` by the start model, description), or (None, why it was skipped)."""
+    from siamcli.errors import UserError
+    from siamcli.models.embed import embed
+    from siamcli.models.embedding import load_embedding_model
+
+    if not path.is_file():
+        return None, START_NOT_RECORDED
+    try:
+        network = load_embedding_model(path)
+    except UserError as exc:  # a damaged start.keras costs its column, not the evaluation
+        return None, str(exc)
+    embedded = embed(network, list(paths), batch_size=batch_size, on_progress=on_progress)
+    if embedded.failures:  # a file changed on disk since the model embedded it
+        return None, f"{len(embedded.failures)} image(s) no longer decode, e.g. {embedded.failures[0].path}"
+    return embedded.vectors, f"the run's network before any training step ({path})"
 
 
 def backbone_start(config: dict) -> tuple[object | None, str]:

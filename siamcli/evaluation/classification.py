@@ -34,13 +34,16 @@ class ClassificationResult:
     macro_f1: float
     predictions: int  # queries classified
 
-    def confusion_matrix(self) -> np.ndarray:
-        """(classes, classes) int64 counts, rows true, columns predicted, in `labels` order."""
-        position = {label: i for i, label in enumerate(self.labels)}
-        matrix = np.zeros((len(self.labels), len(self.labels)), np.int64)
-        rows = self.confusion_cells["true"].map(position).to_numpy()
-        columns = self.confusion_cells["predicted"].map(position).to_numpy()
-        matrix[rows, columns] = self.confusion_cells["count"].to_numpy()
+    def confusion_matrix(self, labels: list[str] | None = None) -> np.ndarray:
+        """(classes, classes) int64 counts, rows true, columns predicted, in `labels` order; or
+        only the given labels, in their order (dense for those alone)."""
+        labels = self.labels if labels is None else list(labels)
+        position = {label: i for i, label in enumerate(labels)}
+        cells = self.confusion_cells
+        if len(labels) < len(self.labels):
+            cells = cells[cells["true"].isin(set(position)) & cells["predicted"].isin(set(position))]
+        matrix = np.zeros((len(labels), len(labels)), np.int64)
+        matrix[cells["true"].map(position).to_numpy(), cells["predicted"].map(position).to_numpy()] = cells["count"].to_numpy()
         return matrix
 
     def confusion_frame(self) -> pd.DataFrame:
@@ -52,6 +55,16 @@ class ClassificationResult:
         frame = pd.DataFrame(self.confusion_matrix(), columns=self.labels)
         frame.insert(0, "label", self.labels)
         return frame
+
+    def display_order(self, labels: list[str] | None = None) -> list[str]:
+        """`labels` (default: all) in the order to show them: numerically when every one is a
+        number (digits: 2 before 10), else in label order (the files' order)."""
+        labels = sorted(self.labels if labels is None else labels)
+        try:
+            values = {label: float(label) for label in labels}
+        except ValueError:
+            return labels
+        return sorted(labels, key=lambda label: (values[label], label))
 
     def worst_first(self, rows: int | None = None) -> pd.DataFrame:
         """Classes by F1 ascending (then larger support first, then label)."""

@@ -24,23 +24,21 @@ LEGEND_LIMIT = 20
 
 
 def confusion_heatmap(classification, target: Path, normalize: bool = False) -> None:
-    """Seaborn heatmap, rows true, columns predicted; counts, or shares of each true row."""
+    _save(confusion_figure(classification, normalize), target)
+
+
+def confusion_figure(classification, normalize: bool = False):
+    """Seaborn heatmap, rows true, columns predicted; counts, or shares of each true row. Each
+    tick label is an identity's label itself, numeric labels in numeric order."""
     import seaborn as sns
 
-    labels = list(classification.labels)
     title = "Confusion matrix (nearest-neighbour identity)"
-    if len(labels) > HEATMAP_ALL_LIMIT:
-        shown = classification.worst_first(HEATMAP_WORST)["label"].tolist()
-        keep = sorted(shown)
-        cells = classification.confusion_cells
-        cells = cells[cells["true"].isin(keep) & cells["predicted"].isin(keep)]
-        position = {label: i for i, label in enumerate(keep)}
-        matrix = np.zeros((len(keep), len(keep)), np.int64)
-        matrix[cells["true"].map(position).to_numpy(), cells["predicted"].map(position).to_numpy()] = cells["count"].to_numpy()
-        labels = keep
-        title += f": the {len(keep)} identities with the lowest F1 of {len(classification.labels)}"
+    if len(classification.labels) > HEATMAP_ALL_LIMIT:
+        labels = classification.display_order(classification.worst_first(HEATMAP_WORST)["label"].tolist())
+        title += f": the {len(labels)} identities with the lowest F1 of {len(classification.labels)}"
     else:
-        matrix = classification.confusion_matrix()
+        labels = classification.display_order()
+    matrix = classification.confusion_matrix(labels)
     values = matrix.astype(np.float64)
     if normalize:
         totals = values.sum(axis=1, keepdims=True)
@@ -61,10 +59,11 @@ def confusion_heatmap(classification, target: Path, normalize: bool = False) -> 
     axis.set_xticklabels([labels[i] for i in ticks], rotation=90, fontsize=8)
     axis.set_yticks(ticks + 0.5)
     axis.set_yticklabels([labels[i] for i in ticks], rotation=0, fontsize=8)
-    axis.set_xlabel("predicted identity" + (f" (every {step}th label)" if step > 1 else ""))
-    axis.set_ylabel("true identity")
+    thinned = f" (1 label in {step} shown)" if step > 1 else ""
+    axis.set_xlabel("predicted identity" + thinned)
+    axis.set_ylabel("true identity" + thinned)
     axis.set_title(title)
-    _save(figure, target)
+    return figure
 
 
 def roc_plot(verification, target: Path) -> None:

@@ -1,6 +1,7 @@
 """`siamcli evaluate` end to end: choose the images → embed → metrics → files.
 
-    <out>/metrics.json      the metrics (docs/evaluate.md's keys), the baselines' retrieval metrics, the calibration
+    <out>/metrics.json      the metrics (docs/evaluate.md's keys), the baselines' retrieval metrics, the calibration,
+                            the verdict (did training help: the trained model against the best baseline)
     <out>/report.json       what was evaluated: model, data, counts, pairs, baselines, timings
     <out>/per_class.csv     label, precision, recall, f1, support (label order)
     <out>/confusion.csv     rows true identity, columns predicted identity
@@ -31,7 +32,8 @@ from siamcli.evaluation import baselines as base
 from siamcli.evaluation import plots
 from siamcli.evaluation.calibrate import calibrate
 from siamcli.evaluation.classification import ClassificationResult, classify
-from siamcli.evaluation.metrics import DEFAULT_BLOCK_SIZE, RetrievalMetrics, RetrievalResult, evaluate_retrieval, exact_distances, retrieval_metrics
+from siamcli.evaluation.metrics import DEFAULT_BLOCK_SIZE, RetrievalMetrics, RetrievalResult, evaluate_retrieval, exact_distances
+from siamcli.evaluation.verdict import Verdict, judge
 from siamcli.evaluation.verification import DEFAULT_MAX_PAIRS, VerificationResult, pair_distances, verify
 from siamcli.events import NO_EVENTS, Events
 from siamcli.hashing import file_sha256
@@ -47,9 +49,9 @@ METRIC_KEYS = ("precision_at_1", "recall_at_k", "r_precision", "map_at_r", "accu
 class EvaluateOptions:
     ks: tuple[int, ...] = (1, 5, 10)  # recall@k
     batch_size: int = 32  # images per forward pass
-    baselines: bool = True  # also score raw pixels and the untrained backbone
+    baselines: bool = True  # also score the start model, raw pixels and the untrained backbone, and give the verdict
     max_pairs: int = DEFAULT_MAX_PAIRS  # verification: all pairs up to this many, else a seeded sample
-    seed: int = 0  # pair sample and projection
+    seed: int = 0  # pair sample, bootstraps (threshold, verdict) and projection
     projection: str = "auto"  # auto | pca | tsne
     normalize_confusion: bool = False  # heatmap of row shares instead of counts
     error_cases: int = 8  # rows of errors.png
@@ -101,6 +103,7 @@ class EvaluationReport:
     calibration: Calibration | None  # None when there are no pairs of both kinds
     ks: tuple[int, ...]
     baselines: dict[str, RetrievalMetrics] = field(default_factory=dict)
+    baseline_ap: dict[str, np.ndarray] = field(default_factory=dict)  # name → (n,) AP@R, nan for non-queries
     baseline_descriptions: dict[str, str] = field(default_factory=dict)
     baselines_skipped: dict[str, str] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
@@ -111,13 +114,15 @@ class EvaluationReport:
     model_sha256: str = ""
     max_pairs: int = DEFAULT_MAX_PAIRS
     seed: int = 0
+    verdict: Verdict | None = None  # None without baselines
 
     @property
     def metrics(self) -> RetrievalMetrics:
         return self.retrieval.metrics
 
     def metrics_json(self) -> dict:
-        """metrics.json and `--json`: the nine metric keys (docs/evaluate.md), then "baselines" (name → retrieval keys), "calibration"."""
+        """metrics.json and `--json`: the nine metric keys (docs/evaluate.md), then "baselines" (name →
+        retrieval keys), "calibration", "verdict"."""
         document = self.metrics.to_json()
         document.update({
             "accuracy": json_float(self.classification.accuracy),
@@ -127,8 +132,9 @@ class EvaluationReport:
             "threshold": json_float(self.verification.threshold),
         })
         document = {key: document[key] for key in METRIC_KEYS}
-        document["baselines"] = {name: metrics.to_json() for name, metrics in self.baselines.items()}
+        document["baselines"] = {name: self.baselines[name].to_json() for name in base.BASELINE_ORDER if name in self.baselines}
         document["calibration"] = None if self.calibration is None else self._calibration_json()
+        document["verdict"] = None if self.verdict is None else self.verdict.to_json()
         return document
 
     def _calibration_json(self) -> dict:
@@ -347,25 +353,47 @@ def error_cases(report: EvaluationReport, limit: int) -> list[plots.ErrorCase]:
 
 
 def _score_baselines(report: EvaluationReport, run: rundir.RunPaths, options: EvaluateOptions, events: Events) -> None:
+    """Each baseline scored as the trained model is, then the verdict against the best of them."""
+    features, descriptions, skipped = _baseline_features(report, run, options, events)
+    for name in base.BASELINE_ORDER:
+        if name not in features:
+            continue
+        try:
+            result = evaluate_retrieval(features[name], report.labels, report.ks, block_size=options.block_size)
+        except ValueError as exc:  # e.g. a random backbone whose features overflowed
+            skipped[name] = str(exc)
+            descriptions.pop(name, None)
+            continue
+        report.baselines[name], report.baseline_ap[name] = result.metrics, result.average_precision
+    report.baseline_descriptions, report.baselines_skipped = descriptions, skipped
+    for name, reason in skipped.items():
+        report.warnings.append(f"start model {reason}: {run.start_model} is missing, so it has no column"
+                               if reason == base.START_NOT_RECORDED else f"baseline {base.NAMES[name]} skipped: {reason}")
+    report.verdict = judge(report.retrieval.average_precision, report.baseline_ap, report.labels, options.seed, str(run.start_model))
+
+
+def _baseline_features(report: EvaluationReport, run: rundir.RunPaths, options: EvaluateOptions,
+                       events: Events) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
+    """(name → features, name → what was scored, name → why skipped) of every baseline."""
     try:
         config = rundir.read_json(run.config, "run config")
     except UserError:
         config = {"weights": "none", "seed": 0}
         report.warnings.append(f"{run.config} is missing: the untrained-backbone baseline uses random weights, seed 0")
     events.stage("baselines: raw pixels, untrained backbone", len(report.paths))
-    features = base.baseline_features(report.paths, report.image_size, config, batch_size=options.batch_size, on_progress=events.advance)
-    report.baseline_descriptions = dict(features.descriptions)
-    report.baselines_skipped = dict(features.skipped)
-    for name in (base.UNTRAINED_BACKBONE, base.RAW_PIXELS):
-        if name not in features.features:
-            continue
-        try:
-            report.baselines[name] = retrieval_metrics(features.features[name], report.labels, report.ks, block_size=options.block_size)
-        except ValueError as exc:  # e.g. a random backbone whose features overflowed
-            report.baselines_skipped[name] = str(exc)
-            report.baseline_descriptions.pop(name, None)
-    for name, reason in report.baselines_skipped.items():
-        report.warnings.append(f"baseline {base.NAMES[name]} skipped: {reason}")
+    found = base.baseline_features(report.paths, report.image_size, config, batch_size=options.batch_size, on_progress=events.advance)
+    features, descriptions, skipped = dict(found.features), dict(found.descriptions), dict(found.skipped)
+    if run.start_model.resolve() == run.model.resolve():
+        skipped[base.START_MODEL] = "it is the model evaluated"
+        return features, descriptions, skipped
+    if run.start_model.is_file():
+        events.stage("baselines: start model", len(report.paths))
+    vectors, text = base.start_model_features(run.start_model, report.paths, options.batch_size, events.advance)
+    if vectors is None:
+        skipped[base.START_MODEL] = text
+    else:
+        features[base.START_MODEL], descriptions[base.START_MODEL] = vectors, text
+    return features, descriptions, skipped
 
 
 def _write_files(report: EvaluationReport, options: EvaluateOptions) -> None:
