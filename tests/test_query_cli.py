@@ -64,13 +64,47 @@ def test_table_output_and_plot(faces, tmp_path):
     plot = tmp_path / "neighbours.png"
     result = invoke("query", base / "queries" / "s1_10.png", base / "queries" / "s2_10.png", "--model", run, "--k", "4", "--plot", plot)
     assert result.exit_code == 0, result.stderr
+    assert "warning" not in result.stderr and f"plot written to {plot}" in result.stdout
     assert "rank" in result.stdout and "similarity" in result.stdout and "s1" in result.stdout and "s2" in result.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(plot) as image:
-        image.verify()
-    with Image.open(plot) as image:
-        width, height = image.size
+    width, height = png_size(plot)
     assert width > height > 100  # two rows of 1 + 4 thumbnails
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_a_plot_of_more_queries_than_it_holds_draws_the_first_and_says_so(tiny_index, tmp_path):
+    run, data = tiny_index
+    first = [data / f"id_{i}" for i in range(4)]  # 20 images: as many as one picture holds
+    assert invoke("query", *first, "--model", run, "--k", "2", "--plot", tmp_path / "twenty.png").exit_code == 0
+    result = invoke("query", data, "--model", run, "--k", "2", "--plot", tmp_path / "thirty.png", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 30  # every query is answered; only the picture is bounded
+    assert result.stderr.splitlines() == [f"warning: --plot {tmp_path / 'thirty.png'} draws the first 20 of 30 queries; "
+                                          "--plot DIR/ draws one picture per query"]
+    (width, height), (twenty_width, twenty_height) = png_size(tmp_path / "thirty.png"), png_size(tmp_path / "twenty.png")
+    assert width == twenty_width and twenty_height < height < twenty_height * 21 / 20  # 20 rows and a title line
+
+
+def test_a_plot_folder_gets_one_picture_per_query_in_order(tiny_index, tmp_path):
+    run, data = tiny_index
+    folder = tmp_path / "plots"
+    result = invoke("query", data / "id_0", data / "id_1", "--model", run, "--k", "3", "--plot", f"{folder}/", "--json")
+    assert result.exit_code == 0, result.stderr
+    queries = [Path(answer["query"]) for answer in json.loads(result.stdout)]
+    assert sorted(p.name for p in folder.iterdir()) == [f"{n:02d}_{q.stem}.png" for n, q in enumerate(queries, start=1)]
+    for picture in folder.iterdir():
+        width, height = png_size(picture)
+        assert width > 3 * height  # one row: the query and its 3 neighbours
+    assert "warning" not in result.stderr
+    again = invoke("query", data / "id_2" / "img_0.png", "--model", run, "--plot", folder)  # an existing folder, no slash
+    assert again.exit_code == 0, again.stderr
+    assert (folder / "1_img_0.png").is_file() and "1 plot(s) written to" in again.stdout
 
 
 def test_k_larger_than_the_gallery_returns_all_of_it_with_a_note(tiny_index):
