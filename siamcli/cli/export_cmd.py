@@ -60,7 +60,7 @@ def export(
                 f"P@1 {f['precision_at_1']:.3f} → {q['precision_at_1']:.3f}",
             )
         else:
-            table.add_row("retrieval cost", "not measured (no labelled held-out images)")
+            table.add_row("retrieval cost", f"not measured: {quantised['retrieval_not_measured']}")
     stdout.print(table)
 
 

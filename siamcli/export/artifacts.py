@@ -17,7 +17,8 @@ the embeddings of sample images (the run's held-out images when its data folder 
 else random pixels) must equal `model.keras`'s within `TOLERANCE` (max absolute difference per
 component, of unit vectors). Only then is the folder moved into place. A quantised model is not
 held to that tolerance: its difference and its retrieval cost (precision@1 and MAP@R on the
-held-out identities, beside the float model's) are measured and reported instead.
+held-out identities, beside the float model's; it needs two identities at least, else the
+summary says why it is not measured) are measured and reported instead.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def _samples(paths: rundir.RunPaths, size: int, count: int, retrieval: bool) -> 
         loaded = load_pixels([item.path for item in chosen], size)
         if len(loaded.kept) >= 2:
             labels = [chosen[i].label for i in loaded.kept]
-            return Samples(loaded.images, labels, f"{len(labels)} held-out images of {len(set(labels))} identities")
+            identities = len(set(labels))
+            return Samples(loaded.images, labels, f"{len(labels)} held-out images of {identities} identit{'y' if identities == 1 else 'ies'}")
         reason = "the held-out images did not decode"
     rng = np.random.default_rng(0)
     return Samples(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), None, f"{count} random images ({reason})")
@@ -293,8 +295,10 @@ def _check_litert(tmp: Path, sample: Samples, reference: np.ndarray, size: int, 
             "float_bytes": (tmp / "model.tflite").stat().st_size,
             "max_abs_diff": _max_diff(quantised, reference),
             "cosine_to_float_min": float(np.min(np.sum(quantised * floats, axis=1))),
-            "retrieval": _retrieval_cost(floats, quantised, sample.labels),
         }
+        result.quantised["retrieval"], why = _retrieval_cost(floats, quantised, sample)
+        if why:
+            result.quantised["retrieval_not_measured"] = why
     return result
 
 
@@ -316,10 +320,14 @@ def _litert_interpreter(path: str):
     return Interpreter(model_path=path)
 
 
-def _retrieval_cost(floats: np.ndarray, quantised: np.ndarray, labels: list[str] | None) -> dict | None:
-    """precision@1 and MAP@R on the held-out identities, float model beside quantised (None without labels)."""
-    if labels is None or len(set(labels)) < 2:
-        return None
+def _retrieval_cost(floats: np.ndarray, quantised: np.ndarray, sample: Samples) -> tuple[dict | None, str]:
+    """(precision@1 and MAP@R on the held-out identities, float model beside quantised, ""),
+    or (None, why they cannot be measured)."""
+    labels = sample.labels
+    if labels is None:
+        return None, f"no labelled held-out images (checked on {sample.source})"
+    if len(set(labels)) < 2:  # every image's only neighbours are of its own identity: nothing to rank
+        return None, "held-out images of 1 identity: retrieval cost needs at least 2 identities"
     from siamcli.evaluation.metrics import retrieval_metrics
 
     scores = {}
@@ -330,7 +338,7 @@ def _retrieval_cost(floats: np.ndarray, quantised: np.ndarray, labels: list[str]
     scores["identities"] = len(set(labels))
     scores["map_at_r_change"] = scores["dynamic_range"]["map_at_r"] - scores["float32"]["map_at_r"]
     scores["precision_at_1_change"] = scores["dynamic_range"]["precision_at_1"] - scores["float32"]["precision_at_1"]
-    return scores
+    return scores, ""
 
 
 # ---- ONNX -------------------------------------------------------------------------------------
