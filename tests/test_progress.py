@@ -1,14 +1,46 @@
 """The one progress renderer: plain lines when the output is not a terminal (CI logs, nohup,
-pipes), a live display on a terminal; the same engine events drive both."""
+pipes), the same lines and one live bar on a terminal; the same engine events drive both."""
 
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from rich.console import Console
 
 from siamcli.cli.progress import ProgressDisplay
+
+
+def final_screen(raw: str, width: int) -> list[str]:
+    """What a terminal `width` columns wide shows after `raw` (text and the control sequences
+    Rich writes: colours, cursor up, erase line, carriage return), one string per row, trailing
+    blanks dropped. Fails on a write past column `width` (a real terminal would wrap it) and on a
+    control sequence it does not know."""
+    rows, row, column = [""], 0, 0
+    for match in re.finditer(r"\x1b\[([0-9;?]*)([A-Za-z])|\r|\n|[^\x1b\r\n]+", raw):
+        token, (argument, command) = match.group(0), match.groups()
+        if command == "m" or (argument, command) in (("?25", "l"), ("?25", "h")):  # colour, cursor hidden or shown
+            continue
+        if command == "A":
+            row = max(0, row - int(argument or 1))
+        elif command == "K" and argument == "2":
+            rows[row] = ""
+        elif command is not None:
+            raise AssertionError(f"unexpected control sequence {token!r}")
+        elif token == "\r":
+            column = 0
+        elif token == "\n":
+            row, column = row + 1, 0
+            rows.extend([""] * (row + 1 - len(rows)))
+        else:
+            assert column + len(token) <= width, f"{rows[row][:column] + token!r} is wider than {width} columns"
+            rows[row] = rows[row][:column].ljust(column) + token + rows[row][column + len(token):]
+            column += len(token)
+    rows = [line.rstrip() for line in rows]
+    while rows and not rows[-1]:
+        rows.pop()
+    return rows
 
 
 def _drive(display: ProgressDisplay) -> None:
@@ -66,3 +98,40 @@ def test_a_terminal_gets_a_live_display_with_each_stage_and_result():
     text = out.getvalue()
     assert "decoding images" in text and "epoch 2 (frozen 2/2)" in text
     assert "MAP@R 0.900" in text  # the result stays on its bar
+
+
+def test_a_terminal_keeps_the_plain_lines_and_shows_one_live_bar():
+    plain = io.StringIO()
+    _drive(ProgressDisplay(Console(file=plain, width=200), live=False))
+    out = io.StringIO()
+    with ProgressDisplay(Console(file=out, width=80, force_terminal=True), live=True) as events:
+        events.stage("decoding images", 4)
+        events.advance(4)
+        events.stage("epoch 1 (frozen 1/2)", 3)
+        middle = final_screen(out.getvalue(), 80)
+        # The finished stage's line stays; below it the one live bar of the current stage.
+        assert len(middle) == 2 and middle[0].startswith("decoding images: 4/4  "), middle
+        assert "epoch 1 (frozen 1/2)" in middle[1] and "0/3" in middle[1]
+        events.advance(1, "loss 0.300  100 img/s")
+        bar = events.bar_line(80).plain
+        assert "epoch 1 (frozen 1/2)" in bar and " 1/3 " in bar and bar.endswith("loss 0.300  100 img/s"), bar
+    out = io.StringIO()
+    _drive(ProgressDisplay(Console(file=out, width=80, force_terminal=True), live=True))
+    screen = final_screen(out.getvalue(), 80)
+    strip_times = re.compile(r"\b\d+\.\d s\b")
+    assert [strip_times.sub("T s", line) for line in screen] == [strip_times.sub("T s", line) for line in plain.getvalue().splitlines()]
+
+
+def test_a_long_stage_and_status_are_cut_on_the_bar_and_kept_whole_in_the_line():
+    out = io.StringIO()
+    long_name = "choosing something with a description far longer than any terminal row could hold " * 2
+    with ProgressDisplay(Console(file=out, width=80, force_terminal=True), live=True) as events:
+        events.stage(long_name.strip(), 1000)
+        events.advance(999, "a status that is long as well, and would push the count and the clock off the row")
+        for width in (40, 80, 120):
+            bar = events.bar_line(width).plain
+            assert len(bar) <= width and "999/1000 0:00:00" in bar and "…" in bar, bar  # the count and clock survive
+        events.result("a decision whose words must all stay on screen " * 3)
+    screen = final_screen(out.getvalue(), 80)
+    words = " ".join(" ".join(screen).split())
+    assert words == " ".join(f"{long_name.strip()}: {'a decision whose words must all stay on screen ' * 3}".split())

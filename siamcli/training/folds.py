@@ -84,16 +84,17 @@ def cross_validate(session, features: np.ndarray, labels: np.ndarray, epochs: in
     curve = [float(np.mean([_score(head, features[0, held], labels[held]) for _, _, held, head, *_ in runs]))]
     for epoch in range(1, epochs + 1):
         scores = []
+        session.events.stage(f"frozen length by folds, epoch {epoch}/{epochs}", FOLDS * session.steps)
         for fold, train, held, head, step, train_labels, sampler in runs:
-            session.events.stage(f"choosing the frozen phase's length: fold {fold + 1}/{FOLDS}, epoch {epoch}", session.steps)
             views = features[:, train] if len(features) > 1 else features[0, train]
             seed = config.seed + 1000 * (fold + 1)
             dataset = pk_batches(views, train_labels, sampler, session.steps, augment=False, seed=seed + epoch, views=len(features))
             for index, batch in enumerate(session.strategy.experimental_distribute_dataset(dataset)):
                 step(batch, tf.constant([seed, epoch * 100_003 + index], tf.int32))
-                session.events.advance(1)
+                session.events.advance(1, f"fold {fold + 1}/{FOLDS}")
             scores.append(_score(head, features[0, held], labels[held]))
         curve.append(float(np.mean(scores)))
+        session.events.result(f"held-out-fold MAP@R {curve[-1]:.3f} (start {curve[0]:.3f})")
         if patience and epoch - best_epoch(curve) >= patience:
             break
     return curve
