@@ -1,6 +1,7 @@
 """Faults: runs killed with SIGKILL mid-way keep what they had and the next run recovers."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from siamcli.faults import ENV
 from siamcli.training.checkpoint import latest_epoch
 
 # A run killed before its first checkpoint only has to start again and finish: the smallest run
@@ -49,20 +51,20 @@ def test_train_killed_mid_epoch_resumes_from_the_last_complete_epoch(tmp_path, r
     # Reference: the same run (1 frozen + 3 fine-tune epochs), uninterrupted.
     data, options, reference = reference_run
     run = tmp_path / "killed"
-    process = subprocess.Popen(_siamcli("train", str(data), "--out", str(run), *options),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    # The process kills itself (SIGKILL) inside epoch 2, the first fine-tune epoch, after its
+    # second step of three: after epoch 1's checkpoint, with optimiser steps taken since.
+    killed = subprocess.run(_siamcli("train", str(data), "--out", str(run), *options), capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, ENV: "train-epoch-2-step-2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     checkpoints = run / "checkpoints"
-    # Kill it inside epoch 2 (the first fine-tune epoch), after the frozen phase's checkpoint exists.
-    reached = _wait_for(lambda: latest_epoch(checkpoints) == 1, process)
-    assert reached, "the run never completed epoch 1"
-    time.sleep(1.0)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert latest_epoch(checkpoints) in (1, 2)
+    assert latest_epoch(checkpoints) == 1
     assert (run / "model.keras").is_file()
+    start = (run / "start.keras").read_bytes()  # written before the first step
 
     resumed = subprocess.run(_siamcli("train", "--resume", str(run), "--json"), capture_output=True, text=True, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from epoch 1: the last complete one ({checkpoints / 'ckpt-1'})" in resumed.stderr.splitlines()
+    assert (run / "start.keras").read_bytes() == start  # the resumed run keeps the start it had
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4]  # every epoch exactly once
     assert list(history["phase"]) == ["frozen", "finetune", "finetune", "finetune"]

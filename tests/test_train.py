@@ -119,7 +119,7 @@ def test_cli_train_writes_the_run_and_the_model_reloads_identically_in_a_new_pro
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["epochs"] == 2 and summary["val_identities"] == 1
-    for name in ("model.keras", "config.json", "split.json", "history.csv", "loss.png", "checkpoints"):
+    for name in ("model.keras", "start.keras", "config.json", "split.json", "history.csv", "loss.png", "checkpoints"):
         assert (run / name).exists(), name
     assert (tmp_path / "runs" / "latest").resolve() == run.resolve()
     history = pd.read_csv(run / "history.csv")

@@ -52,7 +52,7 @@ def train(
 ) -> None:
     """Train a Siamese embedding network with triplet loss on DATA_DIR (one sub-folder per identity).
 
-    Phase 1 trains the embedding head on a frozen ResNet50 (cached features); phase 2 fine-tunes the backbone. The run directory receives model.keras, config.json, split.json, history.csv, loss.png and checkpoints/. `siamcli train --resume RUN` continues an interrupted run; `siamcli train --config RUN` trains again with its options.
+    Phase 1 trains the embedding head on a frozen ResNet50 (cached features); phase 2 fine-tunes the backbone. The run directory receives model.keras, start.keras (the start model, epoch 0), config.json, split.json, history.csv, loss.png and checkpoints/. `siamcli train --resume RUN` continues an interrupted run; `siamcli train --config RUN` trains again with its options.
     """
     if resume is not None and data_dir is not None:
         fail("--resume continues a run with the data and options it was started with; drop DATA_DIR")
@@ -118,27 +118,34 @@ def _report(result, json_output: bool) -> None:
         _print_summary(result)
 
 
+def summary_rows(summary: dict) -> list[tuple[str, str]]:
+    """The summary table's (label, value) rows, from `TrainResult.summary()`."""
+    rows = [
+        ("model", summary["model"]),
+        ("identities (train / held out)", f"{summary['train_identities']} / {summary['val_identities']}"),
+        ("images (train / held out / skipped)", f"{summary['train_images']} / {summary['val_images']} / {summary['skipped_files']}"),
+    ]
+    validation = summary.get("validation") or {}
+    if validation.get("images"):
+        rows.append(("validation", _validation_line(validation)))
+    rows.append(("epochs", str(summary["epochs"])))
+    if summary.get("pixel_weight_chosen_by"):
+        rows.append(("start's pixel weight", f"{summary['pixel_weight']:g} (chosen by {summary['pixel_weight_chosen_by']})"))
+    if summary.get("selection"):
+        rows.append(("kept vs start", summary["selection"]))
+    kept = summary["best"]  # the JSON keeps its name; the kept epoch need not be the best on validation
+    if kept:
+        rows.append(("kept epoch", f"{summary['best_epoch']} ({kept.get('phase')})"))
+        rows.append(("val precision@1", fmt(kept.get("precision_at_1"))))
+        rows.append(("val MAP@R", fmt(kept.get("map_at_r"))))
+    rows.extend((f"images/s ({phase})", f"{speed:.1f}") for phase, speed in summary["images_per_second"].items())
+    return rows
+
+
 def _print_summary(result) -> None:
     table = Table(title=f"Training finished: {result.run_dir}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    summary = result.summary()
-    table.add_row("model", summary["model"])
-    table.add_row("identities (train / held out)", f"{summary['train_identities']} / {summary['val_identities']}")
-    table.add_row("images (train / held out / skipped)", f"{summary['train_images']} / {summary['val_images']} / {summary['skipped_files']}")
-    validation = summary.get("validation") or {}
-    if validation.get("images"):
-        table.add_row("validation", _validation_line(validation))
-    table.add_row("epochs", str(summary["epochs"]))
-    if summary.get("pixel_weight_chosen_by"):
-        table.add_row("start's pixel weight", f"{summary['pixel_weight']:g} (chosen by {summary['pixel_weight_chosen_by']})")
-    if summary.get("selection"):
-        table.add_row("kept vs start", summary["selection"])
-    best = summary["best"]
-    if best:
-        table.add_row("best epoch", f"{summary['best_epoch']} ({best.get('phase')})")
-        table.add_row("val precision@1", fmt(best.get("precision_at_1")))
-        table.add_row("val MAP@R", fmt(best.get("map_at_r")))
-    for phase, speed in summary["images_per_second"].items():
-        table.add_row(f"images/s ({phase})", f"{speed:.1f}")
+    for label, value in summary_rows(result.summary()):
+        table.add_row(label, value)
     stdout.print(table)

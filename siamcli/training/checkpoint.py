@@ -4,7 +4,7 @@
     checkpoints/ckpt-7.index                TensorFlow checkpoint of epoch 7 (`tf.train.Checkpoint`):
     checkpoints/ckpt-7.data-00000-of-00001    every model weight and the current phase's optimiser
                                               variables (Adam moments, step), each under its name
-    checkpoints/ckpt-7.state.json           epoch, phase counts, best epoch, history rows, sampler state
+    checkpoints/ckpt-7.state.json           epoch, phase counts, kept epoch, history rows, sampler state
 
 The checkpoint number is the epoch. Variables are stored by name, not by position: a model
 weight under `model/<Keras variable path>` (`model/conv1_conv/kernel`; a Dropout's random-seed

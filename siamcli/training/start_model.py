@@ -1,4 +1,4 @@
-"""The model a run starts from, and the rule that a run never ends worse than it.
+"""The model a run starts from, and the rules that compare trained epochs with it.
 
 The start model is the backbone's output passed on by the head, before any training step. The
 backbone's output has two blocks (models/embedding.py): the CNN's pooled features and a 16×16
@@ -15,11 +15,22 @@ features' and the pixels', kept to their main directions. `w`, the pixel weight,
 no single weight suits all data (faces want a little pixel, small drawings mostly pixels; the
 measurements are in docs/training.md).
 
-The trainer scores the start on the validation set as "epoch 0" before any step;
-model selection keeps the best epoch *including* epoch 0 (`prefer`): a trained epoch replaces
-the start only if it scores at least as well on validation MAP@R, and a later trained epoch
-replaces an earlier one only if it scores strictly better. When no trained epoch reaches the
-start, model.keras is the start model and the run says so (`verdict`).
+The trainer writes the start to start.keras and scores it on the validation set as "epoch 0"
+before any step. Model selection then keeps, as model.keras:
+
+- without identity folds, the best epoch on validation MAP@R *including* epoch 0 (`prefer`): a
+  trained epoch replaces the start if it scores at least as well, a later trained epoch replaces
+  an earlier one only if it scores strictly better; model.keras then never scores below the
+  start on validation;
+- with identity folds (1–9 held-out identities: too few to measure, training/folds.py), in the
+  frozen phase only the epoch the folds chose, which replaces the start unless the held-out
+  identities show it clearly worse (`not_worse`, a paired test): it may score somewhat below the
+  start on validation. Fine-tune epochs then replace the kept model by `prefer`, against the
+  kept model's score (the start's only if the start is still kept).
+
+Without validation (nothing held out) model.keras is the last epoch. When no trained epoch is
+kept, model.keras is the start model and the run says so; `verdict`
+is the one line that compares the kept model with the start, and says when it is below it.
 """
 
 from __future__ import annotations
@@ -182,7 +193,7 @@ def verdict(start: dict | None, best_epoch: int | None, best: dict, trained_scor
                 "(backbone features and pixels through PCA)")
     gain = best["map_at_r"] - start["map_at_r"]
     line = (f"kept epoch {best_epoch}: val MAP@R {best['map_at_r']:.3f} against {start['map_at_r']:.3f} for the start model "
-            f"({gain:+.3f})")
+            f"({gain:+.3f}{', below the start on validation' if gain < 0 else ''})")
     if fold_curve and best.get("phase") == "frozen" and best_epoch < len(fold_curve):
         line += (f"; its length chosen by identity folds: MAP@R {fold_curve[best_epoch]:.3f} against {fold_curve[0]:.3f} "
                  "for the start")

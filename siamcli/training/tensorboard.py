@@ -4,7 +4,7 @@
                                  and per epoch: epoch/loss, epoch/precision_at_1, epoch/map_at_r, epoch/lr,
                                  epoch/positive_distance, epoch/negative_distance, epoch/active_fraction,
                                  epoch/images_per_second (x axis: batches trained so far / epoch number)
-    logs/projector/              the held-out images' embeddings at the best epoch (the one model.keras
+    logs/projector/              the held-out images' embeddings at the kept epoch (the one model.keras
                                  holds) for the Embedding Projector: embeddings.tsv, metadata.tsv
                                  (identity names), sprite.png (thumbnails), projector_config.pbtxt
 

@@ -6,9 +6,13 @@ then costs a few matrix products instead of a ResNet50 pass per image).
 Phase "finetune": the backbone trains from `finetune_from` on, on augmented images.
 
 Both phases draw P×K batches, embed each image once, mine triplets inside the batch, and run
-under a tf.distribute strategy (the global batch is split across replicas). After every
-epoch the held-out identities are embedded and scored; `model.keras` always holds the best
-epoch by validation MAP@R, and a checkpoint of the epoch lets `resume` continue from it.
+under a tf.distribute strategy (the global batch is split across replicas). Before the first
+step the start model (training/start_model.py) is written to `start.keras` and scored on the
+validation set as epoch 0; after every epoch the held-out identities are embedded and scored,
+and `model.keras` holds the epoch model selection keeps (start_model.py says the rule: the best
+on validation, the start included, except that with identity folds the frozen epoch they chose
+is kept unless clearly worse than the start, so it may score below it); a checkpoint of the
+epoch lets `resume` continue from it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from siamcli.data.split import IdentitySplit, split_identities
 from siamcli.errors import Interrupted, UserError
 from siamcli.evaluation.metrics import evaluate_retrieval
 from siamcli.events import NO_EVENTS, Events
+from siamcli.faults import crash_point
 from siamcli.models.backbone_weights import WeightsChoice, resolve_weights
 from siamcli.tf_runtime import import_tensorflow
 from siamcli.training import adaptive, checkpoint, folds, start_model, tensorboard
@@ -77,6 +82,7 @@ class TrainResult:
         return {
             "run_dir": str(self.run_dir),
             "model": str(self.run_dir / rundir.MODEL_FILE),
+            "start_model": str(self.run_dir / rundir.START_MODEL_FILE),
             "train_identities": len(self.split.train),
             "val_identities": len(self.split.val),
             "train_images": self.train_images,
@@ -153,6 +159,8 @@ def resume(run: str | Path, events: Events | None = None) -> TrainResult:
     missing = sorted(set(split.train) - set(scan.counts()))
     if missing:
         raise UserError(f"{config.data_dir} no longer holds identities the run trained on ({', '.join(missing[:5])}); restore the data to resume")
+    events.stage(f"resuming from epoch {state.epoch}")
+    events.result(f"the last complete one ({saved})")
     if not is_chief(config.strategy):  # another worker: read the chief's checkpoint, write elsewhere
         run_dir = _worker_scratch_dir()
     return _run(config, WeightsChoice("none", None), scan, split, run_dir, events, resume_from=saved)
@@ -350,7 +358,7 @@ def make_train_step(net, optimizer, strategy, margin: float, mining: str):
 
 
 class _Session:
-    """One training run's state: models, optimisers, history, best epoch, checkpoints."""
+    """One training run's state: models, optimisers, history, kept epoch, checkpoints."""
 
     def __init__(self, config, strategy, backbone, head, model, train_data, val_data, run_dir, events):
         self.config = config
@@ -407,6 +415,7 @@ class _Session:
         fit = start_model.fit_start(self.head, train_features.reshape(-1, train_features.shape[-1]), nets.thumbnail_dims(self.backbone))
         self._choose_pixel_weight(fit, train_features, val_features)
         start_model.set_head(self.head, fit, self.state.pixel_weight)
+        self._save_model(rundir.START_MODEL_FILE)  # before any step; a resumed run keeps it
         if val_features is None:
             return
         embeddings = embed(self.head, val_features[0], batch_size=256).vectors
@@ -418,7 +427,7 @@ class _Session:
         state.best_score, state.best_epoch = state.start_metrics["map_at_r"], start_model.START_EPOCH
         state.best_metrics = dict(state.start_metrics) | {"phase": "start"}
         self._save_model()
-        self.events.stage(f"epoch 0 (start model: backbone features and pixels through PCA, pixel weight {state.pixel_weight:g})")
+        self.events.stage(f"epoch 0 (the start model, pixel weight {state.pixel_weight:g})")
         self.events.result(f"val P@1 {state.start_metrics['precision_at_1']:.3f}  MAP@R {state.start_metrics['map_at_r']:.3f}")
         if self._use_folds() and self.config.frozen_epochs and self.config.patience:
             self._choose_frozen_length(train_features, val_features)
@@ -499,6 +508,13 @@ class _Session:
 
     def _frozen_target(self) -> int | None:
         return folds.best_epoch(self.state.fold_curve) if self.state.fold_curve else None
+
+    def _planned(self, phase: str) -> int:
+        """The phase's length: the options', or for the frozen phase the one the folds chose."""
+        if phase == FINETUNE:
+            return self.config.finetune_epochs
+        target = self._frozen_target()
+        return self.config.frozen_epochs if target is None else target
 
     def _val_scores(self, embeddings: np.ndarray) -> dict:
         """Validation P@1 and MAP@R of the held-out identities' images as queries.
@@ -618,8 +634,7 @@ class _Session:
     def _epoch(self, phase: str, step, dataset, extra_seconds: float = 0.0) -> dict:
         totals = dict.fromkeys(checkpoint_stat_keys(), 0.0)
         epoch = self.state.epoch + 1
-        planned = self.config.frozen_epochs if phase == FROZEN else self.config.finetune_epochs
-        self.events.stage(f"epoch {epoch} ({phase} {self.state.phase_epochs[phase] + 1}/{planned})", self.steps)
+        self.events.stage(f"epoch {epoch} ({phase} {self.state.phase_epochs[phase] + 1}/{self._planned(phase)})", self.steps)
         started = time.perf_counter()
         images = 0
         options = tf.data.Options()
@@ -629,6 +644,7 @@ class _Session:
         for index, batch in enumerate(distributed):
             seed = tf.constant([self.config.seed, epoch * 100_003 + index], tf.int32)
             stats = step(batch, seed)
+            crash_point(f"train-epoch-{epoch}-step-{index + 1}")  # tests: killed mid-epoch, after this step
             values = {key: float(getattr(stats, key)) for key in totals}
             for key, value in values.items():
                 totals[key] += value
@@ -719,7 +735,7 @@ class _Session:
         if state.best_epoch == start_model.START_EPOCH:
             self._warn(line)
         else:
-            self.events.stage("kept model")
+            self.events.stage("model selection")
             self.events.result(line)
         if is_chief(self.config.strategy):
             recorded = rundir.read_json(self.run_dir / rundir.CONFIG_FILE, "run config")
@@ -731,8 +747,8 @@ class _Session:
             }})
         return line
 
-    def _save_model(self) -> None:
-        with atomic_path(self.run_dir / rundir.MODEL_FILE, suffix=".keras") as temporary:
+    def _save_model(self, name: str = rundir.MODEL_FILE) -> None:
+        with atomic_path(self.run_dir / name, suffix=".keras") as temporary:
             self.model.save(temporary)
 
     def history_frame(self) -> pd.DataFrame:
@@ -743,7 +759,7 @@ class _Session:
             return
         frame = self.history_frame()
         write_csv(self.run_dir / rundir.HISTORY_FILE, frame)
-        plot_history(frame, self.run_dir / rundir.LOSS_PLOT)
+        plot_history(frame, self.run_dir / rundir.LOSS_PLOT, self.state.start_metrics)
 
     def throughput(self) -> dict:
         """Images/s per phase, leaving out each phase's first epoch (caching, tracing) when there are more."""
