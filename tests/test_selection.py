@@ -23,6 +23,9 @@ def test_the_verdict_is_one_line_that_names_the_kept_model():
     assert "no trained epoch beat the start model" in kept_start and "0.850" in kept_start and "\n" not in kept_start
     assert "kept epoch 2" in verdict(start, 2, {"map_at_r": 0.95}, [0.9, 0.95]) and "+0.050" in verdict(start, 2, {"map_at_r": 0.95}, [0.95])
     assert verdict({}, 1, {}, [0.5]) is None
+    below = verdict(start, 2, {"map_at_r": 0.88, "phase": "frozen"}, [0.85, 0.88], [0.7, 0.75, 0.8])  # the folds' choice
+    assert "(-0.020, below the start on validation)" in below and "chosen by identity folds" in below
+    assert "below" not in verdict(start, 2, {"map_at_r": 0.9}, [0.85, 0.9])  # a tie is not below
 
 
 def test_defaults_adapt_to_the_number_of_identities():
@@ -57,9 +60,17 @@ def test_folds_split_identities_and_the_best_epoch_prefers_training_on_ties():
     assert folds.best_epoch([0.9, 0.85, 0.8]) == 0 and folds.best_epoch([0.8, 0.8, 0.79]) == 1 and folds.best_epoch([0.7, 0.8, 0.9]) == 2
 
 
+def _principal_directions(block: np.ndarray, dims: int) -> np.ndarray:
+    """(d, dims): the first `dims` principal directions of `block` by numpy's SVD (not the code
+    under test's eigen-decomposition), each signed so that its largest entry is positive."""
+    _, _, rows = np.linalg.svd(block - block.mean(axis=0), full_matrices=False)
+    directions = rows[:dims].T
+    return directions * np.sign(directions[np.abs(directions).argmax(axis=0), np.arange(dims)])
+
+
 def test_the_start_head_standardises_features_centres_pixels_and_weighs_the_two():
     from siamcli.models.embedding import build_head
-    from siamcli.training.start_model import fit_start, init_head_to_pass_on, pca_directions, set_head
+    from siamcli.training.start_model import fit_start, init_head_to_pass_on, set_head
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(50, 12)) * np.linspace(0.1, 5, 12) + 3  # 9 CNN features, then 3 "pixels"
@@ -71,7 +82,7 @@ def test_the_start_head_standardises_features_centres_pixels_and_weighs_the_two(
     centred = features[:, 9:] - features[:, 9:].mean(0)
     blocks = []
     for block, dims, weight in ((standardised, 6, 0.75), (centred, 2, 0.25)):  # 1/4 of the columns for pixels
-        projected = block @ pca_directions(block, dims)  # each block to a mean squared norm of 1
+        projected = (block - block.mean(0)) @ _principal_directions(block, dims)  # each block to a mean squared norm of 1
         blocks.append(np.sqrt(weight) * projected / np.sqrt(np.mean(np.sum(projected**2, axis=1))))
     expected = np.concatenate(blocks, axis=1)
     np.testing.assert_allclose(out, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-4)
