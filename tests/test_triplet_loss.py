@@ -63,19 +63,32 @@ def test_loss_matches_the_numpy_reference(mining):
     assert float(stats.valid_triplets) == n_valid
 
 
-def test_random_mining_picks_only_valid_negatives():
-    # With one negative identity placed far away and the rest identical, every valid
-    # (a, p, n) has a known loss: any invalid pick (a same-identity "negative") would change it.
-    x, labels, ids = _batch(seed=2, n_ids=2, k=4)
-    for seed in range(10):
-        loss, stats = triplet_loss(tf.constant(x), tf.constant(labels), tf.constant(ids), 0.3, "random",
-                                   random_seed=tf.constant([seed, 7]))
-        d = ((x[:, None] - x[None]) ** 2).sum(-1)
-        lo = np.mean([max(d[a, p] - d[a].max() + 0.3, 0) for a, p, _ in _valid_triplets(labels, ids)]) - 1e-6
-        hi = np.mean([max(d[a, p] - min(d[a, q] for q in range(8) if labels[q] != labels[a]) + 0.3, 0)
-                      for a, p, _ in _valid_triplets(labels, ids)]) + 1e-6
-        assert lo <= float(loss) <= hi
-        assert float(stats.loss_count) == 8 * 3  # one term per anchor–positive pair
+def _random_picks(seed: int) -> np.ndarray:
+    """(negative, anchor) → how many of the anchor's pairs drew that negative, read off the gradient.
+
+    Identity 0 has three images at the unit axes e0, e1, e2: six anchor–positive pairs, two per
+    anchor. Four single images of other identities, at e3 … e6, are the only valid negatives. Every
+    squared distance is 2, so with a margin of 5 every term (2 − 2 + 5) is active and the loss is
+    their mean over 6 pairs: the gradient on negative q is Σ over the pairs that drew q of
+    −2 (x_q − x_anchor) / 6, whose component along anchor a's axis is 1/3 per pair of a that drew q.
+    A drawn "negative" of identity 0 would leave that anchor's column short.
+    """
+    x = tf.Variable(np.eye(7, dtype=np.float32))
+    labels, ids = tf.constant([0, 0, 0, 1, 2, 3, 4]), tf.range(7)
+    with tf.GradientTape() as tape:
+        loss, stats = triplet_loss(x, labels, ids, 5.0, "random", random_seed=tf.constant([seed, 7]))
+    assert float(loss) == pytest.approx(5.0) and float(stats.loss_count) == 6  # one term per pair
+    return np.rint(tape.gradient(loss, x).numpy()[3:, :3] * 3).astype(int)
+
+
+def test_random_mining_draws_one_negative_per_pair_among_the_other_identities_uniformly():
+    picks = [_random_picks(seed) for seed in range(20)]
+    for drawn in picks:
+        assert (drawn >= 0).all() and list(drawn.sum(axis=0)) == [2, 2, 2]  # each pair drew one valid negative
+    total = np.sum(picks, axis=0)  # 20 seeds × 2 pairs per anchor: 40 draws over 4 negatives
+    assert (total >= 4).all(), total  # every negative is drawn for every anchor (each 10 times on average)
+    assert len({drawn.tobytes() for drawn in picks}) > 10  # the draw depends on the seed
+    assert np.array_equal(_random_picks(3), picks[3])  # ... and on nothing else
 
 
 def test_copies_of_one_image_are_never_positives():
