@@ -135,3 +135,16 @@ def test_a_long_stage_and_status_are_cut_on_the_bar_and_kept_whole_in_the_line()
     screen = final_screen(out.getvalue(), 80)
     words = " ".join(" ".join(screen).split())
     assert words == " ".join(f"{long_name.strip()}: {'a decision whose words must all stay on screen ' * 3}".split())
+
+
+def test_a_warning_during_a_live_stage_is_a_whole_line_above_the_bar():
+    out = io.StringIO()
+    with ProgressDisplay(Console(file=out, width=80, force_terminal=True), live=True) as events:
+        events.stage("epoch 1 (frozen 1/2)", 3)
+        events.message("epoch 1: embeddings are collapsing (all images map to nearly one point); try a lower learning rate")
+        events.advance(3)
+        screen = final_screen(out.getvalue(), 80)
+        assert " ".join(screen[:-1]) == ("warning: epoch 1: embeddings are collapsing (all images map to nearly one point); "
+                                         "try a lower learning rate")
+        assert "epoch 1 (frozen 1/2)" in screen[-1]
+    assert final_screen(out.getvalue(), 80)[-1].startswith("epoch 1 (frozen 1/2): 3/3  ")
