@@ -12,22 +12,27 @@ as arrays and DataFrames instead of tables.
 Every function here is a thin call into the engine the CLI uses (`models/embed.py` is the one
 embedding path, `index/`, `training/trainer.py`, `evaluation/report.py`), so a notebook and
 `siamcli query` give the same answers. Errors are `siamcli.UserError` with the CLI's one-line
-message. Nothing heavy is imported until it is needed: `import siamcli` loads no TensorFlow.
-Each docstring's example runs in the tests (tests/test_api.py), from a folder holding the
+message, its options named as this API's keywords (`k must be …`, not `--k`: api/names.py;
+values of the wrong type too: api/options.py). Images are paths, arrays or PIL images
+(api/images.py says which arrays). Nothing heavy is imported until it is needed: `import
+siamcli` loads no TensorFlow. Each docstring's example runs in the tests (tests/test_api.py), from a folder holding the
 repository's `sample_data/`, with tiny settings so that it takes seconds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from siamcli import rundir
+from siamcli.api.names import api_names
+from siamcli.api.options import checked_instance, checked_options, count
 from siamcli.errors import UserError
-from siamcli.events import Events
+from siamcli.events import NO_EVENTS, Events
 from siamcli.training.config import TrainConfig
 
 __all__ = [
@@ -87,28 +92,35 @@ class Run:
         return self._model
 
     def embed(self, images, batch_size: int = 32) -> np.ndarray:
-        """Embeddings of `images`: paths (a list, or one path or folder) or an (n, h, w, 3) RGB array.
+        """Embeddings of `images`: paths (files or folders), RGB arrays, PIL images, a list mixing
+        them (of any sizes), or an (n, h, w, 3) array. Arrays are uint8, or floats with values
+        0–255 as decoded files give; 0–1 floats are refused (multiply by 255).
 
         Returns an (n, d) float32 array of unit rows, in input order. An image that does not
         decode raises UserError naming it (rows would otherwise no longer match the inputs).
 
-        >>> import siamcli
+        >>> import numpy as np, siamcli
+        >>> from PIL import Image
         >>> run = siamcli.load_run("runs/notebook")
         >>> vectors = run.embed(["sample_data/queries/s1_10.png", "sample_data/queries/s2_10.png"])
         >>> vectors.shape, vectors.dtype.name
         ((2, 16), 'float32')
         >>> bool(abs(float((vectors ** 2).sum(axis=1)[0]) - 1.0) < 1e-5)
         True
+        >>> photo = Image.open("sample_data/queries/s1_10.png")
+        >>> same = run.embed([photo, np.asarray(photo.convert("RGB")), np.asarray(photo.resize((40, 50)).convert("RGB"))])
+        >>> bool(np.allclose(same[:2], vectors[0], atol=1e-5))
+        True
         """
-        from siamcli.models.embed import embed as embed_images
+        from siamcli.api.images import embed_inputs
 
-        inputs = _image_inputs(images)
-        embedded = embed_images(self.model, inputs, batch_size=batch_size)
-        if embedded.failures:
-            first = embedded.failures[0]
-            more = f" (and {len(embedded.failures) - 1} more)" if len(embedded.failures) > 1 else ""
-            raise UserError(f"cannot read image {first.path}: {first.reason}{more}")
-        return embedded.vectors
+        with api_names():
+            embedded = embed_inputs(self.model, images, count("batch_size", batch_size))
+            if embedded.failures:
+                first = embedded.failures[0]
+                more = f" (and {len(embedded.failures) - 1} more)" if len(embedded.failures) > 1 else ""
+                raise UserError(f"cannot read image {first.path}: {first.reason}{more}")
+            return embedded.vectors
 
 
 def load_run(run: str | Path | None = None) -> Run:
@@ -118,16 +130,17 @@ def load_run(run: str | Path | None = None) -> Run:
     >>> siamcli.load_run("runs/notebook").run_dir.name
     'notebook'
     """
-    paths = rundir.find_run(None if run is None else str(run))
-    config = rundir.read_json(paths.config, "run config") if paths.config.is_file() else {}
-    if "image_size" not in config or "embedding_dim" not in config:
-        from siamcli.models.embed import model_image_size
-        from siamcli.models.embedding import load_embedding_model
+    with api_names():
+        paths = rundir.find_run(None if run is None else str(run))
+        config = rundir.read_json(paths.config, "run config") if paths.config.is_file() else {}
+        if "image_size" not in config or "embedding_dim" not in config:
+            from siamcli.models.embed import model_image_size
+            from siamcli.models.embedding import load_embedding_model
 
-        model = load_embedding_model(paths.model)
-        config = {**config, "image_size": model_image_size(model), "embedding_dim": int(model.output_shape[-1])}
-        return Run(paths.run_dir, paths.model, config, model)
-    return Run(paths.run_dir, paths.model, config)
+            model = load_embedding_model(paths.model)
+            config = {**config, "image_size": model_image_size(model), "embedding_dim": int(model.output_shape[-1])}
+            return Run(paths.run_dir, paths.model, config, model)
+        return Run(paths.run_dir, paths.model, config)
 
 
 def embed(images, run: str | Path | Run | None = None, batch_size: int = 32) -> np.ndarray:
@@ -141,26 +154,72 @@ def embed(images, run: str | Path | Run | None = None, batch_size: int = 32) -> 
 
 
 @dataclass
+class _QueryModel:
+    path: Path  # model.keras that embeds image queries
+    fingerprint: str  # its sha256, the index's model_fingerprint
+    model: Any  # the Keras model
+    stamp: tuple  # of the file when it was read
+
+
+@dataclass
 class Index:
     """A FAISS index built by `siamcli index` / `build_index`: search it with images or vectors.
+
+    Read once and kept: the index on first use, the model that embeds image queries on the
+    first search by image (`loaded` and `query_model` stay the same objects from call to call).
+    Before each call it stats the index folder, its manifest.json and the model file (a few
+    microseconds): an index updated or rebuilt since (`siamcli index --append`, `--force`,
+    `build_index`) is read again, the model too if its file changed (and checked against the
+    index, as `siamcli query` does). The match threshold is read from the run's
+    calibration.json at each search by image.
 
     >>> import siamcli
     >>> index = siamcli.open_index("runs/notebook/index")
     >>> len(index), index.dim
     (108, 16)
+    >>> model = index.query_model
+    >>> hits = [index.search(f"sample_data/queries/s{person}_10.png", k=1) for person in (1, 2, 5)]
+    >>> index.query_model is model   # loaded once, not per search
+    True
     """
 
     directory: Path
     model: str | None = None  # the run whose model embeds queries; None: the index's own
     _loaded: Any = field(default=None, repr=False)
+    _stamp: tuple | None = field(default=None, repr=False)  # of the folder and manifest when read
+    _query: _QueryModel | None = field(default=None, repr=False)
 
     @property
     def loaded(self):
-        if self._loaded is None:
-            from siamcli.index.store import load_index
+        """The index as read from disk (siamcli.index.store.LoadedIndex), read again only when its files changed."""
+        from siamcli.index.manifest import MANIFEST
+        from siamcli.index.store import load_index
 
-            self._loaded = load_index(self.directory)
-        return self._loaded
+        with api_names():
+            stamp = _stamp(self.directory, self.directory / MANIFEST)  # before reading: a change meanwhile reads again next time
+            if self._loaded is None or stamp != self._stamp:
+                self._loaded, self._stamp = load_index(self.directory), stamp
+            return self._loaded
+
+    @property
+    def query_model(self):
+        """The Keras model that embeds image queries: the index's own (or `run`'s, which must be
+        that one), loaded on first use and kept while its file and the index's manifest are unchanged."""
+        from siamcli.hashing import file_sha256
+        from siamcli.index.search import load_query_model, resolve_model
+        from siamcli.index.store import check_model
+
+        loaded = self.loaded
+        with api_names():
+            path = resolve_model(loaded, self.model)
+            previous, stamp = self._query, _stamp(path)
+            if previous is None or previous.path != path or previous.stamp != stamp:
+                fingerprint = file_sha256(path)
+                check_model(loaded.manifest, path, fingerprint, loaded.directory)
+                self._query = _QueryModel(path, fingerprint, load_query_model(path, loaded), stamp)
+            else:  # the same file: checked against the index as it is now (which may have been rebuilt)
+                check_model(loaded.manifest, path, previous.fingerprint, loaded.directory)
+            return self._query.model
 
     def __len__(self) -> int:
         return self.loaded.count
@@ -178,10 +237,13 @@ class Index:
     def search(self, queries, k: int = 5, batch_size: int = 32):
         """The k most similar gallery images of each query, as one pandas DataFrame.
 
-        `queries`: image paths (a list, or one path or folder), embedded with the index's model
-        exactly as `siamcli query` does, or an (n, d) array of embeddings. Columns: query (the
-        path, or the row number of a vector), rank (1 = most similar), id, label, similarity
-        (cosine), match (True/False once `evaluate` calibrated a threshold, else None), path.
+        `queries`: images as `Run.embed` takes them (paths, arrays, PIL images, lists of them),
+        embedded with the index's model exactly as `siamcli query` does, or an (n, d) array of
+        embeddings (one (d,) vector too). Columns: query (the path; for an in-memory image or a
+        vector, its position among the queries), rank (1 = most similar), id, label, similarity
+        (cosine), match (True/False for image queries once `evaluate` calibrated a threshold,
+        else None), path. k is clipped to the gallery's size. A query file that does not decode
+        is left out with a warning (an error when none decodes).
 
         >>> import siamcli
         >>> hits = siamcli.open_index("runs/notebook/index").search("sample_data/queries/s5_10.png", k=3)
@@ -192,24 +254,38 @@ class Index:
         """
         import pandas as pd
 
+        from siamcli.index.search import search_vectors
+
+        with api_names():
+            k = count("k", k)
+            vectors = _vectors(queries, self.dim)
+            if vectors is not None:
+                names, answers = list(range(len(vectors))), search_vectors(self.loaded, vectors, k)
+            else:
+                names, answers = self._search_images(queries, k, count("batch_size", batch_size))
         columns = ["query", "rank", "id", "label", "similarity", "match", "path"]
-        if isinstance(queries, np.ndarray) and queries.ndim == 2:
-            from siamcli.index.search import search_vectors
-
-            if queries.shape[1] != self.dim:
-                raise UserError(f"queries are {queries.shape[1]}-d vectors, the index holds {self.dim}-d ones")
-            answers = search_vectors(self.loaded, queries.astype(np.float32), k)
-            rows = [(i, n) for i, neighbours in enumerate(answers) for n in neighbours]
-        else:
-            from siamcli.index.search import query_images
-
-            outcome = query_images(_paths(queries), index=str(self.directory), model=self.model, k=k, batch_size=batch_size)
-            rows = [(result.query, n) for result in outcome.results for n in result.neighbours]
         return pd.DataFrame(
             [{"query": q, "rank": n.rank, "id": n.id, "label": n.label, "similarity": n.similarity, "match": n.match, "path": n.path}
-             for q, n in rows],
+             for q, neighbours in zip(names, answers) for n in neighbours],
             columns=columns,
         )
+
+    def _search_images(self, queries, k: int, batch_size: int):
+        import warnings
+
+        from siamcli.api.images import embed_inputs
+        from siamcli.calibration import similarity_threshold
+        from siamcli.data.scan import describe_skipped
+        from siamcli.index.search import run_threshold, search_vectors
+
+        model = self.query_model
+        embedded = embed_inputs(model, queries, batch_size)
+        if embedded.failures and not embedded.names:
+            raise UserError("none of the query images could be read; " + describe_skipped(embedded.failures))
+        if embedded.failures:
+            warnings.warn(describe_skipped(embedded.failures), UserWarning, stacklevel=3)
+        threshold, _ = run_threshold(self._query.path.parent, self._query.fingerprint)
+        return embedded.names, search_vectors(self.loaded, embedded.vectors, k, similarity_threshold(threshold))
 
 
 def open_index(index: str | Path | None = None, run: str | Path | None = None) -> Index:
@@ -220,17 +296,20 @@ def open_index(index: str | Path | None = None, run: str | Path | None = None) -
     108
     """
     from siamcli.index.search import resolve_index_dir
-    from siamcli.index.store import load_index
 
-    directory = resolve_index_dir(None if index is None else str(index), None if run is None else str(run))
-    return Index(directory, None if run is None else str(run), load_index(directory))
+    with api_names():
+        directory = resolve_index_dir(None if index is None else str(index), None if run is None else str(run))
+    opened = Index(directory, None if run is None else str(run))
+    _ = opened.loaded  # read and checked now: a damaged or missing index is an error here, not at the first search
+    return opened
 
 
 def build_index(gallery: str | Path, run: str | Path | None = None, out: str | Path | None = None,
                 events: Events | None = None, **options):
     """Embed a folder of images and build (or update) its FAISS index, as `siamcli index` does.
 
-    `options` are IndexOptions' fields (index_type, append, prune, force, batch_size, …).
+    `options` are IndexOptions' fields (index_type, append, prune, force, batch_size, shard, …);
+    with `shard="I/N"` it writes that shard's partial index, as `siamcli index --shard I/N` does.
     Returns the IndexResult (`.summary()` is what `siamcli index --json` prints).
 
     >>> import siamcli
@@ -241,9 +320,14 @@ def build_index(gallery: str | Path, run: str | Path | None = None, out: str | P
     from siamcli.index.build import IndexOptions
     from siamcli.index.build import build_index as build
 
-    _check_fields(IndexOptions, options, exclude={"gallery", "model", "out"})
-    settings = IndexOptions(gallery=str(gallery), model=None if run is None else str(run), out=None if out is None else str(out), **options)
-    return build(settings, events=events)
+    with api_names(IndexOptions, exclude=frozenset({"model"})):
+        settings = IndexOptions(gallery=str(gallery), model=None if run is None else str(run), out=None if out is None else str(out),
+                                **checked_options(IndexOptions, options, exclude={"gallery", "model", "out"}))
+        if settings.shard is not None:  # a partial is shard.build_part's work, as for the CLI
+            from siamcli.index.shard import build_part
+
+            return build_part(settings, events=events or NO_EVENTS)
+        return build(settings, events=events)
 
 
 def train(data_dir: str | Path | None = None, *, config: TrainConfig | None = None, out: str | Path | None = None,
@@ -265,14 +349,14 @@ def train(data_dir: str | Path | None = None, *, config: TrainConfig | None = No
     """
     from siamcli.training import trainer
 
-    if config is None:
-        if data_dir is None:
-            raise UserError("give data_dir (a folder with one sub-folder per identity) or config=TrainConfig(...)")
-        _check_fields(TrainConfig, options, exclude={"data_dir"})
-        config = TrainConfig(data_dir=str(data_dir), **options)
-    elif options or data_dir is not None:
-        raise UserError("give either config=TrainConfig(...) or data_dir and options, not both")
-    return trainer.train(config, out=None if out is None else str(out), force=force, events=events)
+    with api_names(TrainConfig):
+        if config is None:
+            if data_dir is None:
+                raise UserError("give data_dir (a folder with one sub-folder per identity) or config=TrainConfig(...)")
+            config = TrainConfig(data_dir=str(data_dir), **checked_options(TrainConfig, options, exclude={"data_dir"}))
+        elif options or data_dir is not None:
+            raise UserError("give either config=TrainConfig(...) or data_dir and options, not both")
+        return trainer.train(checked_instance(config, TrainConfig, "config"), out=None if out is None else str(out), force=force, events=events)
 
 
 def resume(run: str | Path, events: Events | None = None):
@@ -287,7 +371,8 @@ def resume(run: str | Path, events: Events | None = None):
     """
     from siamcli.training import trainer
 
-    return trainer.resume(run, events=events)
+    with api_names():
+        return trainer.resume(run, events=events)
 
 
 def evaluate(run: str | Path | None = None, data_dir: str | Path | None = None, out: str | Path | None = None,
@@ -295,51 +380,57 @@ def evaluate(run: str | Path | None = None, data_dir: str | Path | None = None, 
     """Score a run as `siamcli evaluate` does (held-out identities, or every identity of `data_dir`).
 
     Options as EvaluateOptions' fields (ks, baselines, max_pairs, target_far, …) or `options=`.
-    Returns the EvaluationReport: `.metrics` (precision_at_1, map_at_r, …), `.metrics_json()`,
-    `.embeddings`, `.labels`, `.paths`, `.calibration`; files are written to `<run>/eval`.
+    Returns the EvaluationReport: `.metrics` (precision_at_1, map_at_r, …), `.metrics_json()`
+    (what `<run>/eval/metrics.json` holds), `.embeddings`, `.labels`, `.paths`, `.calibration`.
+    Here precision@1 is recomputed from the report's own embeddings: the share of held-out
+    images whose most similar other image shows the same person.
 
-    >>> import siamcli
+    >>> import json, numpy as np, siamcli
     >>> report = siamcli.evaluate("runs/notebook", ks=(1, 5), baselines=False)
-    >>> 0.0 <= report.metrics.map_at_r <= 1.0
-    True
     >>> report.embeddings.shape
     (54, 16)
+    >>> similarity = report.embeddings @ report.embeddings.T
+    >>> np.fill_diagonal(similarity, -np.inf)
+    >>> labels = np.asarray(report.labels)
+    >>> bool(np.isclose(np.mean(labels[similarity.argmax(axis=1)] == labels), report.metrics.precision_at_1))
+    True
+    >>> json.loads((report.out_dir / "metrics.json").read_text())["map_at_r"] == report.metrics_json()["map_at_r"]
+    True
     """
     from siamcli.evaluation.report import EvaluateOptions
     from siamcli.evaluation.report import evaluate as run_evaluation
 
-    if options is None:
-        _check_fields(EvaluateOptions, option_values)
-        options = EvaluateOptions(**option_values)
-    elif option_values:
-        raise UserError("give either options=EvaluateOptions(...) or option keywords, not both")
-    return run_evaluation(None if run is None else str(run), None if data_dir is None else str(data_dir),
-                          None if out is None else str(out), options=options, events=events)
+    with api_names(EvaluateOptions, k="ks"):
+        if options is None:
+            options = EvaluateOptions(**checked_options(EvaluateOptions, option_values))
+        elif option_values:
+            raise UserError("give either options=EvaluateOptions(...) or option keywords, not both")
+        return run_evaluation(None if run is None else str(run), None if data_dir is None else str(data_dir),
+                              None if out is None else str(out), options=checked_instance(options, EvaluateOptions, "options"), events=events)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def _check_fields(cls, given: dict, exclude: set[str] = frozenset()) -> None:
-    known = {f.name for f in fields(cls)} - set(exclude)
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise UserError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; {cls.__name__} has {', '.join(sorted(known))}")
+def _stamp(*paths: Path) -> tuple:
+    """(device, inode, size, mtime) of each path, None for a missing one: what a rewrite or a
+    rename over it changes (an index update renames manifest.json; a rebuild renames the folder)."""
+    stamps = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            stamps.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
-def _paths(images) -> list[str]:
-    if isinstance(images, (str, Path)):
-        return [str(images)]
-    return [str(image) for image in images]
-
-
-def _image_inputs(images):
-    """An (n, h, w, 3) array as it is; paths (folders expanded, as `siamcli query` does) as a list."""
-    if isinstance(images, np.ndarray):
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise UserError(f"an image array must be (n, height, width, 3) RGB, got shape {images.shape}")
-        return images
-    from siamcli.index.search import query_paths
-
-    paths, _ = query_paths(_paths(images))
-    return paths
-
-
+def _vectors(queries, dim: int) -> np.ndarray | None:
+    """Queries given as embeddings ((n, d), or one (d,) vector of numbers), checked; None for images."""
+    if not isinstance(queries, np.ndarray) or queries.ndim not in (1, 2) or queries.dtype.kind not in "fiu":
+        return None
+    vectors = np.atleast_2d(queries).astype(np.float32)
+    if vectors.shape[1] != dim:
+        raise UserError(f"queries are {vectors.shape[1]}-d vectors, the index holds {dim}-d ones "
+                        "(an image is an (h, w, 3) array)")
+    if not np.isfinite(vectors).all():
+        raise UserError("query vectors hold NaN or infinite values")
+    return vectors
