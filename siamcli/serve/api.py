@@ -6,25 +6,35 @@ import asyncio
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from siamcli.data.decode import DecodeError
 from siamcli.index.items import IndexItem
 from siamcli.serve.batcher import QueueFull
-from siamcli.serve.config import MAX_IMAGES_PER_REQUEST, MAX_K
+from siamcli.serve.config import MAX_ITEM_ID
 from siamcli.serve.images import GalleryFileError, decode_upload, upload_name
+from siamcli.serve.query_body import openapi_request_body, read_query
 from siamcli.serve.searcher import Query as SearchQuery
 from siamcli.serve.service import Service
 from siamcli.serve.state import Snapshot, label_counts
 
-ItemId = Annotated[int, Path(ge=0, le=2**62, description="The item's id (stable across index updates).")]
+ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="The item's id (stable across index updates).")]
 
 
 class Error(BaseModel):
     detail: str
+
+
+class FieldError(BaseModel):
+    type: str
+    loc: list[str | int] = Field(description='where: ["body", field, position…] or ["query", name]')
+    msg: str
+
+
+class Invalid(BaseModel):
+    detail: list[FieldError]
 
 
 class Neighbour(BaseModel):
@@ -90,30 +100,26 @@ async def current(request: Request) -> Service:
 Current = Annotated[Service, Depends(current)]
 
 
-@router.post("/query", response_model=list[Answer], responses=errors(400, 404, 413, 503))
-async def query(
-    service: Current,
-    images: Annotated[list[UploadFile] | None, File(description="Query images (repeat the field for several).")] = None,
-    ids: Annotated[list[Annotated[int, Field(ge=0, le=2**62)]] | None,
-                   Form(alias="id", description="Gallery item ids to search by (their stored vectors; repeatable).")] = None,
-    k: Annotated[int, Form(ge=1, le=MAX_K, description="Neighbours per query.")] = 5,
-) -> Response:
-    """The k most similar gallery images to each uploaded image, then to each gallery item given by id."""
-    uploads, ids = images or [], ids or []
-    if not uploads and not ids:
-        raise RequestValidationError([{"type": "missing", "loc": ("body", "images"), "msg": "give at least one image (or id)", "input": None}])
-    if len(uploads) + len(ids) > MAX_IMAGES_PER_REQUEST:
-        raise HTTPException(413, f"at most {MAX_IMAGES_PER_REQUEST} images and ids per request, got {len(uploads) + len(ids)}")
-    snapshot = service.state.snapshot
-    stored = _stored_vectors(snapshot, ids)
-    try:
-        with service.batcher.admit(len(uploads) + len(ids)) as ticket:
-            decoded = await _decode_all(service, uploads)
-            names = [upload_name(f.filename, i) for i, f in enumerate(uploads)] + [snapshot.item(i).path for i in ids]
-            results = await ticket.submit(len(uploads), SearchQuery(names, decoded, stored, k))
-    except QueueFull as full:
-        service.metrics.reject("overload")
-        raise HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)}) from None
+@router.post("/query", response_model=list[Answer], responses={**errors(400, 404, 413, 415, 503), 422: {"model": Invalid}},
+             openapi_extra={"requestBody": openapi_request_body()})
+async def query(request: Request, service: Current) -> Response:
+    """The k most similar gallery images to each uploaded image, then to each gallery item given by id.
+
+    A form (multipart with images and/or ids, or urlencoded with ids), or a JSON body with ids.
+    `exclude_self` leaves a queried item out of its own results: k others are returned."""
+    async with read_query(request) as asked:
+        uploads, ids = asked.uploads, asked.ids
+        snapshot = service.state.snapshot
+        stored = _stored_vectors(snapshot, ids)
+        leave_out = [None] * len(uploads) + (list(ids) if asked.exclude_self else [None] * len(ids))
+        try:
+            with service.batcher.admit(len(uploads) + len(ids)) as ticket:
+                decoded = await _decode_all(service, uploads)
+                names = [upload_name(f.filename, i) for i, f in enumerate(uploads)] + [snapshot.item(i).path for i in ids]
+                results = await ticket.submit(len(uploads), SearchQuery(names, decoded, stored, asked.k, leave_out))
+        except QueueFull as full:
+            service.metrics.reject("overload")
+            raise HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)}) from None
     return JSONResponse([result.to_json() for result in results])
 
 
@@ -121,7 +127,7 @@ async def query(
 async def items(
     service: Current,
     label: Annotated[str | None, Query(max_length=1000, description="Only items with this label.")] = None,
-    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ITEM_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> ItemPage:
     """Gallery items in index order, optionally of one label (browse by label)."""

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from siamcli.errors import UserError
 
 MAX_K = 1000  # neighbours per query image; the API refuses more (422)
-MAX_IMAGES_PER_REQUEST = 64  # uploads (or ids) in one query request; more → 413
+MAX_IMAGES_PER_REQUEST = 64  # uploads, and ids, in one query request (64 of each at most; more → 422)
+# The largest item id (and offset) the API takes, larger: 422. The largest integer a JSON number
+# holds exactly (JavaScript's MAX_SAFE_INTEGER): the schema's bound means what it says to any client.
+MAX_ITEM_ID = 2**53 - 1
 LOOPBACK_NAMES = ("localhost",)
 
 

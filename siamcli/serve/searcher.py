@@ -1,4 +1,5 @@
-"""What one micro-batch does: resize its uploads, one `embed` call, one FAISS search per k.
+"""What one micro-batch does: resize its uploads, one `embed` call, one FAISS search per depth (k, or k + 1
+when a queried item is to be left out of its own answer).
 
 Runs on the batcher's model thread. The whole batch uses the snapshot current when it starts,
 so an index swapped meanwhile changes the next batch, never half of this one.
@@ -6,6 +7,7 @@ so an index swapped meanwhile changes the next batch, never half of this one.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from siamcli.index.faiss_index import faiss_module
-from siamcli.index.search import QueryResult, search_vectors
+from siamcli.index.search import Neighbour, QueryResult, search_vectors
 from siamcli.models.embed import embed
 from siamcli.serve.batcher import Job
 from siamcli.serve.images import resize_batch
@@ -29,10 +31,28 @@ class Query:
     images: list[np.ndarray]  # decoded uploads (images.decode_upload), resized with the batch
     stored: np.ndarray | None  # (ids, dim) stored vectors of gallery items, or None
     k: int
+    leave_out: Sequence[int | None] = ()  # per query (as names): an item id kept out of its answer (exclude_self)
 
     @property
     def uploads(self) -> int:
         return len(self.images)
+
+    @property
+    def depth(self) -> int:
+        """Neighbours to search for: one more when an item may be left out, so k remain."""
+        return self.k + any(item is not None for item in self.leave_out)
+
+    def answers(self, found: list[list[Neighbour]]) -> list[QueryResult]:
+        leave_out = list(self.leave_out) or [None] * len(self.names)
+        return [QueryResult(name, _without(neighbours, item, self.k)) for name, neighbours, item in zip(self.names, found, leave_out)]
+
+
+def _without(neighbours: list[Neighbour], item_id: int | None, k: int) -> list[Neighbour]:
+    """The first k neighbours that are not `item_id`, ranked again from 1."""
+    if item_id is None:
+        return neighbours[:k]
+    kept = [n for n in neighbours if n.id != item_id][:k]
+    return [dataclasses.replace(n, rank=rank) for rank, n in enumerate(kept, 1)]
 
 
 class Searcher:
@@ -54,16 +74,16 @@ class Searcher:
         snapshot = self.state.snapshot
         queries: list[Query] = [job.payload for job in jobs]
         vectors = self._vectors(queries)
-        by_k: dict[int, list[int]] = defaultdict(list)
+        by_depth: dict[int, list[int]] = defaultdict(list)
         for position, query in enumerate(queries):
-            by_k[query.k].append(position)
+            by_depth[query.depth].append(position)
         answers: list[list] = [[] for _ in queries]
-        for k, positions in by_k.items():
+        for depth, positions in by_depth.items():
             stacked = np.concatenate([vectors[p] for p in positions])
-            found = iter(search_vectors(snapshot.loaded, stacked, k, snapshot.similarity_threshold))
+            found = iter(search_vectors(snapshot.loaded, stacked, depth, snapshot.similarity_threshold))
             for p in positions:
-                answers[p] = [next(found) for _ in queries[p].names]
-        return [[QueryResult(name, neighbours) for name, neighbours in zip(q.names, a)] for q, a in zip(queries, answers)]
+                answers[p] = queries[p].answers([next(found) for _ in queries[p].names])
+        return answers
 
     def _set_search_threads(self) -> None:
         if threading.get_ident() not in self._threads_set:  # an OpenMP setting of the calling thread
