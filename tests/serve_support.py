@@ -68,6 +68,37 @@ def start_server(*args: str, log: Path, env: dict | None = None, timeout: float 
     raise AssertionError(f"siamcli serve did not become ready in {timeout} s:\n{log.read_text()}")
 
 
+def wait_for(check, timeout: float = 60, every: float = 0.2):
+    """Poll `check` until it returns something true (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met in {timeout} s")
+
+
+def in_flight(url: str) -> int:
+    """Requests the server has begun and not answered, this scrape of /metrics included."""
+    found = re.search(r"^siamcli_requests_in_flight (\d+)$", httpx.get(f"{url}/metrics", timeout=30).text, re.M)
+    assert found, "no siamcli_requests_in_flight in /metrics"
+    return int(found.group(1))
+
+
+def refuses_connections(url: str) -> bool:
+    """The server no longer listens (it is shutting down, or gone)."""
+    try:
+        httpx.get(f"{url}/healthz", timeout=5)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def served_count(url: str) -> int:
+    return httpx.get(f"{url}/api/v1/index", timeout=30).json()["count"]
+
+
 def _ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=5).status_code == 200

@@ -15,13 +15,12 @@ import re
 import shutil
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from serve_support import QUERIES, shared_server, stop_shared
+from serve_support import QUERIES, in_flight, refuses_connections, shared_server, stop_shared, wait_for
 from test_index_cli import invoke
 
 
@@ -30,16 +29,6 @@ def swap(tmp_path_factory, tiny_run):
     """(server, run, gallery) of the session's shared server; stopped at the end of the session."""
     yield shared_server(tmp_path_factory, tiny_run)
     stop_shared()
-
-
-def wait_for(check, timeout: float = 60, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met in {timeout} s")
 
 
 class LoopingClient(threading.Thread):
@@ -149,17 +138,17 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(swap):
     tail = image[100:] + f"\r\n--{boundary}--\r\n".encode()
     signalled = threading.Event()
 
-    def body():  # half the body, then the rest only once SIGTERM has been sent
+    def body():  # half the body, then the rest only once the server is shutting down
         yield head
-        signalled.wait(30)
-        time.sleep(0.5)
+        assert signalled.wait(60)
+        wait_for(lambda: refuses_connections(server.url))  # SIGTERM received: it stopped listening
         yield tail
 
     answers = []
     sender = threading.Thread(target=lambda: answers.append(httpx.post(
         f"{server.url}/api/v1/query", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout=60)))
     sender.start()
-    time.sleep(1.0)  # the request is in flight: headers and half its body are in
+    wait_for(lambda: in_flight(server.url) == 2)  # the request is in flight (its headers are in), besides this scrape
     server.process.send_signal(signal.SIGTERM)
     signalled.set()
     sender.join(timeout=60)

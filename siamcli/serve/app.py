@@ -121,7 +121,7 @@ class ShedLoad:
 
 
 class RequestMetrics:
-    """Count every response by route template and status; time it."""
+    """Count requests in flight, and every response by route template and status; time it."""
 
     def __init__(self, app: ASGIApp, service: Service):
         self.app = app
@@ -131,6 +131,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), 500
+        self.metrics.request_started()
 
         async def record(message) -> None:
             nonlocal status

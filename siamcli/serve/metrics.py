@@ -1,6 +1,7 @@
 """Prometheus metrics in the text exposition format (version 0.0.4), without a client library.
 
     siamcli_requests_total{route,method,status}     counter
+    siamcli_requests_in_flight                      gauge: requests begun and not yet answered
     siamcli_request_seconds{route}                  histogram of request latency
     siamcli_batch_images                            histogram of images per forward pass
     siamcli_queue_images / siamcli_queue_jobs       gauges: admitted images, jobs waiting for a batch
@@ -53,9 +54,18 @@ class Metrics:
         self.batches = Histogram(BATCH_BUCKETS)
         self.rejected: dict[str, int] = defaultdict(int)
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.in_flight = 0  # requests whose headers are in and whose answer is not yet sent
+        self.gauge("siamcli_requests_in_flight", "HTTP requests begun (headers received) and not yet answered, this one included.",
+                   lambda: self.in_flight)
+
+    def request_started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """A request answered (it was counted by `request_started`)."""
         with self._lock:
+            self.in_flight -= 1
             self.requests[(route, method, status)] += 1
             self.latency.setdefault(route, Histogram(LATENCY_BUCKETS)).observe(seconds)
 
