@@ -13,6 +13,9 @@ const state = {
   last: null, // the last search: {file} or {id}, re-run when k changes
   browse: null, // {label, offset} while browsing a label
   urls: [], // object URLs of the shown thumbnails, revoked on the next render
+  previewUrl: null, // object URL of the query's preview, revoked when the preview changes
+  asking: null, // the token prompt open now: every request refused meanwhile waits for that one answer
+  rerunTimer: null, // the search again with a new k, once the slider rests
   generation: 0, // bumps on each render, so late answers of an older one are dropped
 };
 
@@ -50,20 +53,24 @@ function describe(detail, response) {
 }
 
 function askForToken(refused) {
+  if (state.asking) return state.asking; // one dialog, however many requests were refused
   const dialog = $("token-dialog");
   $("token-error").hidden = !refused;
   $("token-input").value = "";
   dialog.showModal();
-  return new Promise((resolve) => {
+  state.asking = new Promise((resolve) => {
     const done = () => {
       state.token = $("token-input").value.trim();
       sessionStorage.setItem("siamcli-token", state.token);
       dialog.close();
+      state.asking = null;
       resolve();
     };
     $("token-ok").onclick = done;
     $("token-input").onkeydown = (event) => event.key === "Enter" && done();
+    dialog.oncancel = (event) => event.preventDefault(); // Escape: nothing works without the token
   });
+  return state.asking;
 }
 
 // ---------------------------------------------------------------- index summary and labels
@@ -87,6 +94,7 @@ async function loadIndex() {
 }
 
 function renderLabels() {
+  if (!state.info) return; // not loaded yet (a search can start first): loadIndex renders them
   const filter = $("label-filter").value.trim().toLowerCase();
   const list = $("labels");
   list.replaceChildren();
@@ -140,29 +148,34 @@ async function searchFile(file) {
   showPreview(URL.createObjectURL(file), file.name || "pasted image");
   const form = new FormData();
   form.append("images", file, file.name || "pasted.png");
-  await search(form, file.name || "pasted image");
+  form.append("k", $("k").value);
+  await search({ body: form }, file.name || "pasted image");
 }
 
 async function searchItem(id, label) {
-  state.last = { id, label };
+  const last = { id, label };
+  state.last = last;
   state.browse = null;
-  const form = new FormData();
-  form.append("id", id);
+  const hidden = $("exclude-self").checked;
+  const body = JSON.stringify({ id: Number(id), k: Number($("k").value), exclude_self: hidden });
   showPreview(null, `gallery item ${id}${label ? ` · ${label}` : ""}`);
-  thumbnail(id).then((url) => url && state.last && state.last.id === id && showPreview(url, $("query-caption").textContent));
-  await search(form, `item ${id}`);
+  thumbnail(id).then((url) => {
+    if (url && state.last === last) showPreview(url, $("query-caption").textContent);
+    else if (url) URL.revokeObjectURL(url);
+  });
+  await search({ body, headers: { "Content-Type": "application/json" } }, `item ${id}`, hidden);
 }
 
-async function search(form, name) {
-  form.append("k", $("k").value);
+async function search(request, name, hidden = false) {
+  clearTimeout(state.rerunTimer); // this search already has the k just set
   renderLabels();
   setMessage(null);
   $("title").textContent = "Searching…";
   $("subtitle").textContent = "";
   $("grid").classList.add("busy");
   try {
-    const [answer] = await apiJson(`${API}/query`, { method: "POST", body: form });
-    renderNeighbours(answer, name);
+    const [answer] = await apiJson(`${API}/query`, { method: "POST", ...request });
+    renderNeighbours(answer, name, hidden);
   } catch (error) {
     $("title").textContent = "No answer";
     setMessage(error.message);
@@ -180,22 +193,33 @@ function rerun() {
 
 function showPreview(url, caption) {
   const preview = $("preview");
+  if (state.previewUrl && state.previewUrl !== url) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = url;
   preview.hidden = !url;
   if (url) preview.src = url;
+  else preview.removeAttribute("src");
   $("drop").classList.toggle("has-image", Boolean(url));
   $("query-caption").textContent = caption;
 }
 
+function previewFailed() {
+  // Not a picture this browser can draw (not an image at all, or a format such as TIFF that
+  // the server may still read): show the drop hint and say so, never a broken-image icon.
+  const caption = $("query-caption").textContent;
+  showPreview(null, caption ? `${caption} (no preview)` : "");
+}
+
 // ---------------------------------------------------------------- rendering
 
-function renderNeighbours(answer, name) {
+function renderNeighbours(answer, name, hidden) {
   const results = answer.results;
   $("title").textContent = `${results.length} nearest to ${name}`;
   const matches = results.filter((r) => r.match === true).length;
   const calibrated = results.some((r) => r.match !== undefined);
+  const itself = hidden ? " The image itself is hidden." : "";
   $("subtitle").textContent = calibrated
-    ? `${matches} of ${results.length} above the calibrated match threshold. Click a picture to search by it.`
-    : "Ranked by cosine similarity. Click a picture to search by it.";
+    ? `${matches} of ${results.length} above the calibrated match threshold.${itself} Click a picture to search by it.`
+    : `Ranked by cosine similarity.${itself} Click a picture to search by it.`;
   $("more").hidden = true;
   const cards = results.map((r) => card({ id: r.id, label: r.label, path: r.path, rank: r.rank, similarity: r.similarity, match: r.match }));
   replaceGrid(cards);
@@ -204,6 +228,7 @@ function renderNeighbours(answer, name) {
 async function browse(label, offset = 0) {
   state.browse = { label, offset };
   state.last = null;
+  showPreview(null, ""); // no query while browsing
   renderLabels();
   setMessage(null);
   try {
@@ -223,6 +248,7 @@ function card(item) {
   node.dataset.id = item.id;
   node.title = item.path;
   node.querySelector(".label").textContent = item.label || "(no label)";
+  node.querySelector(".label").title = item.label;
   node.querySelector(".rank").textContent = item.rank ? `#${item.rank}` : `id ${item.id}`;
   if (item.similarity !== undefined) {
     const sim = node.querySelector(".sim");
@@ -258,8 +284,14 @@ async function loadThumbnails(cards, generation) {
       const node = queue.shift();
       const url = await thumbnail(node.dataset.id);
       const img = node.querySelector("img");
-      if (url && generation === state.generation) img.src = url;
-      else node.classList.add("missing");
+      if (generation !== state.generation) {
+        if (url) URL.revokeObjectURL(url); // a later render replaced this card
+      } else if (url) {
+        state.urls.push(url);
+        img.onload = () => node.classList.add("loaded"); // what the browser test waits for
+        img.onerror = () => node.classList.add("missing");
+        img.src = url;
+      } else node.classList.add("missing");
     }
   };
   await Promise.all([worker(), worker(), worker(), worker()]); // four at a time
@@ -269,9 +301,7 @@ async function thumbnail(id) {
   try {
     const response = await api(`${API}/items/${encodeURIComponent(id)}/image?size=${THUMB_SIZE}`);
     if (!response.ok) return null;
-    const url = URL.createObjectURL(await response.blob());
-    state.urls.push(url);
-    return url;
+    return URL.createObjectURL(await response.blob()); // the caller revokes it
   } catch {
     return null;
   }
@@ -308,13 +338,14 @@ function wireInputs() {
     const file = firstImage(event.clipboardData && event.clipboardData.files);
     if (file) searchFile(file);
   });
-  let timer = null;
   $("k").oninput = () => {
     $("k-value").textContent = $("k").value;
-    clearTimeout(timer);
-    timer = setTimeout(rerun, 250);
+    clearTimeout(state.rerunTimer);
+    state.rerunTimer = setTimeout(rerun, 250);
   };
   $("label-filter").oninput = renderLabels;
+  $("exclude-self").onchange = () => state.last && state.last.id !== undefined && rerun();
+  $("preview").onerror = previewFailed;
   $("more").onclick = () => state.browse && browse(state.browse.label, state.browse.offset + PAGE);
 }
 
