@@ -24,7 +24,8 @@ Modules, one concept each:
     compact      `--compact` (rewrite as one segment, no embedding) and `--export-items`
     embedder     streaming images through the model (tf.data), vectors straight to disk
     shard        `--shard I/N` (one machine's share, embedded into a partial) and `--merge`
-    lock         one writer per index at a time (flock beside the index directory)
+    lock         one writer per index at a time (flock beside the index directory, its file deleted when done)
+    hints        the commands that messages suggest, with every option that selects the index
     search       `siamcli query`: images in, ranked neighbours (dataclasses) out
     plot         each query beside its neighbours (matplotlib, Agg)
 

@@ -111,6 +111,7 @@ import numpy as np
 from siamcli.choices import IndexType
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.index import vectors as vector_file
+from siamcli.index.hints import REBUILD
 
 INDEX_TYPES = IndexType.values()
 FLAT_MAX = 50_000  # auto: exact search up to this many images
@@ -445,7 +446,7 @@ def set_search_params(index, params: dict) -> None:
         try:
             space.set_index_parameter(index, name, float(value))
         except RuntimeError as exc:
-            raise CorruptArtifactError(f"search parameter {name}={value} does not apply to this index; rebuild it with --force") from exc
+            raise CorruptArtifactError(f"search parameter {name}={value} does not apply to this index; {REBUILD}") from exc
 
 
 def exact_neighbours(vectors_path, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -596,6 +597,5 @@ def read_index(path: str | os.PathLike, mmap: bool = False):
         return faiss.read_index(os.fspath(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
     except (RuntimeError, MemoryError, OverflowError) as exc:
         raise CorruptArtifactError(
-            f"index file {path} is damaged or truncated ({str(exc).strip().splitlines()[-1][-120:]}); "
-            "rebuild it with `siamcli index GALLERY --force`"
+            f"index file {path} is damaged or truncated ({str(exc).strip().splitlines()[-1][-120:]}); {REBUILD}"
         ) from exc

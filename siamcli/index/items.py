@@ -42,6 +42,7 @@ from typing import Iterable, Iterator
 from siamcli.atomic import atomic_path
 from siamcli.errors import CorruptArtifactError
 from siamcli.hashing import file_sha256
+from siamcli.index.hints import REBUILD
 
 ITEMS_DB = "items.sqlite"
 ITEMS_CSV = "items.csv"
@@ -112,13 +113,13 @@ def write_items(path: Path, items: Iterable[IndexItem], galleries: list[str]) ->
 @contextlib.contextmanager
 def _reader(path: Path) -> Iterator[sqlite3.Connection]:
     if not path.is_file():
-        raise CorruptArtifactError(f"{path} is missing; the index is incomplete: rebuild it with `siamcli index GALLERY --force`")
+        raise CorruptArtifactError(f"{path} is missing; the index is incomplete: {REBUILD}")
     uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
             yield db
     except sqlite3.DatabaseError as exc:
-        raise CorruptArtifactError(f"{path} is not a readable items table ({exc}); the index is damaged: rebuild it with --force") from exc
+        raise CorruptArtifactError(f"{path} is not a readable items table ({exc}); the index is damaged: {REBUILD}") from exc
 
 
 def _item(record: tuple, galleries: list[str]) -> IndexItem:
@@ -129,7 +130,7 @@ def _item(record: tuple, galleries: list[str]) -> IndexItem:
         try:
             path = os.path.join(galleries[gallery], path)
         except IndexError:
-            raise CorruptArtifactError(f"an items table names gallery {gallery} of {len(galleries)}; rebuild the index with --force") from None
+            raise CorruptArtifactError(f"an items table names gallery {gallery} of {len(galleries)}; {REBUILD}") from None
     return IndexItem(id=int(item_id), path=path, label=label, sha256=bytes(digest).hex(), size=int(size), mtime_ns=int(mtime_ns))
 
 

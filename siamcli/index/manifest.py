@@ -54,6 +54,7 @@ from pathlib import Path
 
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.hashing import file_sha256
+from siamcli.index.hints import REBUILD, command
 from siamcli.jsonio import read_json
 
 FORMAT = "siamcli-index/2"
@@ -80,54 +81,52 @@ def file_record(path: Path) -> dict:
 
 
 def read_manifest(directory: Path) -> dict:
-    data = _read_object(directory)
+    data = _read_object(directory, missing="it is not a siamcli index")
     if data.get("format") == PART_FORMAT:
-        raise UserError(
-            f"{directory} is a partial index (shard {data.get('shard')}/{data.get('shards')}), not a searchable one: "
-            "combine all the partials with `siamcli index --merge PART_DIR...` and use the merged index"
-        )
+        shards = data.get("shards", "N")
+        merge = command("--merge", "PART_1", "...", f"PART_{shards}", "--model", data.get("model_path") or "RUN")
+        raise UserError(f"{directory} is a partial index (shard {data.get('shard')}/{shards}), not a searchable one: "
+                        f"combine all {shards} partials with {merge} and use the merged index")
     path = directory / MANIFEST
     if data.get("format") in OLD_FORMATS:
-        raise UserError(f"{directory} was written by an older siamcli ({data['format']}, before segments); "
-                        "rebuild it with `siamcli index GALLERY --force`")
+        raise UserError(f"{directory} was written by an older siamcli ({data['format']}, before segments); {REBUILD}")
     missing = [key for key in REQUIRED if key not in data]
     if missing:
-        raise CorruptArtifactError(f"{path} lacks {', '.join(missing)}; rebuild the index with --force")
+        raise CorruptArtifactError(f"{path} lacks {', '.join(missing)}; {REBUILD}")
     if not isinstance(data["segments"], list) or not all(isinstance(s, dict) for s in data["segments"]):
-        raise CorruptArtifactError(f"{path}: segments is not a list of objects; rebuild the index with --force")
+        raise CorruptArtifactError(f"{path}: segments is not a list of objects; {REBUILD}")
     return _checked(path, data)
 
 
 def read_part_manifest(directory: Path) -> dict:
     """manifest.json of a partial written by `siamcli index GALLERY --shard I/N`, validated."""
-    data = _read_object(directory)
+    write = command("GALLERY_DIR", "--shard", "I/N", "--model", "RUN", "--out", directory)
+    data = _read_object(directory, missing=f"it is not a partial index (write one with {write})")
     path = directory / MANIFEST
     if data.get("format") != PART_FORMAT:
         what = "a whole index" if data.get("format") == FORMAT else "not a partial index"
-        raise UserError(f"{directory} is {what}; --merge takes the folders written by `siamcli index GALLERY --shard I/N`")
+        raise UserError(f"{directory} is {what}; --merge takes the folders that {write} writes")
     missing = [key for key in PART_REQUIRED if key not in data]
     if missing:
-        raise CorruptArtifactError(f"{path} lacks {', '.join(missing)}; run that shard again with --force")
+        raise CorruptArtifactError(f"{path} lacks {', '.join(missing)}; {REBUILD}")
     for key in ("shard", "shards", "gallery_count", "batch_size"):
         if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1:
-            raise CorruptArtifactError(f"{path}: {key} is not a positive integer; run that shard again with --force")
+            raise CorruptArtifactError(f"{path}: {key} is not a positive integer; {REBUILD}")
     return _checked(path, data)
 
 
-def _read_object(directory: Path) -> dict:
-    return read_json(directory / MANIFEST, "index manifest",
-                     missing="it is not a siamcli index (build one with `siamcli index GALLERY`)",
-                     damaged="the index is damaged: rebuild it with --force")
+def _read_object(directory: Path, missing: str) -> dict:
+    return read_json(directory / MANIFEST, "index manifest", missing=missing, damaged=f"the index is damaged: {REBUILD}")
 
 
 def _checked(path: Path, data: dict) -> dict:
     if data.get("metric", "inner_product") != "inner_product":
-        raise CorruptArtifactError(f"{path} names metric {data['metric']!r}; siamcli indexes use inner_product: rebuild with --force")
+        raise CorruptArtifactError(f"{path} names metric {data['metric']!r}; siamcli indexes use inner_product: {REBUILD}")
     for key in ("embedding_dim", "count", "image_size", *(("rows",) if "rows" in data else ())):
         if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 0:
-            raise CorruptArtifactError(f"{path}: {key} is not a non-negative integer; rebuild the index with --force")
+            raise CorruptArtifactError(f"{path}: {key} is not a non-negative integer; {REBUILD}")
     if not isinstance(data["files"], dict):
-        raise CorruptArtifactError(f"{path}: files is not an object; rebuild the index with --force")
+        raise CorruptArtifactError(f"{path}: files is not an object; {REBUILD}")
     return data
 
 
@@ -141,18 +140,18 @@ def verify_files(directory: Path, files: dict, names: tuple[str, ...], hash_max_
         record = files.get(name)
         path = directory / name
         if not isinstance(record, dict) or "bytes" not in record or "sha256" not in record:
-            raise CorruptArtifactError(f"{directory / MANIFEST} has no checksum for {name}; rebuild the index with --force")
+            raise CorruptArtifactError(f"{directory / MANIFEST} has no checksum for {name}; {REBUILD}")
         try:
             size = os.stat(path).st_size
         except OSError:
             size = None
         if size is None or not path.is_file():
-            raise CorruptArtifactError(f"{path} is missing; the index is incomplete: rebuild it with `siamcli index GALLERY --force`")
+            raise CorruptArtifactError(f"{path} is missing; the index is incomplete: {REBUILD}")
         if size != record["bytes"]:
             raise CorruptArtifactError(
-                f"{path} is {size} bytes but was written as {record['bytes']} (truncated or changed); rebuild the index with --force"
+                f"{path} is {size} bytes but was written as {record['bytes']} (truncated or changed); {REBUILD}"
             )
         if hash_max_bytes is not None and size > hash_max_bytes:
             continue
         if file_record(path)["sha256"] != record["sha256"]:
-            raise CorruptArtifactError(f"{path} does not match the checksum in {MANIFEST} (damaged or edited); rebuild the index with --force")
+            raise CorruptArtifactError(f"{path} does not match the checksum in {MANIFEST} (damaged or edited); {REBUILD}")

@@ -21,6 +21,7 @@ from siamcli.events import NO_EVENTS, Events
 from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
+from siamcli.index.hints import REBUILD
 from siamcli.index.items import IndexItem, read_items, read_rows, row_range, write_items
 
 MMAP_TYPES = ("ivf", "ivfpq")  # index types a query process memory-maps
@@ -63,7 +64,7 @@ class Segment:
             self.check_index(index)
             params = self.record.get("search_params") or {}
             if not isinstance(params, dict):
-                raise CorruptArtifactError(f"the manifest of {self.directory}: search_params is not an object; rebuild the index with --force")
+                raise CorruptArtifactError(f"the manifest of {self.directory}: search_params is not an object; {REBUILD}")
             faiss_index.set_search_params(index, params)
             self._index = index
         return self._index
@@ -77,14 +78,14 @@ class Segment:
             problems.append(f"{mf.INDEX_FILE} holds {index.ntotal} vectors, the manifest {self.rows}")
         if problems:
             raise CorruptArtifactError(f"index segment {self.directory} is inconsistent: {'; '.join(problems)}; "
-                                       "rebuild it with `siamcli index GALLERY --force`")
+                                       f"{REBUILD}")
 
     def check_items(self) -> None:
         """items.sqlite holds rows 0 … rows-1 (two page reads)."""
         count, span = row_range(self.items_path)
         if count != self.rows or span != self.rows:
             raise CorruptArtifactError(f"index segment {self.directory} is inconsistent: {mf.ITEMS_FILE} holds {count} rows, "
-                                       f"the manifest {self.rows}; rebuild it with `siamcli index GALLERY --force`")
+                                       f"the manifest {self.rows}; {REBUILD}")
 
     def search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows), each (n, ≤ depth), best first, tombstones removed (row -1 pads)."""
@@ -97,7 +98,7 @@ class Segment:
             scores, rows = self.index.search(queries, ask)
             if rows.size and rows.max() >= self.rows:
                 raise CorruptArtifactError(f"index segment {self.directory} returned row {rows.max()} of {self.rows}; "
-                                           "it is damaged: rebuild it with --force")
+                                           f"it is damaged: {REBUILD}")
             if len(self.deleted):
                 rows = np.where(np.isin(rows, self.deleted), -1, rows)
             found = (rows >= 0).sum(axis=1)

@@ -27,6 +27,7 @@ changes under a running query.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,57 @@ import numpy as np
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
+from siamcli.index.hints import REBUILD, command
 from siamcli.index.items import IndexItem
 from siamcli.index.segment import Segment
+from siamcli.jsonio import read_json
 
 QUERY_HASH_MAX_BYTES = 256 << 20  # files up to this size are hashed on every load; bigger ones: size only
 
 Ref = tuple[int, int]  # (position of the segment in LoadedIndex.segments, row in it)
+
+
+def rebuild_command(directory: Path, model: str | Path | None = None, gallery: str | Path | None = None) -> str:
+    """The command(s) that write the index or partial at `directory` again: from its manifest as far
+    as it can be read, else from `model` and `gallery` (placeholders for what nothing says)."""
+    try:
+        data = read_json(directory / mf.MANIFEST, "index manifest")
+    except (CorruptArtifactError, OSError):
+        data = {}
+
+    def text(value, default: str) -> str:
+        return value if isinstance(value, str) and value else default
+
+    model = model or text(data.get("model_path"), "RUN")
+    if data.get("format") == mf.PART_FORMAT:
+        shard = f"{data.get('shard', 'I')}/{data.get('shards', 'N')}"
+        return command(text(data.get("gallery"), str(gallery or "GALLERY_DIR")), "--shard", shard, "--batch-size",
+                       data.get("batch_size", 32), "--model", model, "--out", directory, "--force")
+    galleries = data.get("galleries") if isinstance(data.get("galleries"), list) else []
+    galleries = [g for g in galleries if isinstance(g, str)] or [text(data.get("gallery"), str(gallery or "GALLERY_DIR"))]
+    first = command(galleries[0], "--model", model, "--out", directory, "--force")
+    further = [command(g, "--model", model, "--out", directory, "--append", "--add-gallery") for g in galleries[1:]]
+    return first + (f", then {', then '.join(further)}" if further else "")
+
+
+@contextlib.contextmanager
+def naming_the_rebuild(directory: Path, model: str | Path | None = None, gallery: str | Path | None = None):
+    """A damaged-index error raised inside (its message ends with hints.REBUILD) gets the exact rebuild command."""
+    try:
+        yield
+    except UserError as exc:
+        if not str(exc).endswith(REBUILD):
+            raise
+        raise type(exc)(f"{exc} with {rebuild_command(Path(directory), model, gallery)}") from exc
+
+
+def _naming_the_rebuild(method):
+    """LoadedIndex methods read files lazily: their damaged-file errors name the rebuild too."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with naming_the_rebuild(self.directory):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 @dataclass
@@ -64,6 +110,7 @@ class LoadedIndex:
         return self.segments[0].index
 
     @functools.cached_property
+    @_naming_the_rebuild
     def entries(self) -> list[tuple[Ref, IndexItem]]:
         """Every live row ((segment, row), item), base first, in row order: read once, then kept."""
         return [((position, row), item) for position, segment in enumerate(self.segments) for row, item in segment.live_items()]
@@ -76,6 +123,7 @@ class LoadedIndex:
     def items(self) -> list[IndexItem]:
         return [item for _, item in self.entries]
 
+    @_naming_the_rebuild
     def search(self, queries: np.ndarray, depth: int) -> list[list[tuple[float, Ref]]]:
         """Per query, up to `depth` live rows of all segments as (score, ref), best first."""
         queries = np.ascontiguousarray(queries, np.float32)
@@ -89,6 +137,7 @@ class LoadedIndex:
             answers.append(hits[:depth])
         return answers
 
+    @_naming_the_rebuild
     def lookup(self, refs) -> dict[Ref, IndexItem]:
         """The items of these rows: from memory when `entries` was read, else k rows of SQLite."""
         refs = set(refs)
@@ -100,9 +149,10 @@ class LoadedIndex:
             for row, item in self.segments[position].items_at(rows).items():
                 found[(position, row)] = item
         if len(found) != len(refs):
-            raise CorruptArtifactError(f"index {self.directory} has no items for some rows FAISS returned; rebuild it with --force")
+            raise CorruptArtifactError(f"index {self.directory} has no items for some rows FAISS returned; {REBUILD}")
         return found
 
+    @_naming_the_rebuild
     def vectors(self, refs: list[Ref]) -> np.ndarray:
         """(len(refs), dim) float32 stored vectors of these rows."""
         if not refs:
@@ -114,14 +164,16 @@ def is_index_dir(directory: Path) -> bool:
     return (directory / mf.MANIFEST).is_file()
 
 
-def missing_index_message(directory: Path) -> str:
-    """Why there is no index at `directory`, naming a copy left by an interrupted swap if any."""
+def missing_index_message(directory: Path, gallery: str | Path = "GALLERY_DIR", model: str | Path = "RUN", purpose: str = "") -> str:
+    """Why there is no index at `directory` (`purpose`: " to prune"…) and the command that builds one
+    there, naming a copy left by an interrupted swap if any."""
+    build = command(gallery, "--model", model, "--out", directory)
     leftovers = sorted(directory.parent.glob(f".{directory.name}.old-*")) if directory.parent.is_dir() else []
     leftovers = [p for p in leftovers if is_index_dir(p)]
     if leftovers:
-        return (f"no index at {directory}, but {leftovers[-1]} holds one left by an interrupted update; "
-                f"rename it to {directory} or rebuild with `siamcli index GALLERY`")
-    return f"no index at {directory}; build one with `siamcli index GALLERY_DIR` (or pass --index DIR)"
+        return (f"no index at {directory}{purpose}, but {leftovers[-1]} holds one left by an interrupted update; "
+                f"rename it to {directory} or build one with {build}")
+    return f"no index at {directory}{purpose}; build one with {build}, or give the folder of an existing index"
 
 
 def base_record(manifest: dict) -> dict:
@@ -134,10 +186,15 @@ def load_index(directory: str | Path, full: bool = False) -> LoadedIndex:
     """Load and validate an index. `full` (updates): the FAISS indexes are read later, when needed,
     into memory rather than mapped; queries (`full=False`) read or map them now."""
     directory = Path(directory)
-    if not directory.exists():
-        raise UserError(missing_index_message(directory))
-    if not directory.is_dir():
+    if directory.exists() and not directory.is_dir():
         raise UserError(f"{directory} is a file, not an index folder; pass the folder `siamcli index` wrote")
+    if not is_index_dir(directory):
+        raise UserError(missing_index_message(directory))
+    with naming_the_rebuild(directory):
+        return _load(directory, full)
+
+
+def _load(directory: Path, full: bool) -> LoadedIndex:
     manifest = mf.read_manifest(directory)
     deleted = read_tombstones(directory, manifest)
     segments = []
@@ -148,7 +205,7 @@ def load_index(directory: str | Path, full: bool = False) -> LoadedIndex:
     live = sum(segment.live for segment in segments)
     if live != manifest["count"]:
         raise CorruptArtifactError(f"index {directory} is inconsistent: its segments hold {live} live rows, the manifest "
-                                   f"{manifest['count']}; rebuild it with `siamcli index GALLERY --force`")
+                                   f"{manifest['count']}; {REBUILD}")
     return LoadedIndex(directory=directory, manifest=manifest, segments=segments)
 
 
@@ -158,7 +215,7 @@ def _segment(directory: Path, record: dict, deleted: dict[int, np.ndarray], mmap
         if not isinstance(record["files"], dict) or rows < 0 or name.startswith(("/", "..")):
             raise ValueError
     except (KeyError, TypeError, ValueError):
-        raise CorruptArtifactError(f"{directory / mf.MANIFEST} describes a segment it cannot read; rebuild the index with --force") from None
+        raise CorruptArtifactError(f"{directory / mf.MANIFEST} describes a segment it cannot read; {REBUILD}") from None
     return Segment(number=number, directory=directory / name if name else directory, rows=rows, record=record,
                    deleted=deleted.get(number, np.zeros(0, np.int64)), mmap=mmap, galleries=galleries)
 
@@ -169,24 +226,24 @@ def _check_segment(segment: Segment, manifest: dict, full: bool) -> None:
     segment.check_items()
     if segment.deleted.size and segment.deleted[-1] >= segment.rows:
         raise CorruptArtifactError(f"the tombstones of {segment.directory} name row {segment.deleted[-1]} of {segment.rows}; "
-                                   "rebuild the index with --force")
+                                   f"{REBUILD}")
     if not full:
         index = segment.index
         if index.d != manifest["embedding_dim"]:
             raise CorruptArtifactError(f"index {segment.directory / mf.INDEX_FILE} has dimension {index.d} but the manifest says "
-                                       f"{manifest['embedding_dim']}; rebuild it with `siamcli index GALLERY --force`")
+                                       f"{manifest['embedding_dim']}; {REBUILD}")
     if not segment.stores_vectors_in_index:
         (rows, dim), _ = vector_file.read_shape(segment.directory / mf.EMBEDDINGS_FILE)
         if rows != segment.rows or dim != manifest["embedding_dim"]:
             raise CorruptArtifactError(f"{segment.directory / mf.EMBEDDINGS_FILE} is ({rows}, {dim}), expected "
-                                       f"({segment.rows}, {manifest['embedding_dim']}); rebuild the index with --force")
+                                       f"({segment.rows}, {manifest['embedding_dim']}); {REBUILD}")
 
 
 def galleries_of(manifest: dict) -> list[str]:
     """The gallery folders the index spans (stored paths are relative to them)."""
     galleries = manifest.get("galleries") or ([manifest["gallery"]] if manifest.get("gallery") else [])
     if not isinstance(galleries, list) or not all(isinstance(g, str) for g in galleries):
-        raise CorruptArtifactError("the index manifest's galleries is not a list of folders; rebuild the index with --force")
+        raise CorruptArtifactError(f"the index manifest's galleries is not a list of folders; {REBUILD}")
     return galleries
 
 
@@ -196,14 +253,14 @@ def read_tombstones(directory: Path, manifest: dict) -> dict[int, np.ndarray]:
     if not record:
         return {}
     if not isinstance(record, dict) or not isinstance(record.get("file"), str) or "/" in record["file"]:
-        raise CorruptArtifactError(f"{directory / mf.MANIFEST}: deleted is not a tombstone record; rebuild the index with --force")
+        raise CorruptArtifactError(f"{directory / mf.MANIFEST}: deleted is not a tombstone record; {REBUILD}")
     mf.verify_files(directory, {record["file"]: record}, (record["file"],), hash_max_bytes=QUERY_HASH_MAX_BYTES)
     try:
         pairs = np.load(directory / record["file"], allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise CorruptArtifactError(f"{directory / record['file']} is not a tombstone array ({exc}); rebuild the index with --force") from exc
+        raise CorruptArtifactError(f"{directory / record['file']} is not a tombstone array ({exc}); {REBUILD}") from exc
     if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype.kind != "i":
-        raise CorruptArtifactError(f"{directory / record['file']} is not an (n, 2) integer array; rebuild the index with --force")
+        raise CorruptArtifactError(f"{directory / record['file']} is not an (n, 2) integer array; {REBUILD}")
     return {int(number): np.unique(pairs[pairs[:, 0] == number, 1].astype(np.int64)) for number in np.unique(pairs[:, 0])}
 
 
@@ -220,5 +277,5 @@ def check_model(manifest: dict, model_path: Path, fingerprint: str, directory: P
         raise UserError(
             f"model {model_path} is not the model index {directory} was built with "
             f"(fingerprint {fingerprint[:12]}… ≠ {str(manifest['model_fingerprint'])[:12]}…); its vectors would not be comparable: "
-            f"use that model, or rebuild the index with `siamcli index GALLERY --model {model_path} --force`"
+            f"use that model, or rebuild the index with {rebuild_command(directory, model=model_path)}"
         )

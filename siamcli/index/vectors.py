@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from siamcli.errors import CorruptArtifactError
+from siamcli.index.hints import REBUILD
 
 CHUNK_ROWS = 4096  # rows per read when streaming a file back: 4 MiB at dim 256, next to nothing beside the index
 _MAGIC = b"\x93NUMPY\x01\x00"  # .npy format 1.0
@@ -82,14 +83,14 @@ def read_shape(path: str | os.PathLike) -> tuple[tuple[int, int], int]:
             shape, fortran, dtype = reader(handle)
             offset = handle.tell()
     except FileNotFoundError as exc:
-        raise CorruptArtifactError(f"{path} is missing; rebuild the index with `siamcli index GALLERY --force`") from exc
+        raise CorruptArtifactError(f"{path} is missing; {REBUILD}") from exc
     except (ValueError, OSError, SyntaxError) as exc:
-        raise CorruptArtifactError(f"{path} is not a valid embeddings file ({exc}); rebuild the index with --force") from exc
+        raise CorruptArtifactError(f"{path} is not a valid embeddings file ({exc}); {REBUILD}") from exc
     if len(shape) != 2 or fortran or dtype != np.dtype("<f4"):
-        raise CorruptArtifactError(f"{path} does not hold a (count, dim) float32 array; rebuild the index with --force")
+        raise CorruptArtifactError(f"{path} does not hold a (count, dim) float32 array; {REBUILD}")
     expected = offset + shape[0] * shape[1] * 4
     if path.stat().st_size != expected:
-        raise CorruptArtifactError(f"{path} is truncated or padded ({path.stat().st_size} bytes, expected {expected}); rebuild with --force")
+        raise CorruptArtifactError(f"{path} is truncated or padded ({path.stat().st_size} bytes, expected {expected}); {REBUILD}")
     return (int(shape[0]), int(shape[1])), offset
 
 
