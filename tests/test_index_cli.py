@@ -57,7 +57,7 @@ def test_index_writes_json_summary_and_refuses_to_replace_an_existing_index(tmp_
     assert summary["count"] == 30 and summary["added"] == 30 and summary["mode"] == "build" and summary["written"]
     assert summary["index_type"] == "flat" and summary["factory"] == "Flat" and summary["recall_at_10"] == 1.0
     assert summary["index_dir"] == str(run / "index") and summary["skipped"] == [] and summary["threshold"] is None
-    assert summary["images_per_second"] > 0
+    assert summary["images_per_second"] is None  # 30 images: too few for a speed figure (test_index_messages)
     before = {p.name: p.read_bytes() for p in (run / "index").iterdir()}
     one_line_error(invoke("index", data, "--model", run), "already holds an index", "--append", "--prune", "--force")
     one_line_error(invoke("index", data, "--model", run, "--force", "--append"), "--force")

@@ -263,19 +263,17 @@ def test_skipped_files_are_named_in_one_warning(tmp_path, tiny_run):
 
 
 @pytest.mark.parametrize("spec", ["x", "3/2", "0/2", "1/0"])
-def test_a_bad_shard_spec_is_a_one_line_user_error_in_the_api_and_the_cli(tmp_path, tiny_run, spec):
+def test_a_bad_shard_spec_is_a_one_line_user_error_in_the_engine_the_api_and_the_cli(tmp_path, tiny_run, spec):
     import siamcli
+    from siamcli.index.build import IndexOptions, build_index
+    from siamcli.index.shard import build_part
 
     run, data = copy_run(tiny_run, tmp_path)
-    with pytest.raises(UserError, match="--shard") as raised:
+    for write in (build_index, build_part):  # build_index never writes a partial: a UserError, not a ValueError
+        with pytest.raises(UserError, match="shard") as raised:
+            write(IndexOptions(gallery=str(data), model=str(run), shard=spec))
+        assert "\n" not in str(raised.value)
+    with pytest.raises(UserError, match="shard"):  # the API names its keyword, the CLI its option
         siamcli.build_index(data, run=run, shard=spec)
-    assert "\n" not in str(raised.value)
     one_line_error(invoke("index", data, "--model", run, "--shard", spec), "--shard")
-
-
-def test_build_index_with_a_shard_writes_that_partial(tmp_path, tiny_run):
-    import siamcli
-
-    run, data = copy_run(tiny_run, tmp_path)
-    part = siamcli.build_index(data, run=run, out=tmp_path / "part", shard="1/2")
-    assert part.summary()["shard"] == "1/2" and (tmp_path / "part" / "manifest.json").is_file()
+    assert not (run / "index").exists() and not list(run.glob("index.part*"))

@@ -18,10 +18,10 @@ def index(
     paths: Annotated[Optional[list[Path]], typer.Argument(metavar="GALLERY_DIR", show_default=False, help="Folder of images: sub-folder names become labels; images at its root get an empty label. With --merge: the PART_DIRs (partial indexes) to combine.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Index directory (default: <model run>/index; with --shard I/N: <model run>/index.part-I-of-N).")] = None,
-    index_type: Annotated[Optional[IndexType], typer.Option(show_default=False, help="auto, flat (exact), hnsw, ivf or ivfpq (approximate; ivfpq: PQ codes re-ranked from 8-bit vectors, ≈ 290 bytes a vector, memory-mapped by queries, for galleries of millions). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then ivfpq; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,
+    index_type: Annotated[Optional[IndexType], typer.Option(show_default=False, help="auto, flat (exact), hnsw, ivf or ivfpq (approximate; ivfpq: PQ codes re-ranked from 8-bit vectors, ≈ 298 bytes a vector at 10^7 (docs/scaling.md), memory-mapped by queries, for galleries of millions). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then ivfpq; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (every shard of one gallery must use the same).")] = 32,
     append: Annotated[bool, typer.Option("--append", help="Add images not indexed yet (same path and content = already there); keep every existing entry and id.")] = False,
-    prune: Annotated[bool, typer.Option("--prune", help="Drop entries whose files are gone.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Drop entries whose files are gone (refused where there is no index).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild an existing index from scratch.")] = False,
     moved: Annotated[bool, typer.Option("--moved", help="With --append: the indexed gallery now lives at GALLERY_DIR; rewrite the stored paths.")] = False,
     add_gallery: Annotated[bool, typer.Option("--add-gallery", help="With --append: GALLERY_DIR is a further folder; the index spans several.")] = False,
@@ -84,14 +84,18 @@ def _whole_index(paths, model, out, index_type, compact: bool, export_items: boo
     from siamcli.index.build import default_index_dir
     from siamcli.index.compact import compact_index
     from siamcli.index.compact import export_items as export
-    from siamcli.index.store import load_index
+    from siamcli.index.store import is_index_dir, load_index, missing_index_message
     from siamcli.rundir import find_run
 
     if paths or merge or shard is not None or updates:
         raise UserError("--compact and --export-items work on an existing index (--out DIR or --model RUN): "
                         "give no GALLERY_DIR and no --append/--prune/--force/--merge/--shard")
-    directory = Path(out) if out else default_index_dir(find_run(model).run_dir)
-    load_index(directory, full=True)  # a missing or damaged index is reported before any work
+    run_dir = find_run(model).run_dir if model or not out else None
+    directory = Path(out) if out else default_index_dir(run_dir)
+    if not is_index_dir(directory):
+        purpose = " to compact" if compact else " to export"
+        raise UserError(missing_index_message(directory, model=run_dir or "RUN", purpose=purpose))
+    load_index(directory, full=True)  # a damaged index is reported before any work
     result = None
     if compact:
         with ProgressDisplay() as display:
@@ -117,25 +121,32 @@ def _print_summary(result) -> None:
     table.add_row("gallery", summary["gallery"])
     table.add_row("model", summary["model"])
     table.add_row("images in the index", str(summary["count"]))
-    if result.mode not in ("build", "merge"):
-        table.add_row("added / replaced / removed / kept", f"{result.added} / {result.replaced} / {result.removed} / {result.kept}")
+    if result.mode == "compact":
+        table.add_row("rows", f"{result.kept} kept; {result.removed} removed rows dropped from disk")
+    elif result.mode not in ("build", "merge"):
+        table.add_row("rows", _changes(result))
     table.add_row("skipped files", str(len(result.skipped)))
     if result.written and result.mode not in ("build", "merge"):
-        how = ("rewritten as one segment" + (f" ({result.rewrite_reason})" if result.rewrite_reason else "")
-               if result.rewrite_reason or result.mode == "compact" else "a new segment and tombstones; existing files untouched")
-        table.add_row("update", f"{how}; {_size(result.bytes_written)} written")
+        table.add_row("update", f"{result.update}; {_size(result.bytes_written)} written")
     table.add_row("segments / size", f"{result.segments} / {_size(result.index_bytes)}")
     kind = "exact" if result.index_type == "flat" else "approximate"
     table.add_row("index", f"{result.factory} ({kind}, inner product = cosine)")
     if result.index_type != "flat":
         params = ", ".join(f"{k}={v}" for k, v in result.search_params.items())
         table.add_row("recall@10 vs exact", f"{fmt(result.recall_at_10)} ({params})")
-    table.add_row("match threshold", "none reliable for this model (run `siamcli evaluate` on held-out identities)" if result.threshold is None
+    table.add_row("match threshold", f"none: {result.threshold_note}" if result.threshold is None
                   else f"squared distance ≤ {result.threshold:.4f} (similarity ≥ {1 - result.threshold / 2:.4f})")
-    if result.embedded_images:
+    if result.images_per_second is not None:  # None: too few images embedded for the figure to mean anything
         table.add_row("embedding speed", f"{result.images_per_second:.1f} images/s")
     table.add_row("time", f"{result.seconds:.1f} s")
     stdout.print(table)
+
+
+def _changes(result) -> str:
+    """previous → count and every row accounted for (result.py says how they add up)."""
+    gone = f", {result.gone} gone (still indexed: --prune drops them)" if result.gone else ""
+    return (f"{result.previous} → {result.count}: {result.added} added, {result.replaced} changed, {result.touched} touched "
+            f"(same content), {result.removed} removed{gone}, {result.kept} kept")
 
 
 def _size(count: int) -> str:
@@ -158,4 +169,4 @@ def _print_part_summary(result) -> None:
     table.add_row("skipped files", str(len(result.skipped)))
     table.add_row("time", f"{result.seconds:.1f} s")
     stdout.print(table)
-    stdout.print(f"When every shard is done: siamcli index --merge PART_1 … PART_{result.shards} (the {result.shards} partial folders)")
+    stdout.print(f"When every shard is done: {result.merge_command} (PART_1 ... PART_{result.shards}: the {result.shards} partial folders)")

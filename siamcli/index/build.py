@@ -8,7 +8,8 @@ Modes (an existing index is never replaced without one of them):
                   embedded is not read at all; one whose size or time changed is hashed, and
                   re-embedded only if its content (sha256) changed: its old row is removed and
                   the new one gets a new id. Every other row keeps its id.
-  * --prune       drop rows whose files are gone (a cheap existence check).
+  * --prune       drop rows whose files are gone (a cheap existence check); refused where
+                  there is no index (a build there would surprise whoever ran a prune).
   * --compact     rewrite the index as one segment without its removed rows (compact.py).
   * --force       rebuild from scratch; ids start again at 0.
 
@@ -22,16 +23,18 @@ COMPACT_SHARE of them (then the update says so). Nothing is ever re-embedded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from siamcli import __version__
 from siamcli.atomic import atomic_directory, write_json
 from siamcli.data.scan import describe_skipped, require_folder, scan_folder
-from siamcli.errors import UserError
+from siamcli.errors import Interrupted, UserError
 from siamcli.events import NO_EVENTS, Events
 from siamcli.faults import crash_point
 from siamcli.hashing import file_sha256
@@ -39,12 +42,21 @@ from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.changes import Changes, copy_vectors, new_rows, next_id, plan_changes
+from siamcli.index.hints import REBUILD, command
 from siamcli.index.items import ITEMS_CSV, write_items_csv
 from siamcli.index.lock import index_lock
-from siamcli.index.result import IndexResult, record_result, unchanged
-from siamcli.index.search import run_threshold
+from siamcli.index.result import IndexResult, match_threshold, record_result, unchanged
 from siamcli.index.segment import write_segment
-from siamcli.index.store import LoadedIndex, check_model, galleries_of, is_index_dir, load_index, verify_all_files
+from siamcli.index.store import (
+    LoadedIndex,
+    check_model,
+    galleries_of,
+    is_index_dir,
+    load_index,
+    missing_index_message,
+    naming_the_rebuild,
+    verify_all_files,
+)
 from siamcli.index.update import add_segment
 from siamcli.rundir import find_run
 
@@ -78,18 +90,44 @@ def build_index(options: IndexOptions, events: Events | None = None):
     started = time.perf_counter()
     validate_options(options)
     if options.shard is not None:
-        raise ValueError("options.shard is set: call siamcli.index.shard.build_part")
+        raise UserError(f"shard {options.shard!r} is set: a shard's partial index is written by siamcli.index.shard.build_part "
+                        "(`siamcli index GALLERY_DIR --shard I/N`), not by build_index")
+    require_folder(options.gallery)  # a wrong gallery path is the first thing to report
     run = find_run(options.model)
     out = Path(options.out) if options.out else default_index_dir(run.run_dir)
-    with index_lock(out):
+    with writing(out), naming_the_rebuild(out, model=run.model, gallery=options.gallery):
         return _build_locked(options, events, run, out, started)
 
 
+@contextlib.contextmanager
+def writing(out: Path, fresh: str = "nothing was written; the gallery is unchanged") -> Iterator[None]:
+    """Hold the index lock on `out`; Ctrl-C meanwhile ends in Interrupted saying what state `out` is
+    in (`fresh`: what to say when there was no index and still is none)."""
+    with index_lock(out):
+        before = _manifest_bytes(out)
+        try:
+            yield
+        except KeyboardInterrupt:
+            after = _manifest_bytes(out)
+            if after is not None and after != before:
+                raise Interrupted(f"interrupted just after {out} was written; the index there is complete") from None
+            if before is None:
+                raise Interrupted(f"interrupted: {fresh}; run the same command again to write {out}") from None
+            raise Interrupted(f"interrupted: the index is as it was before this update ({out}); "
+                              "run the same command again to apply it") from None
+
+
+def _manifest_bytes(out: Path) -> bytes | None:
+    try:
+        return (out / mf.MANIFEST).read_bytes()
+    except OSError:
+        return None
+
+
 def _build_locked(options: IndexOptions, events: Events, run, out: Path, started: float) -> IndexResult:
-    require_folder(options.gallery)  # a wrong gallery path is the first thing to report
-    existing = _existing(out, options, events)
+    existing = _existing(out, options, run.run_dir)
     _warn_leftovers(out, events)
-    scan, gallery_paths, gallery_labels = scan_gallery(options.gallery, events)
+    scan, gallery_paths, gallery_labels = scan_gallery(options.gallery)
     fingerprint = file_sha256(run.model)
     old: LoadedIndex | None = None
     galleries, moved = [os.path.abspath(options.gallery)], False
@@ -98,28 +136,42 @@ def _build_locked(options: IndexOptions, events: Events, run, out: Path, started
         old = load_index(out, full=True)
         check_model(old.manifest, run.model, fingerprint, out)
         galleries, moved = _galleries_after(old, options)
+    elif options.append:
+        events.message(f"no index at {out} yet; building it")
     if not gallery_paths and old is None:
         raise UserError(f"{options.gallery} holds no images to index (JPEG, PNG, BMP, GIF, WebP, TIFF, PGM)")
     changes = plan_changes(gallery_paths, gallery_labels, old, options, events)
     del gallery_paths, gallery_labels
+    if changes.gone:
+        _warn_gone(changes.gone, options, run.run_dir, out, events)
     mode = "build" if old is None else "+".join(m for m, on in (("append", options.append), ("prune", options.prune)) if on)
+    threshold, note = match_threshold(run.run_dir, fingerprint)
     result = IndexResult(index_dir=out, gallery=str(options.gallery), model_path=run.model, mode=mode, written=False,
                          index_type="", factory="", count=0, skipped=list(scan.skipped), hashed_images=changes.hashed,
-                         threshold=run_threshold(run.run_dir, fingerprint)[0])
+                         threshold=threshold, threshold_note=note)
     same_galleries = old is not None and galleries == _known_galleries(old)
     if same_galleries and not moved and not changes.any:
-        return unchanged(result, old, started)  # leave the index (and its files' timestamps) as they are
-    embedder = _Embedder(run.model, old, options, events) if changes.paths or old is None else None
-    reason = rewrite_reason(old, changes, options, moved)
-    if old is not None and not reason:
-        add_segment(old, changes, embedder, galleries, options.seed, result, events)
+        unchanged(result, old, changes, started)  # leave the index (and its files' timestamps) as they are
     else:
-        if old is not None:
-            events.message(f"rewriting the index as one segment: {reason}")
-            result.rewrite_reason = reason
-        rewrite(out, old, changes, embedder, galleries, options, result, events, fingerprint=fingerprint, model_path=run.model)
+        embedder = _Embedder(run.model, old, options, events) if changes.paths or old is None else None
+        result.rewrite_reason = rewrite_reason(old, changes, options, moved) if old is not None else ""
+        if old is not None and not result.rewrite_reason:
+            add_segment(old, changes, embedder, galleries, options.seed, result, events)
+        else:
+            if old is not None:
+                events.message(f"rewriting the index as one segment: {result.rewrite_reason}")
+            rewrite(out, old, changes, embedder, galleries, options, result, events, fingerprint=fingerprint, model_path=run.model)
+    if result.skipped:
+        events.message(describe_skipped(result.skipped))  # one warning for the scan's and the decoder's
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _warn_gone(gone: list[str], options: IndexOptions, run_dir: Path, out: Path, events: Events) -> None:
+    prune = command(options.gallery, "--model", run_dir, "--out", out, "--prune")
+    many = len(gone) > 1
+    events.message(f"{len(gone)} indexed file{'s are' if many else ' is'} gone (e.g. {gone[0]}); "
+                   f"{prune} drops {'them' if many else 'it'}")
 
 
 class _Embedder:
@@ -138,7 +190,7 @@ class _Embedder:
         self.dim, self.image_size = int(self.model.output_shape[-1]), model_image_size(self.model)
         if self.old is not None and self.old.dim != self.dim:
             raise UserError(f"index {self.old.directory} holds {self.old.dim}-d vectors but model {self.model_path} makes "
-                            f"{self.dim}-d ones; rebuild with --force")
+                            f"{self.dim}-d ones; {REBUILD}")
 
     def embed(self, paths: list[str], writer: vector_file.VectorWriter, known: dict[int, str]):
         """Embed `paths` into `writer`; the outcome (kept positions, hashes, sizes, times)."""
@@ -147,20 +199,16 @@ class _Embedder:
         if self.model is None:
             self.load()
         self.events.stage("embedding", len(paths))
-        outcome = embed_to_file(self.model, paths, writer, self.image_size, self.options.batch_size, self.events.advance, known)
-        if outcome.failures:
-            self.events.message(describe_skipped(outcome.failures))
-        return outcome
+        return embed_to_file(self.model, paths, writer, self.image_size, self.options.batch_size, self.events.advance, known)
 
 
-def scan_gallery(gallery: str, events: Events):
-    """(scan, absolute paths, labels) of the gallery's images in sorted order; skipped files reported.
+def scan_gallery(gallery: str):
+    """(scan, absolute paths, labels) of the gallery's images in sorted order. The skipped files
+    (scan.skipped) are the caller's to name, with those that fail to decode, in one warning.
 
     Parallel lists, not a list of pairs: at a million images every per-image object counts.
     """
     scan = scan_folder(gallery, labelled=False)
-    if scan.skipped:
-        events.message(describe_skipped(scan.skipped))
     paths = [os.path.abspath(item.path) for item in scan.items]
     labels = [item.label for item in scan.items]
     scan.items.clear()
@@ -186,7 +234,8 @@ def rewrite(out: Path, old: LoadedIndex | None, changes: Changes, embedder, gall
         added = len(outcome.kept) if outcome else 0
         count = len(changes.kept) + added
         if not count:
-            raise UserError(f"no image of {options.gallery} could be indexed (none decoded); nothing was written")
+            raise UserError(f"no image of {options.gallery} could be indexed, nothing was written: "
+                            f"{describe_skipped(result.skipped + (outcome.failures if outcome else []))}")
 
         def rows():
             yield from (item for _, item in changes.kept)
@@ -202,8 +251,10 @@ def rewrite(out: Path, old: LoadedIndex | None, changes: Changes, embedder, gall
                                   next_id=first_id + added, gallery=options.gallery, galleries=galleries, created=created)
         write_json(tmp / mf.MANIFEST, manifest)
         crash_point("index-rewrite-written")
-        result.bytes_written = sum(path.stat().st_size for path in tmp.rglob("*") if path.is_file())
-    record_result(result, manifest, changes, outcome, written_rows=added, bytes_written=result.bytes_written)
+        written = sum(path.stat().st_size for path in tmp.rglob("*") if path.is_file())
+    record_result(result, manifest, changes, outcome, bytes_written=written)
+    if old is not None:
+        result.update = "rewritten as one segment" + (f" ({result.rewrite_reason})" if result.rewrite_reason else "")
 
 
 def index_manifest(record: dict, *, fingerprint: str, model_path: Path, dim: int, image_size: int, count: int, next_id: int,
@@ -247,14 +298,11 @@ def validate_options(options: IndexOptions) -> None:
         faiss_index.check_index_type(options.index_type)
 
 
-def _existing(out: Path, options: IndexOptions, events: Events) -> bool:
-    """Whether `out` holds an index to update; refuses to overwrite without the right option."""
+def _existing(out: Path, options: IndexOptions, run_dir: Path) -> bool:
+    """Whether `out` holds an index to update; refuses to overwrite without the right option, and
+    to prune where there is nothing to prune (a fresh build there would be a surprise)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the index")
-    if not out.is_dir():
-        if options.append or options.prune:
-            events.message(f"no index at {out} yet; building it")
-        return False
     if is_index_dir(out):
         if options.force:
             return False
@@ -264,7 +312,9 @@ def _existing(out: Path, options: IndexOptions, events: Events) -> bool:
                 "are gone, or --force to rebuild it"
             )
         return True
-    if any(out.iterdir()) and not options.force:
+    if options.prune:
+        raise UserError(missing_index_message(out, options.gallery, run_dir, purpose=" to prune"))
+    if out.is_dir() and any(out.iterdir()) and not options.force:
         raise UserError(f"{out} exists and is not a siamcli index; choose another --out or pass --force to replace it")
     return False
 
@@ -316,7 +366,8 @@ def _galleries_after(old: LoadedIndex, options: IndexOptions) -> tuple[list[str]
         return known + [here], False
     if options.moved:
         if len(known) != 1:
-            raise UserError(f"index {old.directory} spans {len(known)} galleries; --moved rewrites one: rebuild with --force instead")
+            raise UserError(f"index {old.directory} spans {len(known)} galleries; --moved rewrites one: run the same command "
+                            "with --force in place of --append --moved to rebuild it from GALLERY_DIR alone")
         prefix = os.path.join(known[0], "")
         old.entries[:] = [(ref, dataclasses.replace(item, path=os.path.join(here, item.path[len(prefix):])))
                           if item.path.startswith(prefix) else (ref, item) for ref, item in old.entries]

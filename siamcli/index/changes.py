@@ -29,6 +29,7 @@ class Changes:
     changed_paths: set[str]  # paths re-embedded because their content changed
     hashed: int = 0  # indexed files read because their size or time changed
     refreshed: set[Ref] = field(default_factory=set)  # kept rows whose file was touched, same content: new size/time
+    gone: list[str] = field(default_factory=list)  # kept rows whose file is gone (no --prune): their paths
 
     @property
     def any(self) -> bool:
@@ -70,10 +71,8 @@ def plan_changes(paths: list[str], labels: list[str], old: LoadedIndex | None, o
     gone = [position for position, (_, item) in enumerate(entries) if item.path not in scanned and not os.path.isfile(item.path)]
     if options.prune:
         drop.update(gone)
-    elif gone:
-        first = entries[gone[0]][1].path
-        events.message(f"{len(gone)} indexed file{'s are' if len(gone) > 1 else ' is'} gone (e.g. {first}); "
-                       f"`siamcli index {options.gallery} --prune` drops {'them' if len(gone) > 1 else 'it'}")
+    else:
+        changes.gone = [entries[position][1].path for position in gone]  # build.py names them, with the --prune that drops them
     changes.kept = [(ref, refreshed.get(position, item)) for position, (ref, item) in enumerate(entries) if position not in drop]
     changes.removed = [entries[position][0] for position in sorted(drop)]
     changes.refreshed = {entries[position][0] for position in refreshed if position not in drop}

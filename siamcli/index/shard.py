@@ -43,13 +43,14 @@ from siamcli.data.scan import Skipped, describe_skipped, require_folder
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.events import NO_EVENTS, Events
 from siamcli.hashing import file_sha256
-from siamcli.index import build, faiss_index, search
+from siamcli.index import build, faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
+from siamcli.index.hints import REBUILD, command
 from siamcli.index.items import ITEMS_CSV, IndexItem, read_items, write_items, write_items_csv
-from siamcli.index.lock import index_lock
-from siamcli.index.result import IndexResult, index_bytes
+from siamcli.index.result import IndexResult, embedding_speed, index_bytes, match_threshold
 from siamcli.index.segment import write_segment
+from siamcli.index.store import naming_the_rebuild
 from siamcli.rundir import find_run
 
 PART_FILES = (mf.ITEMS_FILE, mf.EMBEDDINGS_FILE)
@@ -105,7 +106,13 @@ class PartResult:
     embed_seconds: float
     seconds: float
 
+    @property
+    def merge_command(self) -> str:
+        """The merge to run once every shard is done (the default --out: the model run's index)."""
+        return command("--merge", "PART_1", "...", f"PART_{self.shards}", "--model", self.model_path.parent)
+
     def summary(self) -> dict:
+        speed = embedding_speed(self.stop - self.start, self.embed_seconds)
         return {
             "index_dir": str(self.index_dir),
             "gallery": self.gallery,
@@ -117,7 +124,7 @@ class PartResult:
             "count": self.count,
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "embed_seconds": round(self.embed_seconds, 3),
-            "images_per_second": round((self.stop - self.start) / self.embed_seconds, 2) if self.embed_seconds > 0 else 0.0,
+            "images_per_second": None if speed is None else round(speed, 2),
             "seconds": round(self.seconds, 3),
         }
 
@@ -129,14 +136,15 @@ def build_part(options: build.IndexOptions, events: Events = NO_EVENTS) -> PartR
     shard, shards = parse_shard(options.shard)
     if options.append or options.prune:
         raise UserError("--shard writes a new partial index; it cannot be combined with --append or --prune")
-    if options.index_type is not None:
-        raise UserError("a partial holds vectors only; pass --index-type to `siamcli index --merge`, which builds the index")
+    require_folder(options.gallery)
     run = find_run(options.model)
+    if options.index_type is not None:
+        merge = command("--merge", "PART_1", "...", f"PART_{shards}", "--model", run.run_dir, "--index-type", options.index_type)
+        raise UserError(f"a partial holds vectors only; pass --index-type to the merge that builds the index: {merge}")
     out = Path(options.out) if options.out else default_part_dir(run.run_dir, shard, shards)
-    with index_lock(out):
-        require_folder(options.gallery)
+    with build.writing(out), naming_the_rebuild(out, model=run.model, gallery=options.gallery):
         _refuse_existing(out, options.force, what="a partial index")
-        scan, paths, labels = build.scan_gallery(options.gallery, events)
+        scan, paths, labels = build.scan_gallery(options.gallery)
         if not paths:
             raise UserError(f"{options.gallery} holds no images to index (JPEG, PNG, BMP, GIF, WebP, TIFF, PGM)")
         listing, total = listing_digest(paths, labels), len(paths)
@@ -156,8 +164,8 @@ def build_part(options: build.IndexOptions, events: Events = NO_EVENTS) -> PartR
             with vector_file.VectorWriter(tmp / mf.EMBEDDINGS_FILE, dim, capacity=len(part_paths)) as writer:
                 events.stage("embedding", len(part_paths))
                 outcome = embed_to_file(model, part_paths, writer, image_size, options.batch_size, events.advance)
-            if outcome.failures:
-                events.message(describe_skipped(outcome.failures))
+            if scan.skipped or outcome.failures:
+                events.message(describe_skipped(list(scan.skipped) + outcome.failures))  # one warning for both
             rows = (IndexItem(id=row, path=part_paths[p], label=part_labels[p], sha256=outcome.sha256(p),
                               size=int(outcome.sizes[p]), mtime_ns=int(outcome.mtimes[p])) for row, p in enumerate(outcome.kept))
             write_items(tmp / mf.ITEMS_FILE, rows, [os.path.abspath(options.gallery)])
@@ -215,7 +223,8 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
 
     started = time.perf_counter()
     if not options.partials:
-        raise UserError("--merge needs the partial indexes to combine: siamcli index --merge PART_DIR...")
+        raise UserError(f"--merge needs the partial indexes to combine: "
+                        f"{command('--merge', 'PART_1', '...', 'PART_N', '--model', options.model or 'RUN')}")
     if options.index_type is not None:  # None: auto
         faiss_index.check_index_type(options.index_type)
     parts = _read_parts(options.partials)
@@ -231,7 +240,7 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
     dim, count = first["embedding_dim"], sum(part.manifest["count"] for part in parts)
     skipped = [Skipped(**s) for s in first.get("scan_skipped", [])]
     skipped += [Skipped(**s) for part in parts for s in part.manifest.get("decode_failures", [])]
-    with index_lock(out):
+    with build.writing(out, fresh="nothing was written; the partials are unchanged"):
         _refuse_existing(out, options.force, what="an index")
         if not count:
             raise UserError(f"no image of {first['gallery']} could be indexed (none decoded in any shard); nothing was written")
@@ -250,11 +259,12 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
                 next_id=count, gallery=first["gallery"], created=mf.now(),
             )
             write_json(tmp / mf.MANIFEST, manifest)
+    threshold, note = match_threshold(run.run_dir, fingerprint)
     return IndexResult(
         index_dir=out, gallery=first["gallery"], model_path=run.model, mode="merge", written=True,
         index_type=manifest["index_type"], factory=manifest["factory"], count=count, added=count, skipped=skipped,
         recall_at_10=manifest["recall_at_10"], search_params=manifest["search_params"],
-        threshold=search.run_threshold(run.run_dir, fingerprint)[0], index_bytes=index_bytes(manifest),
+        threshold=threshold, threshold_note=note, index_bytes=index_bytes(manifest),
         seconds=time.perf_counter() - started,
     )
 
@@ -265,13 +275,15 @@ def _read_parts(directories) -> list[_Part]:
     for name in directories:
         directory = Path(name)
         if not directory.is_dir():
-            raise UserError(f"{directory} is not a folder; --merge takes the folders written by `siamcli index GALLERY --shard I/N`")
-        manifest = mf.read_part_manifest(directory)
-        mf.verify_files(directory, manifest["files"], PART_FILES)
-        (rows, dim), _ = vector_file.read_shape(directory / mf.EMBEDDINGS_FILE)
-        if rows != manifest["count"] or dim != manifest["embedding_dim"]:
-            raise CorruptArtifactError(f"{directory}/{mf.EMBEDDINGS_FILE} is ({rows}, {dim}), expected "
-                                       f"({manifest['count']}, {manifest['embedding_dim']}); run that shard again with --force")
+            write = command("GALLERY_DIR", "--shard", "I/N", "--model", "RUN", "--out", directory)
+            raise UserError(f"{directory} is not a folder; --merge takes the folders that {write} writes")
+        with naming_the_rebuild(directory):
+            manifest = mf.read_part_manifest(directory)
+            mf.verify_files(directory, manifest["files"], PART_FILES)
+            (rows, dim), _ = vector_file.read_shape(directory / mf.EMBEDDINGS_FILE)
+            if rows != manifest["count"] or dim != manifest["embedding_dim"]:
+                raise CorruptArtifactError(f"{directory}/{mf.EMBEDDINGS_FILE} is ({rows}, {dim}), expected "
+                                           f"({manifest['count']}, {manifest['embedding_dim']}); {REBUILD}")
         parts.append(_Part(directory, manifest))
     parts.sort(key=lambda part: part.shard)
     first = parts[0]
@@ -290,10 +302,14 @@ def _read_parts(directories) -> list[_Part]:
         if part.shard in seen:
             raise UserError(f"shard {part.shard}/{shards} is given twice ({seen[part.shard]} and {part.directory}); pass each partial once")
         seen[part.shard] = part.directory
-    missing = [f"{i}/{shards}" for i in range(1, shards + 1) if i not in seen]
+    missing = [str(i) for i in range(1, shards + 1) if i not in seen]
     if missing:
-        raise UserError(f"partial(s) for shard {', '.join(missing)} missing; run `siamcli index GALLERY --shard I/{shards}` "
-                        f"for each and pass all {shards} to --merge")
+        meta = first.manifest
+        write = command(meta["gallery"], "--shard", f"I/{shards}", "--batch-size", meta["batch_size"], "--model", meta["model_path"],
+                        "--out", "PART_I")
+        raise UserError(f"partial(s) for shard {', '.join(f'{i}/{shards}' for i in missing)} missing; write each with {write} "
+                        f"(I = {', '.join(missing)}) "
+                        f"and pass all {shards} to --merge")
     return parts
 
 

@@ -57,7 +57,7 @@ def add_segment(old: LoadedIndex, changes: Changes, embedder, galleries: list[st
         record, outcome = _write_new_segment(old, changes, carried, embedder, number, seed, galleries, events)
         if record is None and not changes.removed and galleries == manifest.get("galleries"):
             result.skipped += outcome.failures  # only images that fail to decode were new: nothing changes
-            unchanged(result, old, time.perf_counter())
+            unchanged(result, old, changes, time.perf_counter())
             return
     crash_point("index-segment-written")
     dropped = {old.segments[position].number for position in range(1, len(old.segments))} if absorb else set()
@@ -75,9 +75,11 @@ def add_segment(old: LoadedIndex, changes: Changes, embedder, galleries: list[st
     write_json(out / mf.MANIFEST, manifest)
     crash_point("index-manifest-written")
     collect_garbage(out, manifest)
-    written = (sum(int(f["bytes"]) for f in record["files"].values()) if record else 0) + int((deleted or {}).get("bytes", 0))
-    record_result(result, manifest, changes, outcome, written_rows=added, bytes_written=written + (out / mf.MANIFEST).stat().st_size)
-    result.kept = len(changes.kept)
+    tombstones = deleted is not None and deleted.get("file") != (old.manifest.get("deleted") or {}).get("file")
+    written = (sum(int(f["bytes"]) for f in record["files"].values()) if record else 0) + (int(deleted["bytes"]) if tombstones else 0)
+    record_result(result, manifest, changes, outcome, bytes_written=written + (out / mf.MANIFEST).stat().st_size)
+    wrote = [what for what, done in (("a new segment", record is not None), ("a tombstone file", tombstones)) if done]
+    result.update = f"{' and '.join(wrote) or 'the manifest only'}; existing files untouched"
 
 
 def _write_new_segment(old: LoadedIndex, changes: Changes, carried, embedder, number: int, seed: int, galleries: list[str],
