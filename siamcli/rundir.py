@@ -1,6 +1,6 @@
 """The run directory: where a training run leaves its artifacts, and how later commands find it.
 
-    <run>/model.keras    image in, unit-length embedding out (best validation epoch)
+    <run>/model.keras    image in, unit-length embedding out (the epoch model selection keeps: docs/train.md)
     <run>/start.keras    the same network before any training step (epoch 0), for `evaluate`'s start column
     <run>/config.json    resolved options, library versions, what the data held
     <run>/split.json     {"train": [...], "val": [...]} identity names
