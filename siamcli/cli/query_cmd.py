@@ -31,7 +31,7 @@ def query(
     with engine_errors():
         from siamcli.index.search import query_images
 
-        outcome = query_images(images, index=index, model=model, k=k, batch_size=batch_size, skip_unreadable=True)
+        outcome = query_images(images, index=index, model=model, k=k, batch_size=batch_size)
         for note in outcome.notes:
             warn(note)
         written = _write_plot(outcome, plot) if plot else ""

@@ -182,12 +182,11 @@ def query_images(
     model: str | None = None,
     k: int = 5,
     batch_size: int = 32,
-    skip_unreadable: bool = False,
 ) -> QueryOutcome:
     """Embed each query image and return its k nearest gallery images.
 
-    A file inside a query folder that cannot be decoded is skipped (said in `notes`); so is a
-    named one when `skip_unreadable` (the CLI), else it is an error. None answered: an error."""
+    An image that cannot be decoded is skipped (said in `notes`), as a folder's or one of several
+    named; a single named image that cannot, or none that can, is an error."""
     if k < 1:
         raise UserError(f"--k must be at least 1, got {k}")
     if batch_size < 1:
@@ -203,7 +202,7 @@ def query_images(
     embedded = embed(load_query_model(model_path, loaded), paths, batch_size=batch_size)
     named = {str(Path(p)) for p in images if not Path(p).is_dir()}
     for failure in embedded.failures:
-        if str(Path(failure.path)) in named and (not skip_unreadable or len(paths) == 1):
+        if str(Path(failure.path)) in named and len(paths) == 1:
             raise UserError(f"cannot read query image {failure.path}: {failure.reason}")
     skipped.extend(embedded.failures)
     if not embedded.kept:
