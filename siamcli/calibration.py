@@ -89,12 +89,13 @@ def write_calibration(run_dir: Path, calibration: Calibration) -> Path:
 def read_calibration(run_dir: Path, model_sha256: str) -> tuple[Calibration | None, str]:
     """(the run's calibration, "") when there is one for this model; else (None, why not)."""
     path = Path(run_dir) / CALIBRATION_FILE
+    evaluate = f"`siamcli evaluate --model {run_dir}`"  # the hint names the run: runs/latest may be another
     if not path.is_file():
-        return None, "not calibrated: run `siamcli evaluate` on identities the model never trained on"
+        return None, f"not calibrated: run {evaluate} on identities the model never trained on"
     try:
         calibration = Calibration.from_json(read_json(path, "calibration"))
     except (CorruptArtifactError, TypeError, ValueError) as exc:
-        return None, f"{path} is damaged ({exc}); run `siamcli evaluate` again"
+        return None, f"{path} is damaged ({exc}); run {evaluate} again"
     if calibration.provenance.get("model_sha256") != model_sha256:
-        return None, f"{path} was measured on another model; run `siamcli evaluate` again"
+        return None, f"{path} was measured on another model; run {evaluate} again"
     return calibration, ""

@@ -329,11 +329,13 @@ def test_the_run_calibration_is_read_only_for_its_own_model(tmp_path):
     write_test_calibration(tmp_path, 0.5)
     calibration, why = read_calibration(tmp_path, file_sha256(tmp_path / "model.keras"))
     assert calibration.threshold == 0.5 and calibration.similarity == 0.75 and why == ""
-    assert read_calibration(tmp_path, "other")[0] is None and "another model" in read_calibration(tmp_path, "other")[1]
+    evaluate = f"`siamcli evaluate --model {tmp_path}`"  # each hint names the run it is about
+    assert read_calibration(tmp_path, "other") == (None, f"{tmp_path / 'calibration.json'} was measured on another model; run {evaluate} again")
     (tmp_path / "calibration.json").write_text("{not json")
     assert read_calibration(tmp_path, "x")[0] is None and "damaged" in read_calibration(tmp_path, "x")[1]
+    assert read_calibration(tmp_path, "x")[1].endswith(f"run {evaluate} again")
     (tmp_path / "calibration.json").unlink()
-    assert read_calibration(tmp_path, "x") == (None, "not calibrated: run `siamcli evaluate` on identities the model never trained on")
+    assert read_calibration(tmp_path, "x") == (None, f"not calibrated: run {evaluate} on identities the model never trained on")
     assert similarity_threshold(0.5) == 0.75
 
 
