@@ -17,8 +17,10 @@ from conftest import write_test_calibration
 
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.hashing import file_sha256
-from siamcli.index import faiss_index
+from siamcli.index import faiss_index, faiss_io
 from siamcli.index import manifest as mf
+from siamcli.index import plan as planning
+from siamcli.index import recall as recall_tuning
 from siamcli.index import vectors as vector_file
 
 # ---------------------------------------------------------------- helpers used by index tests
@@ -115,19 +117,19 @@ def test_vector_writer_reserves_a_header_and_writes_a_plain_npy(tmp_path):
 
 
 def test_auto_rule_is_exact_when_small_then_hnsw_then_ivf_past_the_memory_budget():
-    plan = faiss_index.plan_index
+    plan = planning.plan_index
     assert plan("auto", 30, 16).factory == "Flat"
-    assert plan("auto", faiss_index.FLAT_MAX, 256).factory == "Flat"
-    assert plan("auto", faiss_index.FLAT_MAX + 1, 256).factory == "IDMap,HNSW32,Flat"
+    assert plan("auto", planning.FLAT_MAX, 256).factory == "Flat"
+    assert plan("auto", planning.FLAT_MAX + 1, 256).factory == "IDMap,HNSW32,Flat"
     assert plan("auto", 1_000_000, 256).factory == "IDMap,HNSW32,Flat"  # 1.3 GB: fits
     assert plan("auto", 10_000_000, 256).factory == "IVF16384_HNSW32,PQ32,Refine(SQ8)"  # 13 GB as HNSW: compact ivfpq
-    assert faiss_index.hnsw_bytes(6_000_000, 256) <= faiss_index.MEMORY_BUDGET < faiss_index.hnsw_bytes(7_000_000, 256)
+    assert planning.hnsw_bytes(6_000_000, 256) <= planning.MEMORY_BUDGET < planning.hnsw_bytes(7_000_000, 256)
     assert plan("ivf", 1_000_000, 256).factory == "IVF4096,Flat"
     assert plan("ivf", 30, 16).factory == "IVF1,Flat"  # too few points to train more lists
     assert plan("flat", 10**7, 256).chosen_by == "user" and plan("auto", 10, 4).chosen_by == "auto"
     for count in (100, 5_000, 10**5, 10**6, 10**8):
-        nlist = faiss_index.nlist_for(count)
-        assert nlist & (nlist - 1) == 0 and nlist * faiss_index.MIN_POINTS_PER_LIST <= count
+        nlist = planning.nlist_for(count)
+        assert nlist & (nlist - 1) == 0 and nlist * planning.MIN_POINTS_PER_LIST <= count
     with pytest.raises(UserError, match="--index-type"):
         plan("annoy", 10, 4)
 
@@ -139,26 +141,26 @@ def test_exact_search_equals_brute_force_numpy(tmp_path):
     x = unit_vectors(3000, 24, seed=1)
     queries = unit_vectors(50, 24, seed=2)
     path = write_vectors(tmp_path / "v.npy", x)
-    index, tuning = faiss_index.build_and_tune(path, faiss_index.plan_index("flat", len(x), 24))
+    index, tuning = faiss_index.build_and_tune(path, planning.plan_index("flat", len(x), 24))
     assert tuning.recall_at_10 == 1.0 and tuning.params == {}
     scores, rows = index.search(queries, 10)
     want_scores, want_rows = brute_force_topk(x, queries, 10)
     assert np.array_equal(rows, want_rows)
     np.testing.assert_allclose(scores, want_scores, atol=1e-5)
     # The chunked exact search used for recall agrees too, across chunk boundaries.
-    got_scores, got_rows = faiss_index.exact_neighbours(path, queries, 10)
+    got_scores, got_rows = recall_tuning.exact_neighbours(path, queries, 10)
     assert np.array_equal(got_rows, want_rows)
     np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
 
 
 def test_exact_neighbours_leaves_out_excluded_rows_across_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(faiss_index, "EXACT_CHUNK_ROWS", 64)
+    monkeypatch.setattr(recall_tuning, "EXACT_CHUNK_ROWS", 64)
     x = unit_vectors(500, 8, seed=3)
     path = write_vectors(tmp_path / "v.npy", x)
     excluded = np.zeros(500, bool)
     excluded[[0, 63, 64, 200, 499]] = True
     queries = x[[0, 63, 64, 499]]
-    _, rows = faiss_index.exact_neighbours(path, queries, 5, exclude=excluded)
+    _, rows = recall_tuning.exact_neighbours(path, queries, 5, exclude=excluded)
     scores = queries @ x.T
     scores[:, excluded] = -np.inf
     assert np.array_equal(rows, np.argsort(-scores, axis=1, kind="stable")[:, :5])
@@ -168,17 +170,17 @@ def test_exact_neighbours_leaves_out_excluded_rows_across_chunks(tmp_path, monke
 def test_approximate_types_reach_the_recall_they_report(tmp_path, index_type):
     x = unit_vectors(8000, 32, seed=4, clusters=80)
     path = write_vectors(tmp_path / "v.npy", x)
-    plan = faiss_index.plan_index(index_type, len(x), 32)
+    plan = planning.plan_index(index_type, len(x), 32)
     assert plan.approximate
     index, tuning = faiss_index.build_and_tune(path, plan, seed=0)
     assert index.ntotal == len(x)
-    assert tuning.reached and tuning.recall_at_10 >= faiss_index.RECALL_TARGET
-    assert tuning.sample == 800 and set(tuning.params) == {faiss_index.SEARCH_PARAMETER[index_type]}
+    assert tuning.reached and tuning.recall_at_10 >= recall_tuning.RECALL_TARGET
+    assert tuning.sample == 800 and set(tuning.params) == {recall_tuning.SEARCH_PARAMETER[index_type]}
     # Every row is there under its own id (held-out rows were added last, with their row ids).
     _, own = index.search(x[:500], 1)
     assert (own[:, 0] == np.arange(500)).mean() >= 0.95
     if index_type == "hnsw":
-        ids = faiss_index.faiss_module().vector_to_array(index.id_map)
+        ids = faiss_io.faiss_module().vector_to_array(index.id_map)
         assert np.array_equal(np.sort(ids), np.arange(len(x)))
     # Re-measure independently on fresh queries (new points around the same centres) against
     # numpy brute force: what the manifest reports is what new queries get.
@@ -186,19 +188,19 @@ def test_approximate_types_reach_the_recall_they_report(tmp_path, index_type):
     _, found = index.search(fresh, 10)
     _, exact = brute_force_topk(x, fresh, 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact)])
-    assert recall >= faiss_index.RECALL_TARGET - 0.02
+    assert recall >= recall_tuning.RECALL_TARGET - 0.02
     assert abs(recall - tuning.recall_at_10) <= 0.03
 
 
 def test_tuning_leaves_the_index_at_the_setting_and_recall_it_reports(tmp_path):
     x = unit_vectors(4000, 32, seed=5, clusters=40)
     path = write_vectors(tmp_path / "v.npy", x)
-    faiss = faiss_index.faiss_module()
+    faiss = faiss_io.faiss_module()
     for index_type, read_back in (
         ("hnsw", lambda index: faiss.downcast_index(index.index).hnsw.efSearch),
         ("ivf", lambda index: faiss.extract_index_ivf(index).nprobe),
     ):
-        plan = faiss_index.plan_index(index_type, len(x), 32)
+        plan = planning.plan_index(index_type, len(x), 32)
         index = faiss_index.create(plan, 32)
         if not index.is_trained:
             index.train(x)
@@ -206,14 +208,14 @@ def test_tuning_leaves_the_index_at_the_setting_and_recall_it_reports(tmp_path):
         skip = np.zeros(4000, bool)
         skip[held_out] = True
         faiss_index.add_rows(index, path, skip=skip)
-        probe = faiss_index.RecallProbe(path, held_out, skip)
-        tuning = faiss_index.tune(index, plan, probe)
+        probe = recall_tuning.RecallProbe(path, held_out, skip)
+        tuning = recall_tuning.tune(index, plan, probe)
         (value,) = tuning.params.values()
         assert read_back(index) == value
-        assert probe.recall(index) == tuning.recall_at_10 >= faiss_index.RECALL_TARGET
+        assert probe.recall(index) == tuning.recall_at_10 >= recall_tuning.RECALL_TARGET
         if index_type == "ivf" and value > 1:  # IVF recall falls with fewer lists probed
-            faiss_index.set_search_params(index, {"nprobe": max(1, value // 4)})
-            assert probe.recall(index) < faiss_index.RECALL_TARGET
+            faiss_io.set_search_params(index, {"nprobe": max(1, value // 4)})
+            assert probe.recall(index) < recall_tuning.RECALL_TARGET
 
 
 # ---------------------------------------------------------------- index directories
@@ -304,7 +306,6 @@ def test_items_rows_not_matching_ntotal_or_dimension_is_a_clear_error(built_inde
 
 
 def test_a_failed_build_leaves_the_previous_index_untouched(built_index, tmp_path, monkeypatch):
-    from siamcli.index import build as build_module
     from siamcli.index.store import load_index
 
     run, data, index_dir = built_index
@@ -314,7 +315,7 @@ def test_a_failed_build_leaves_the_previous_index_untouched(built_index, tmp_pat
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(build_module.faiss_index, "write_index", boom)
+    monkeypatch.setattr(faiss_io, "write_index", boom)  # the index file of the new build
     with pytest.raises(RuntimeError, match="disk on fire"):
         build(work, data, force=True)
     assert {p.name: p.read_bytes() for p in (work / "index").iterdir()} == before

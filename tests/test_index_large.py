@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from siamcli.errors import CorruptArtifactError
-from siamcli.index import faiss_index, store
+from siamcli.index import faiss_index, faiss_io, store
 from siamcli.index import manifest as mf
+from siamcli.index import plan as planning
+from siamcli.index import recall as recall_tuning
 from siamcli.index.store import load_index
 from tests.test_index_engine import build, copy_run, unit_vectors, write_vectors
 
@@ -36,37 +38,37 @@ def ivfpq_built(tmp_path_factory):
     """(vectors path, index path, plan, tuning, queries): ivfpq over 20k clustered vectors, written."""
     work = tmp_path_factory.mktemp("ivfpq")
     vectors = write_vectors(work / "v.npy", unit_vectors(COUNT, DIM, seed=3, clusters=2000))
-    plan = faiss_index.plan_index("ivfpq", COUNT, DIM)
+    plan = planning.plan_index("ivfpq", COUNT, DIM)
     index, tuning = faiss_index.build_and_tune(vectors, plan, seed=0)
     path = work / "index.faiss"
-    faiss_index.write_index(index, path)
+    faiss_io.write_index(index, path)
     queries = unit_vectors(300, DIM, seed=3, clusters=2000, sample_seed=9)  # fresh points, same clusters
     return vectors, path, plan, tuning, queries
 
 
 def test_ivfpq_plan_is_ivf_with_pq_codes_and_8bit_reranking():
-    plan = faiss_index.plan_index("ivfpq", COUNT, DIM)
+    plan = planning.plan_index("ivfpq", COUNT, DIM)
     assert plan.factory == "IVF512,PQ2,Refine(SQ8)" and plan.nlist == 512 and plan.approximate
-    big = faiss_index.plan_index("ivfpq", 10_000_000, 256)
+    big = planning.plan_index("ivfpq", 10_000_000, 256)
     assert big.factory == "IVF16384_HNSW32,PQ32,Refine(SQ8)" and big.nlist == 16384
-    small = faiss_index.plan_index("ivfpq", 500, 16)  # too few points for 256 centroids per codebook
+    small = planning.plan_index("ivfpq", 500, 16)  # too few points for 256 centroids per codebook
     assert small.factory == "IVF8,PQ1x3,Refine(SQ8)"  # 8 centroids × 39 ≤ 500
-    assert "ivfpq" in faiss_index.INDEX_TYPES
+    assert "ivfpq" in planning.INDEX_TYPES
 
 
 def test_ivfpq_is_tuned_to_the_target_on_held_out_vectors(ivfpq_built):
     vectors, path, plan, tuning, queries = ivfpq_built
-    assert tuning.reached and tuning.recall_at_10 >= faiss_index.RECALL_TARGET + faiss_index.TUNING_MARGIN
-    assert tuning.sample == 1000 and set(tuning.params) == {"nprobe", faiss_index.RERANK_PARAMETER}
+    assert tuning.reached and tuning.recall_at_10 >= recall_tuning.RECALL_TARGET + recall_tuning.TUNING_MARGIN
+    assert tuning.sample == 1000 and set(tuning.params) == {"nprobe", recall_tuning.RERANK_PARAMETER}
     assert 1 <= tuning.params["nprobe"] <= plan.nlist
     # Fresh queries (not the tuning sample, not in the index) get the target too, against exact search.
-    index = faiss_index.read_index(path)
-    faiss_index.set_search_params(index, tuning.params)
+    index = faiss_io.read_index(path)
+    faiss_io.set_search_params(index, tuning.params)
     assert index.ntotal == COUNT
-    _, exact = faiss_index.exact_neighbours(vectors, queries, 10)
+    _, exact = recall_tuning.exact_neighbours(vectors, queries, 10)
     _, found = index.search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), exact.tolist())])
-    assert recall >= faiss_index.RECALL_TARGET
+    assert recall >= recall_tuning.RECALL_TARGET
     # Re-ranking is from 8-bit vectors: the scores returned are the true inner products to within its steps.
     scores, rows = index.search(queries[:20], 10)
     x = np.load(vectors)
@@ -75,13 +77,13 @@ def test_ivfpq_is_tuned_to_the_target_on_held_out_vectors(ivfpq_built):
 
 def test_query_load_is_memory_mapped_and_answers_like_a_normal_load(ivfpq_built):
     _, path, _, tuning, queries = ivfpq_built
-    faiss = faiss_index.faiss_module()
-    read = faiss_index.read_index(path)
+    faiss = faiss_io.faiss_module()
+    read = faiss_io.read_index(path)
     assert not mapped(path)
-    mm = faiss_index.read_index(path, mmap=True)
+    mm = faiss_io.read_index(path, mmap=True)
     assert mapped(path)
     for index in (read, mm):
-        faiss_index.set_search_params(index, tuning.params)
+        faiss_io.set_search_params(index, tuning.params)
     # The PQ lists and the re-ranking vectors are views of the mapping, not copies.
     ivf = faiss.extract_index_ivf(mm)
     lists = faiss.downcast_InvertedLists(ivf.invlists)
@@ -106,10 +108,10 @@ def _mapping_range(path: Path) -> tuple[int, int]:
 
 def test_ivfpq_round_trips_through_write_and_read(ivfpq_built, tmp_path):
     _, path, _, tuning, queries = ivfpq_built
-    index = faiss_index.read_index(path)
-    faiss_index.set_search_params(index, tuning.params)
+    index = faiss_io.read_index(path)
+    faiss_io.set_search_params(index, tuning.params)
     again = tmp_path / "again.faiss"
-    faiss_index.write_index(index, again)
+    faiss_io.write_index(index, again)
     assert again.read_bytes() == path.read_bytes()
 
 
@@ -125,7 +127,7 @@ def ivfpq_dir(tmp_path_factory, tiny_run):
 def test_build_index_with_ivfpq_then_query_maps_it_and_finds_each_image(ivfpq_dir):
     run, data, index_dir = ivfpq_dir
     manifest = json.loads((index_dir / mf.MANIFEST).read_text())
-    assert set(manifest["search_params"]) == {"nprobe", faiss_index.RERANK_PARAMETER}
+    assert set(manifest["search_params"]) == {"nprobe", recall_tuning.RERANK_PARAMETER}
     loaded = load_index(index_dir)
     assert mapped(index_dir / mf.INDEX_FILE)
     assert not (index_dir / mf.EMBEDDINGS_FILE).exists()  # ivfpq holds the (8-bit) vectors itself
@@ -140,7 +142,7 @@ def test_build_index_with_ivfpq_then_query_maps_it_and_finds_each_image(ivfpq_di
     outcome = query_images([image], index=str(index_dir), model=str(run), k=3)
     assert abs(outcome.results[0].neighbours[0].similarity - 1.0) < 0.01  # scored from 8-bit vectors
     full = load_index(index_dir, full=True)  # an update reads it into memory: it will add to it
-    assert faiss_index.faiss_module().extract_index_ivf(full.index).invlists is not None
+    assert faiss_io.faiss_module().extract_index_ivf(full.index).invlists is not None
     before = full.index.ntotal
     full.index.add(embeddings[:1])  # ivfpq's ids are positions: rows are added in order
     assert full.index.ntotal == before + 1

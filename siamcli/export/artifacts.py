@@ -103,13 +103,12 @@ def export_run(
     if format == ExportFormat.ONNX.value:
         _require_onnx_tools()
 
-    from siamcli.models.embed import model_image_size
-    from siamcli.models.embedding import load_embedding_model
+    from siamcli.models.run_model import load_run_model
 
     import_tensorflow()
     events.stage("loading the model")
-    model = load_embedding_model(paths.model)
-    size = model_image_size(model)
+    loaded = load_run_model(paths)
+    model, size = loaded.model, loaded.image_size
     events.stage("reading sample images")
     sample = _samples(paths, size, samples, retrieval=quantize)
     reference = _reference(model, sample.pixels)

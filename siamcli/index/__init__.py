@@ -11,7 +11,10 @@ that make it trustworthy.
     <index>/items.csv          id,path,label for people (full builds, --export-items)
 
 Modules, one concept each:
-    faiss_index  choosing the index type (the `auto` rule), building it, measuring recall@10
+    plan         which index: the `auto` rule, factory strings, byte estimates (no FAISS import)
+    faiss_index  building a FAISS index from a vectors file (create, add rows, tune)
+    recall       recall@10 on held-out vectors against exact search; tuning the search setting
+    faiss_io     index.faiss read (or mapped) and written; a segment's search parameters applied
     vectors      streaming (count, dim) float32 .npy files in and out, chunk by chunk
     items        items.sqlite rows (and the items.csv export), content hashing
     manifest     manifest.json: what the index was built from, its segments, file checksums

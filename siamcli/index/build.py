@@ -38,13 +38,14 @@ from siamcli.errors import Interrupted, UserError
 from siamcli.events import NO_EVENTS, Events
 from siamcli.faults import crash_point
 from siamcli.hashing import file_sha256
-from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.changes import Changes, copy_vectors, new_rows, next_id, plan_changes
-from siamcli.index.hints import REBUILD, command
+from siamcli.index.faiss_io import faiss_module
+from siamcli.index.hints import command
 from siamcli.index.items import ITEMS_CSV, write_items_csv
 from siamcli.index.lock import index_lock
+from siamcli.index.plan import check_index_type, plan_index
 from siamcli.index.result import IndexResult, match_threshold, record_result, unchanged
 from siamcli.index.segment import write_segment
 from siamcli.index.store import (
@@ -153,7 +154,7 @@ def _build_locked(options: IndexOptions, events: Events, run, out: Path, started
     if same_galleries and not moved and not changes.any:
         unchanged(result, old, changes, started)  # leave the index (and its files' timestamps) as they are
     else:
-        embedder = _Embedder(run.model, old, options, events) if changes.paths or old is None else None
+        embedder = _Embedder(run.model, fingerprint, old, options, events) if changes.paths or old is None else None
         result.rewrite_reason = rewrite_reason(old, changes, options, moved) if old is not None else ""
         if old is not None and not result.rewrite_reason:
             add_segment(old, changes, embedder, galleries, options.seed, result, events)
@@ -177,20 +178,18 @@ def _warn_gone(gone: list[str], options: IndexOptions, run_dir: Path, out: Path,
 class _Embedder:
     """Loads the model the first time images are to be embedded (a prune never loads TensorFlow)."""
 
-    def __init__(self, model_path: Path, old: LoadedIndex | None, options: IndexOptions, events: Events):
-        self.model_path, self.old, self.options, self.events = model_path, old, options, events
+    def __init__(self, model_path: Path, fingerprint: str, old: LoadedIndex | None, options: IndexOptions, events: Events):
+        self.model_path, self.fingerprint, self.old, self.options, self.events = model_path, fingerprint, old, options, events
         self.model, self.dim, self.image_size = None, None, None
 
     def load(self) -> None:
         self.events.stage(f"loading model {self.model_path}")  # first: importing TensorFlow is most of it
-        from siamcli.models.embed import model_image_size
-        from siamcli.models.embedding import load_embedding_model
+        from siamcli.models.run_model import load_run_model
 
-        self.model = load_embedding_model(self.model_path)
-        self.dim, self.image_size = int(self.model.output_shape[-1]), model_image_size(self.model)
-        if self.old is not None and self.old.dim != self.dim:
-            raise UserError(f"index {self.old.directory} holds {self.old.dim}-d vectors but model {self.model_path} makes "
-                            f"{self.dim}-d ones; {REBUILD}")
+        loaded = load_run_model(self.model_path, sha256=self.fingerprint)
+        self.model, self.dim, self.image_size = loaded.model, loaded.dim, loaded.image_size
+        if self.old is not None:
+            loaded.check_matches(self.old.directory, self.old.dim)
 
     def embed(self, paths: list[str], writer: vector_file.VectorWriter, known: dict[int, str]):
         """Embed `paths` into `writer`; the outcome (kept positions, hashes, sizes, times)."""
@@ -242,7 +241,7 @@ def rewrite(out: Path, old: LoadedIndex | None, changes: Changes, embedder, gall
             if outcome:
                 yield from new_rows(changes, outcome, first_id)
 
-        plan = faiss_index.plan_index(index_type or _index_type(options, old), count, dim)
+        plan = plan_index(index_type or _index_type(options, old), count, dim)
         record = write_segment(tmp, rows(), plan, count, options.seed, galleries, events)
         write_items_csv(tmp / ITEMS_CSV, rows())
         image_size = old.manifest["image_size"] if old is not None else embedder.image_size
@@ -279,7 +278,7 @@ def index_manifest(record: dict, *, fingerprint: str, model_path: Path, dim: int
         "gallery": os.path.abspath(gallery),
         "galleries": galleries or [os.path.abspath(gallery)],
         "siamcli_version": __version__,
-        "faiss_version": faiss_index.faiss_module().__version__,
+        "faiss_version": faiss_module().__version__,
         "created": created,
         "updated": mf.now(),
     }
@@ -295,7 +294,7 @@ def validate_options(options: IndexOptions) -> None:
     if options.moved and options.add_gallery:
         raise UserError("--moved (the gallery changed folder) and --add-gallery (a further folder) exclude each other; choose one")
     if options.index_type is not None:  # None: an update keeps its type, a new index is auto
-        faiss_index.check_index_type(options.index_type)
+        check_index_type(options.index_type)
 
 
 def _existing(out: Path, options: IndexOptions, run_dir: Path) -> bool:

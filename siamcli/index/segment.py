@@ -18,11 +18,13 @@ import numpy as np
 
 from siamcli.errors import CorruptArtifactError
 from siamcli.events import NO_EVENTS, Events
-from siamcli.index import faiss_index
+from siamcli.index import faiss_index, faiss_io
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.hints import REBUILD
 from siamcli.index.items import IndexItem, read_items, read_rows, row_range, write_items
+from siamcli.index.plan import FLAT, IndexPlan, keeps_vectors
+from siamcli.index.recall import RECALL_TARGET
 
 MMAP_TYPES = ("ivf", "ivfpq")  # index types a query process memory-maps
 
@@ -60,17 +62,17 @@ class Segment:
         """The FAISS index (read on first use), with the segment's search parameters applied."""
         if self._index is None:
             mmap = self.mmap and self.record.get("index_type") in MMAP_TYPES
-            index = faiss_index.read_index(self.directory / mf.INDEX_FILE, mmap=mmap)
+            index = faiss_io.read_index(self.directory / mf.INDEX_FILE, mmap=mmap)
             self.check_index(index)
             params = self.record.get("search_params") or {}
             if not isinstance(params, dict):
                 raise CorruptArtifactError(f"the manifest of {self.directory}: search_params is not an object; {REBUILD}")
-            faiss_index.set_search_params(index, params)
+            faiss_io.set_search_params(index, params)
             self._index = index
         return self._index
 
     def check_index(self, index) -> None:
-        faiss = faiss_index.faiss_module()
+        faiss = faiss_io.faiss_module()
         problems = []
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             problems.append(f"{mf.INDEX_FILE} does not search by inner product")
@@ -140,7 +142,7 @@ class Segment:
                 yield faiss_index.reconstruct_rows(self.index, first, count)[wanted[first:first + count]]
 
 
-def write_segment(folder: Path, items: Iterable[IndexItem], plan: faiss_index.IndexPlan, rows: int, seed: int,
+def write_segment(folder: Path, items: Iterable[IndexItem], plan: IndexPlan, rows: int, seed: int,
                   galleries: list[str], events: Events = NO_EVENTS) -> dict:
     """Finish a segment whose embeddings.npy (`rows` vectors) is in `folder`: build and tune its
     FAISS index, write index.faiss and items.sqlite (`items`, row order, paths stored under their
@@ -149,12 +151,12 @@ def write_segment(folder: Path, items: Iterable[IndexItem], plan: faiss_index.In
     vectors_path = folder / mf.EMBEDDINGS_FILE
     index, plan, tuning = build_faiss_index(vectors_path, plan, rows, seed, events)
     events.stage("writing the index")
-    faiss_index.write_index(index, folder / mf.INDEX_FILE)
+    faiss_io.write_index(index, folder / mf.INDEX_FILE)
     del index
     written = write_items(folder / mf.ITEMS_FILE, items, galleries)
     if written != rows:
         raise RuntimeError(f"segment {folder}: {written} items for {rows} vectors")
-    if not faiss_index.keeps_vectors(plan.factory):
+    if not keeps_vectors(plan.factory):
         vectors_path.unlink()  # the index keeps them (8-bit): stored once, not twice
     return {
         "rows": rows, "factory": plan.factory, "index_type": plan.index_type, "chosen_by": plan.chosen_by,
@@ -163,7 +165,7 @@ def write_segment(folder: Path, items: Iterable[IndexItem], plan: faiss_index.In
     }
 
 
-def build_faiss_index(vectors_path: Path, plan: faiss_index.IndexPlan, rows: int, seed: int, events: Events = NO_EVENTS):
+def build_faiss_index(vectors_path: Path, plan: IndexPlan, rows: int, seed: int, events: Events = NO_EVENTS):
     """(index, plan, tuning) built from every row of the vectors file and tuned to the recall target.
 
     `auto` falls back to an exact Flat index when the approximate one cannot reach the recall
@@ -173,11 +175,11 @@ def build_faiss_index(vectors_path: Path, plan: faiss_index.IndexPlan, rows: int
     index, tuning = faiss_index.build_and_tune(vectors_path, plan, seed, on_stage=events.stage)
     if not tuning.reached:
         if plan.chosen_by == "auto":
-            events.message(f"{plan.factory} reached recall@10 {tuning.recall_at_10:.3f} < {faiss_index.RECALL_TARGET}; "
+            events.message(f"{plan.factory} reached recall@10 {tuning.recall_at_10:.3f} < {RECALL_TARGET}; "
                            "building an exact Flat index instead")
-            plan = faiss_index.FLAT
+            plan = FLAT
             index, tuning = faiss_index.build_and_tune(vectors_path, plan)
         else:
             events.message(f"{plan.factory} reaches recall@10 {tuning.recall_at_10:.3f} at best, below "
-                           f"{faiss_index.RECALL_TARGET}; use --index-type flat (exact) or auto")
+                           f"{RECALL_TARGET}; use --index-type flat (exact) or auto")
     return index, plan, tuning

@@ -43,11 +43,12 @@ from siamcli.data.scan import Skipped, describe_skipped, require_folder
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.events import NO_EVENTS, Events
 from siamcli.hashing import file_sha256
-from siamcli.index import build, faiss_index
+from siamcli.index import build
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.hints import REBUILD, command
 from siamcli.index.items import ITEMS_CSV, IndexItem, read_items, write_items, write_items_csv
+from siamcli.index.plan import check_index_type, plan_index
 from siamcli.index.result import IndexResult, embedding_speed, index_bytes, match_threshold
 from siamcli.index.segment import write_segment
 from siamcli.index.store import naming_the_rebuild
@@ -151,13 +152,11 @@ def build_part(options: build.IndexOptions, events: Events = NO_EVENTS) -> PartR
         start, stop = shard_range(total, options.batch_size, shard, shards)
 
         from siamcli.index.embedder import embed_to_file
-        from siamcli.models.embed import model_image_size
-        from siamcli.models.embedding import load_embedding_model
+        from siamcli.models.run_model import load_run_model
 
-        fingerprint = file_sha256(run.model)
         events.stage(f"loading model {run.model}")
-        model = load_embedding_model(run.model)
-        dim, image_size = int(model.output_shape[-1]), model_image_size(model)
+        loaded = load_run_model(run)
+        model, dim, image_size, fingerprint = loaded.model, loaded.dim, loaded.image_size, loaded.sha256
         part_paths, part_labels = paths[start:stop], labels[start:stop]
         del paths, labels
         with atomic_directory(out) as tmp:
@@ -226,7 +225,7 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
         raise UserError(f"--merge needs the partial indexes to combine: "
                         f"{command('--merge', 'PART_1', '...', 'PART_N', '--model', options.model or 'RUN')}")
     if options.index_type is not None:  # None: auto
-        faiss_index.check_index_type(options.index_type)
+        check_index_type(options.index_type)
     parts = _read_parts(options.partials)
     first = parts[0].manifest
     run = find_run(options.model)
@@ -251,7 +250,7 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
                 for part in parts:
                     for _, chunk in vector_file.iter_chunks(part.directory / mf.EMBEDDINGS_FILE):
                         writer.write(chunk)
-            plan = faiss_index.plan_index(options.index_type or "auto", count, dim)
+            plan = plan_index(options.index_type or "auto", count, dim)
             record = write_segment(tmp, _renumbered(parts), plan, count, options.seed, [first["gallery"]], events)
             write_items_csv(tmp / ITEMS_CSV, _renumbered(parts))
             manifest = build.index_manifest(

@@ -29,11 +29,11 @@ import numpy as np
 from siamcli.atomic import atomic_path, publish_directory, write_json
 from siamcli.events import Events
 from siamcli.faults import crash_point
-from siamcli.index import faiss_index
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.changes import Changes, copy_vectors, new_rows, next_id
 from siamcli.index.items import ITEMS_CSV
+from siamcli.index.plan import plan_index
 from siamcli.index.result import IndexResult, record_result, unchanged
 from siamcli.index.segment import write_segment
 from siamcli.index.store import LoadedIndex
@@ -104,7 +104,7 @@ def _write_new_segment(old: LoadedIndex, changes: Changes, carried, embedder, nu
             if outcome:
                 yield from new_rows(changes, outcome, next_id(old))
 
-        plan = faiss_index.plan_index("auto", rows, old.dim)  # later segments are small: exact up to 50,000 rows
+        plan = plan_index("auto", rows, old.dim)  # later segments are small: exact up to 50,000 rows
         record = write_segment(folder, items(), plan, rows, seed, galleries, events)
         publish_directory(folder, folder.with_name(f"{number:06d}"))
         return record, outcome
