@@ -36,7 +36,6 @@ from siamcli.evaluation.metrics import DEFAULT_BLOCK_SIZE, RetrievalMetrics, Ret
 from siamcli.evaluation.verdict import Verdict, judge
 from siamcli.evaluation.verification import DEFAULT_MAX_PAIRS, VerificationResult, pair_distances, verify
 from siamcli.events import NO_EVENTS, Events
-from siamcli.hashing import file_sha256
 from siamcli.jsonio import json_float
 
 EVAL_DIR = "eval"
@@ -234,11 +233,11 @@ def evaluate(
                             f"{selection.root}: {', '.join(missing[:10])}")
     _check_enough([item.label for item in selection.items], selection.root)
 
-    from siamcli.models.embed import embed, model_image_size
-    from siamcli.models.embedding import load_embedding_model
+    from siamcli.models.embed import embed
+    from siamcli.models.run_model import load_run_model
 
-    network = load_embedding_model(run.model)
-    image_size = model_image_size(network)
+    loaded = load_run_model(run)
+    network, image_size = loaded.model, loaded.image_size
     paths = [item.path for item in selection.items]
     events.stage("embedding images", len(paths))
     embedded = embed(network, paths, batch_size=options.batch_size, on_progress=events.advance)
@@ -270,7 +269,7 @@ def evaluate(
     queries = np.flatnonzero(retrieval.is_query)
     label_array = np.asarray(labels)
     classification = classify(label_array[queries], label_array[retrieval.nearest[queries]])
-    model_sha256 = file_sha256(run.model)  # once: the calibration's provenance and report.json
+    model_sha256 = loaded.sha256  # the calibration's provenance and report.json
     events.stage("verification pairs")
     pairs = pair_distances(embeddings, labels, max_pairs=options.max_pairs, seed=options.seed)
     verification = verify(pairs)
