@@ -2,8 +2,8 @@
 
     <run>/model.keras    image in, unit-length embedding out (the epoch model selection keeps: docs/train.md)
     <run>/start.keras    the same network before any training step (epoch 0), for `evaluate`'s start column
-    <run>/config.json    resolved options, library versions, what the data held
-    <run>/split.json     {"train": [...], "val": [...]} identity names
+    <run>/config.json    resolved options, library versions, what the data held (run_config.RunConfig)
+    <run>/split.json     {"train": [...], "val": [...]} identity names (run_config.RunSplit)
     <run>/history.csv    one row per epoch
     <run>/loss.png       loss and validation curves, phase boundary marked
     <run>/checkpoints/   last complete epoch (weights and trainer state)
@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from siamcli.errors import CorruptArtifactError, UserError
-from siamcli.jsonio import read_json  # run configs, split files, checkpoint state: `rundir.read_json`
+from siamcli.errors import UserError
 
 DEFAULT_RUNS_ROOT = Path("runs")
 LATEST = "latest"
@@ -94,21 +93,3 @@ def find_run(model: str | None) -> RunPaths:
     if not model_path.is_file():
         raise UserError(f"{run_dir} has no {MODEL_FILE}; is it a finished siamcli run?")
     return RunPaths(run_dir=run_dir, model=model_path)
-
-
-def data_dir_of(run_dir: Path, config: dict) -> Path | None:
-    """The run's training data: config.json's absolute `data_dir`; if that is gone, the same
-    folder seen from the run directory (`data_dir_from_run`: run and data moved together); older
-    runs recorded a path relative to where training ran. None when none of these exists."""
-    recorded = config.get("data_dir")
-    candidates = [Path(str(recorded))] if recorded else []
-    if config.get("data_dir_from_run"):
-        candidates.append(run_dir / str(config["data_dir_from_run"]))
-    return next((path.resolve() for path in candidates if path.is_dir()), None)
-
-
-def read_split(run: RunPaths) -> dict:
-    data = read_json(run.split, "split file")
-    if not all(isinstance(data.get(key), list) for key in ("train", "val")):
-        raise CorruptArtifactError(f"split file {run.split} lacks the 'train' and 'val' lists; the file is damaged")
-    return data

@@ -82,9 +82,9 @@ def build_untrained_run(run_dir: Path, data_dir: Path, val: list[str], train: li
 
     Much faster than training; for tests of commands that consume a run (index, query, evaluate).
     """
-    from siamcli.atomic import write_json
     from siamcli.models import embedding as nets
     from siamcli.models.backbone_weights import WeightsChoice
+    from siamcli.run_config import RunConfig, RunSplit, write_config, write_split
     from siamcli.tf_runtime import import_tensorflow
     from siamcli.training.config import TrainConfig
 
@@ -98,8 +98,8 @@ def build_untrained_run(run_dir: Path, data_dir: Path, val: list[str], train: li
     model = nets.assemble(backbone, head, image_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "model.keras")
-    write_json(run_dir / "config.json", config.to_json())
-    write_json(run_dir / "split.json", {"train": train, "val": val})
+    write_config(run_dir / "config.json", RunConfig(options=config.to_json()))
+    write_split(run_dir / "split.json", RunSplit(train=train, val=val))
     return run_dir
 
 

@@ -33,6 +33,7 @@ from siamcli.api.names import api_names
 from siamcli.api.options import checked_instance, checked_options, count
 from siamcli.errors import UserError
 from siamcli.events import NO_EVENTS, Events
+from siamcli.run_config import read_config, read_split
 from siamcli.training.config import TrainConfig
 
 __all__ = [
@@ -80,7 +81,7 @@ class Run:
     @property
     def split(self) -> dict:
         """{"train": [...], "val": [...]}: the identities trained on and held out."""
-        return rundir.read_split(rundir.RunPaths(self.run_dir, self.model_path))
+        return read_split(self.run_dir / rundir.SPLIT_FILE).to_json()
 
     @property
     def model(self):
@@ -132,7 +133,7 @@ def load_run(run: str | Path | None = None) -> Run:
     """
     with api_names():
         paths = rundir.find_run(None if run is None else str(run))
-        config = rundir.read_json(paths.config, "run config") if paths.config.is_file() else {}
+        config = dict(read_config(paths.config)) if paths.config.is_file() else {}
         if "image_size" not in config or "embedding_dim" not in config:
             from siamcli.models.embed import model_image_size
             from siamcli.models.embedding import load_embedding_model

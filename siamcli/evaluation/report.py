@@ -37,6 +37,7 @@ from siamcli.evaluation.verdict import Verdict, judge
 from siamcli.evaluation.verification import DEFAULT_MAX_PAIRS, VerificationResult, pair_distances, verify
 from siamcli.events import NO_EVENTS, Events
 from siamcli.jsonio import json_float
+from siamcli.run_config import read_config, read_split
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
@@ -190,14 +191,13 @@ def select_data(run: rundir.RunPaths, data_dir: str | None) -> DataSelection:
     if data_dir is not None:
         scan = scan_folder(data_dir, labelled=True)
         return DataSelection(str(data_dir), scan.items, scan.skipped, f"every identity in {data_dir}", held_out=False)
-    config = rundir.read_json(run.config, "run config")
-    split = rundir.read_split(run)
-    held_out = [str(name) for name in split["val"]]
+    config = read_config(run.config)
+    held_out = read_split(run.split).val
     if not held_out:
         raise UserError(f"the run {run.run_dir} held out no identities (split.json 'val' is empty); pass DATA_DIR to evaluate a labelled folder")
     if not config.get("data_dir"):
         raise UserError(f"{run.config} does not name the training data (data_dir); pass DATA_DIR")
-    root = rundir.data_dir_of(run.run_dir, config)
+    root = config.find_data(run.run_dir)
     if root is None:
         raise UserError(f"the run's data folder {config['data_dir']} (config.json data_dir) is not there; pass DATA_DIR")
     root = str(root)
@@ -226,7 +226,7 @@ def evaluate(
     selection = select_data(run, data_dir)
     warnings: list[str] = []
     if selection.held_out:
-        wanted = set(str(v) for v in rundir.read_split(run)["val"])
+        wanted = set(read_split(run.split).val)
         missing = sorted(wanted - {item.label for item in selection.items})
         if missing:
             warnings.append(f"{len(missing)} held-out identit{'y has' if len(missing) == 1 else 'ies have'} no images in "
@@ -375,7 +375,7 @@ def _baseline_features(report: EvaluationReport, run: rundir.RunPaths, options: 
                        events: Events) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
     """(name → features, name → what was scored, name → why skipped) of every baseline."""
     try:
-        config = rundir.read_json(run.config, "run config")
+        config = read_config(run.config)
     except UserError:
         config = {"weights": "none", "seed": 0}
         report.warnings.append(f"{run.config} is missing: the untrained-backbone baseline uses random weights, seed 0")
@@ -424,10 +424,10 @@ def _trained_identities(run: rundir.RunPaths, data_dir: str | None, labels: list
     if data_dir is None:
         return []
     try:
-        split = rundir.read_split(run)
+        trained = read_split(run.split).train
     except (UserError, OSError):
         return []
-    return sorted(set(map(str, split["train"])) & set(labels))
+    return sorted(set(trained) & set(labels))
 
 
 def _check_enough(labels: list[str], root: str) -> None:

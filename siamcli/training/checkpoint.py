@@ -31,7 +31,7 @@ from pathlib import Path
 
 from siamcli.atomic import write_json
 from siamcli.errors import CorruptArtifactError, UserError
-from siamcli.rundir import read_json
+from siamcli.jsonio import read_json
 
 NAME = "ckpt"  # checkpoint files are <NAME>-<epoch>.*
 POINTER = "checkpoint"  # the CheckpointManager's (TensorFlow's) pointer file

@@ -15,6 +15,7 @@ from pathlib import Path
 from siamcli.choices import LrSchedule, Mining, Pooling, Precision, Strategy
 from siamcli.errors import UserError
 from siamcli.models import resnet50
+from siamcli.run_config import fits, read_config
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class TrainConfig:
             if spec.name not in data:
                 continue
             value = data[spec.name]
-            if not _has_type(value, str(spec.type)):
+            if not fits(value, str(spec.type)):
                 raise UserError(f"{source}: {spec.name} is {value!r}, expected {spec.type}")
             values[spec.name] = value
         if "data_dir" not in values:
@@ -185,21 +186,7 @@ class TrainConfig:
         file = path / rundir.CONFIG_FILE if path.is_dir() else path
         if not file.is_file():
             raise UserError(f"--config {path} not found; give a run directory or its {rundir.CONFIG_FILE}")
-        data = rundir.read_json(file, "run config")
-        config = cls.from_json(data, str(file))
-        found = rundir.data_dir_of(file.parent, data) if isinstance(data, dict) else None
+        recorded = read_config(file)
+        config = cls.from_json(recorded.options, str(file))
+        found = recorded.find_data(file.parent)
         return dataclasses.replace(config, data_dir=str(found)) if found is not None else config
-
-
-def _has_type(value, annotation: str) -> bool:
-    """Does a JSON value fit a field annotated `int`, `float | None`, `str | None`, `bool`, …?"""
-    allowed = {part.strip() for part in annotation.split("|")}
-    if value is None:
-        return "None" in allowed
-    if isinstance(value, bool):
-        return "bool" in allowed
-    if isinstance(value, int):
-        return bool(allowed & {"int", "float"})
-    if isinstance(value, float):
-        return "float" in allowed
-    return isinstance(value, str) and "str" in allowed

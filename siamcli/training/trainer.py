@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from siamcli import __version__, rundir
-from siamcli.atomic import atomic_path, write_csv, write_json
+from siamcli.atomic import atomic_path, write_csv
 from siamcli.data.pipeline import PKSampler, augment_images, pk_batches
 from siamcli.data.scan import Skipped, check_identity_layout, describe_skipped, scan_folder
 from siamcli.data.split import IdentitySplit, split_identities
@@ -38,6 +38,7 @@ from siamcli.evaluation.metrics import evaluate_retrieval
 from siamcli.events import NO_EVENTS, Events
 from siamcli.faults import crash_point
 from siamcli.models.backbone_weights import WeightsChoice, resolve_weights
+from siamcli.run_config import RunConfig, RunSelection, RunSplit, read_config, read_split, write_config, write_split
 from siamcli.tf_runtime import import_tensorflow
 from siamcli.training import adaptive, checkpoint, folds, start_model, tensorboard
 from siamcli.training.config import MIN_STEPS_PER_EPOCH, TrainConfig
@@ -142,16 +143,16 @@ def resume(run: str | Path, events: Events | None = None) -> TrainResult:
     run_dir = Path(run)
     if not (run_dir / rundir.CONFIG_FILE).is_file():
         raise UserError(f"{run_dir} is not a siamcli run (no {rundir.CONFIG_FILE}); give the run directory to --resume")
-    recorded = rundir.read_json(run_dir / rundir.CONFIG_FILE, "run config")
-    config = TrainConfig.from_json(recorded).validate()
-    split_json = rundir.read_split(rundir.RunPaths(run_dir, run_dir / rundir.MODEL_FILE))
-    split = IdentitySplit(train=list(split_json["train"]), val=list(split_json["val"]))
+    recorded = read_config(run_dir / rundir.CONFIG_FILE)
+    config = TrainConfig.from_json(recorded.options).validate()
+    stored = read_split(run_dir / rundir.SPLIT_FILE)
+    split = IdentitySplit(train=stored.train, val=stored.val)
     saved = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
     state = checkpoint.load_state(saved)
     if not any(_epochs_left(config, state, phase) for phase in PHASES):
         raise UserError(f"{run_dir} already finished all its epochs; nothing to resume")
     # The checkpoint holds every weight: the backbone's starting point no longer matters.
-    data_dir = rundir.data_dir_of(run_dir, recorded)
+    data_dir = recorded.find_data(run_dir)
     if data_dir is None:
         raise UserError(f"the run's data folder {config.data_dir} is not there; restore it to resume")
     config = dataclasses.replace(config, data_dir=str(data_dir))
@@ -215,18 +216,18 @@ def _run_with_policy(config, weights, scan, split, run_dir, events, resume_from)
     keras.mixed_precision.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     if resume_from is None:
-        write_json(run_dir / rundir.CONFIG_FILE, {
-            **config.to_json(),
-            "data_dir_from_run": os.path.relpath(config.data_dir, run_dir.resolve()),  # found again if both move
-            "replicas": replicas,
-            "workers": worker_count(config.strategy),
-            "strategy_class": type(strategy).__name__,
-            "classes": {"train": len(split.train), "val": len(split.val)},
-            "images": {"train": len(train_data.labels), "val": len(val_data.labels), "skipped": len(skipped)},
-            "val_images_of_train_identities": val_images,  # held out for validation, never trained on
-            "versions": library_versions(),
-        })
-        write_json(run_dir / rundir.SPLIT_FILE, split.to_json())
+        write_config(run_dir / rundir.CONFIG_FILE, RunConfig(
+            options=config.to_json(),
+            data_dir_from_run=os.path.relpath(config.data_dir, run_dir.resolve()),
+            replicas=replicas,
+            workers=worker_count(config.strategy),
+            strategy_class=type(strategy).__name__,
+            classes={"train": len(split.train), "val": len(split.val)},
+            images={"train": len(train_data.labels), "val": len(val_data.labels), "skipped": len(skipped)},
+            val_images_of_train_identities=val_images,
+            versions=library_versions(),
+        ))
+        write_split(run_dir / rundir.SPLIT_FILE, RunSplit(train=split.train, val=split.val))
 
     with strategy.scope():
         backbone = nets.build_backbone(config.image_size, weights, config.feature_layer, config.pooling)
@@ -738,13 +739,13 @@ class _Session:
             self.events.stage("model selection")
             self.events.result(line)
         if is_chief(self.config.strategy):
-            recorded = rundir.read_json(self.run_dir / rundir.CONFIG_FILE, "run config")
-            write_json(self.run_dir / rundir.CONFIG_FILE, recorded | {"selection": {
-                "start": state.start_metrics, "kept_epoch": state.best_epoch, "kept": state.best_metrics, "line": line,
-                "frozen_length_by_folds": state.fold_curve or None,
-                "pixel_weight": state.pixel_weight, "pixel_weight_chosen_by": state.pixel_weight_chosen_by,
-                "pixel_weight_scores": state.pixel_weight_scores or None,
-            }})
+            recorded = read_config(self.run_dir / rundir.CONFIG_FILE)
+            write_config(self.run_dir / rundir.CONFIG_FILE, dataclasses.replace(recorded, selection=RunSelection(
+                start=state.start_metrics, kept_epoch=state.best_epoch, kept=state.best_metrics, line=line,
+                frozen_length_by_folds=state.fold_curve or None,
+                pixel_weight=state.pixel_weight, pixel_weight_chosen_by=state.pixel_weight_chosen_by,
+                pixel_weight_scores=state.pixel_weight_scores or None,
+            )))
         return line
 
     def _save_model(self, name: str = rundir.MODEL_FILE) -> None:
