@@ -232,3 +232,25 @@ def test_index_keeps_its_model_and_faiss_index_between_searches_and_reads_an_upd
     hits = index.search(str(added), k=1)
     assert len(index) == 31 and index.loaded is not loaded and index.query_model is model
     assert Path(hits.loc[0, "path"]).resolve() == added.resolve() and hits.loc[0, "similarity"] > 0.9999
+
+
+def test_decode_pil_converts_an_opened_image_as_a_file_is_decoded(tmp_path):
+    from siamcli.data.decode import decode_image, decode_pil
+
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # orientation: rotate 90° counter-clockwise to view
+    files = {
+        "rotated.jpg": (Image.fromarray(pixels), {"exif": exif, "quality": 95}),
+        "transparent.png": (Image.fromarray(np.dstack([pixels, rng.integers(0, 256, (30, 20), dtype=np.uint8)])), {}),
+        "grey16.png": (Image.fromarray(rng.integers(0, 65536, (30, 20), dtype=np.uint16)), {}),
+        "palette.gif": (Image.fromarray(pixels).convert("P"), {}),
+    }
+    for name, (image, options) in files.items():
+        image.save(tmp_path / name, **options)
+        with Image.open(tmp_path / name) as opened:
+            decoded = decode_pil(opened)
+        assert decoded.dtype == np.uint8 and decoded.shape[2] == 3, name
+        assert np.array_equal(decoded, decode_image(str(tmp_path / name))), name
+    assert decode_image(str(tmp_path / "rotated.jpg")).shape == (20, 30, 3)  # upright: the EXIF rotation applied

@@ -107,12 +107,10 @@ def _is_pil(item) -> bool:
 def _pixels(item, position: int) -> np.ndarray:
     """An in-memory image as (h, w, 3) RGB 0–255: a PIL image converted as files decode, an array checked."""
     if _is_pil(item):
-        from PIL import ImageOps
-
-        from siamcli.data.decode import _to_rgb8  # the decoder's own conversion (modes, transparency)
+        from siamcli.data.decode import decode_pil  # the decoder's own conversion (orientation, modes, transparency)
 
         try:  # Image.open reads pixels lazily: a truncated file fails here
-            return _to_rgb8(ImageOps.exif_transpose(item), item.format)
+            return decode_pil(item)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise UserError(f"image {position} (a PIL image) cannot be read: {exc}") from exc
     if isinstance(item, np.ndarray):

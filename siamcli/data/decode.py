@@ -50,6 +50,13 @@ def decode_bytes(data: bytes, name: str = "upload") -> np.ndarray:
     return _decode(name, lambda: io.BytesIO(data))
 
 
+def decode_pil(image: Image.Image) -> np.ndarray:
+    """An opened PIL image as the decoder makes every file: (height, width, 3) uint8 RGB, upright
+    (EXIF orientation applied), transparent pixels over black, 16-bit and float greyscale scaled.
+    Pillow's own errors (a truncated file read lazily) pass through: the caller names the image."""
+    return _to_rgb8(ImageOps.exif_transpose(image), image.format)  # exif_transpose: a loaded copy
+
+
 def _decode(path: str, opener) -> np.ndarray:
     """Decode what `opener()` opens; every failure becomes a DecodeError naming `path`."""
     try:
@@ -59,10 +66,8 @@ def _decode(path: str, opener) -> np.ndarray:
                 raise DecodeError(path, f"declared size {width}x{height} is over {MAX_PIXELS:,} pixels")
             if min(width, height) < 1:
                 raise DecodeError(path, "image has no pixels")
-            source_format = image.format
             image.seek(0)  # animated GIF/WebP/TIFF/MPO: the first frame
-            upright = ImageOps.exif_transpose(image)  # a loaded copy, rotated as the camera meant
-            return _to_rgb8(upright, source_format)
+            return decode_pil(image)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
