@@ -136,6 +136,18 @@ def test_k_larger_than_the_gallery_returns_all_of_it_and_k_outside_1_to_1000_is_
     assert client.post("/api/v1/query", data={"k": "5"}).status_code == 422  # no image, no id
 
 
+def test_a_large_upload_resized_when_decoded_gives_the_pixels_of_its_batch_s_resize():
+    from siamcli.models.embed import resize_batch
+    from siamcli.serve.images import SHRINK_ABOVE, decode_upload
+
+    big = np.random.default_rng(5).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    assert big.shape[0] * big.shape[1] > SHRINK_ABOVE * 32 * 32
+    early = decode_upload(_bytes(Image.fromarray(big), "PNG"), "big.png", 32)
+    assert early.shape == (32, 32, 3) and early.dtype == np.float32
+    small = big[:20, :30]
+    assert np.array_equal(resize_batch([early, small], 32), resize_batch([big, small], 32))  # resized again: no pixel changes
+
+
 # ---------------------------------------------------------------- items, images, index
 
 

@@ -12,7 +12,6 @@ is refused rather than shown beside a similarity that was computed from other pi
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import stat
@@ -24,9 +23,8 @@ import numpy as np
 from PIL import Image
 
 from siamcli.data.decode import DecodeError, decode_bytes, decode_image
-from siamcli.data.pipeline import resize_images
 from siamcli.index.items import IndexItem, content_hash
-from siamcli.tf_runtime import import_tensorflow
+from siamcli.models.embed import resize_batch
 
 THUMBNAIL_QUALITY = 85  # JPEG quality of thumbnails
 
@@ -40,38 +38,13 @@ def decode_upload(data: bytes, name: str, image_size: int) -> np.ndarray:
     Resizing waits for the batch (`resize_batch`, on the model thread: TensorFlow's thread pool
     is not fought over while a forward pass runs), except for an image over SHRINK_ABOVE times
     the model's pixels, resized here at once to (S, S, 3) float32, so the queue never holds
-    more than a few model-sized images per upload, whatever was sent.
+    more than a few model-sized images per upload, whatever was sent. (Resized again with its
+    batch, it stays the same: a resize to its own size changes no pixel.)
     """
     image = decode_bytes(data, name)
     if image.shape[0] * image.shape[1] > SHRINK_ABOVE * image_size * image_size:
         return resize_batch([image], image_size)[0]
     return image
-
-
-def resize_batch(images: list[np.ndarray], image_size: int) -> np.ndarray:
-    """(n, S, S, 3) float32: the pipeline's resize (as `siamcli query` does), one call per size."""
-    out = np.empty((len(images), image_size, image_size, 3), np.float32)
-    by_shape: dict[tuple, list[int]] = {}
-    for position, image in enumerate(images):
-        if image.dtype == np.float32:  # already resized by decode_upload
-            out[position] = image
-        else:
-            by_shape.setdefault(image.shape, []).append(position)
-    for positions in by_shape.values():
-        out[positions] = _resizer(image_size)(np.stack([images[p] for p in positions])).numpy()
-    return out
-
-
-@functools.lru_cache(maxsize=4)
-def _resizer(image_size: int):
-    """The pipeline's resize traced once for any batch of any size (half the eager op's cost)."""
-    tf = import_tensorflow()
-
-    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8)])
-    def resize(images):
-        return resize_images(tf, images, image_size)
-
-    return resize
 
 
 def upload_name(filename: str | None, position: int) -> str:

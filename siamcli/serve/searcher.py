@@ -17,9 +17,8 @@ import numpy as np
 
 from siamcli.index.faiss_index import faiss_module
 from siamcli.index.search import Neighbour, QueryResult, search_vectors
-from siamcli.models.embed import embed
+from siamcli.models.embed import embed, resize_batch
 from siamcli.serve.batcher import Job
-from siamcli.serve.images import resize_batch
 from siamcli.serve.state import ServingState
 
 
