@@ -12,6 +12,7 @@ from conftest import SAMPLE_DATA, build_untrained_run, run_cli, write_test_calib
 from PIL import Image
 from test_index_cli import invoke, one_line_error
 from test_index_engine import build, copy_run, rewrite_checksums
+from test_light_model import give_light_model
 
 pytestmark = pytest.mark.slow  # every test queries a ResNet50 run (built here or tiny_run)
 
@@ -33,6 +34,7 @@ def faces(tmp_path_factory):
         shutil.copytree(SAMPLE_DATA / "gallery" / identity, base / "gallery" / identity)
         shutil.copy(SAMPLE_DATA / "queries" / f"{identity}_10.png", base / "queries" / f"{identity}_10.png")
     run = build_untrained_run(base / "run", base / "gallery", val=[], train=IDENTITIES, image_size=32, embedding_dim=16)
+    give_light_model(run)  # as the trainer writes it: queries embed without TensorFlow
     result = invoke("index", base / "gallery", "--model", run)
     assert result.exit_code == 0, result.stderr
     return base, run
@@ -40,8 +42,9 @@ def faces(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory, tiny_run):
-    """(run, data): a copy of the tiny run with a flat index over its 30 images. Read-only."""
+    """(run, data): a copy of the tiny run, its light model and a flat index over its 30 images. Read-only."""
     run, data = copy_run(tiny_run, tmp_path_factory.mktemp("tinyq"))
+    give_light_model(run)
     build(run, data)
     return run, data
 
@@ -121,6 +124,7 @@ def test_k_larger_than_the_gallery_returns_all_of_it_with_a_note(tiny_index):
 
 def test_match_column_follows_the_calibrated_threshold(tmp_path, tiny_run):
     run, data = copy_run(tiny_run, tmp_path)
+    give_light_model(run)
     threshold = 0.0004  # squared distance; similarity ≥ 0.9998
     write_test_calibration(run, threshold)
     build(run, data)
@@ -136,6 +140,7 @@ def test_match_column_follows_the_calibrated_threshold(tmp_path, tiny_run):
 
 def test_an_unreliable_or_stale_calibration_shows_no_match_column(tmp_path, tiny_run):
     run, data = copy_run(tiny_run, tmp_path)
+    give_light_model(run)
     build(run, data)
     write_test_calibration(run, 0.5, reliable=False)
     result = invoke("query", data / "id_0" / "img_0.png", "--model", run, "--json")

@@ -13,6 +13,7 @@ from conftest import run_cli, write_test_calibration
 from sklearn.metrics import roc_auc_score
 from test_index_cli import invoke, one_line_error
 from test_index_engine import copy_run
+from test_light_model import give_light_model
 
 pytestmark = pytest.mark.slow  # every test embeds with the tiny ResNet50 run
 
@@ -21,14 +22,17 @@ CONTRACT = {"a", "b", "similarity", "match", "threshold"}
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory, tiny_run):
-    """(run, data): a writable copy of the tiny run and its 6 × 5 images (id_<i>/img_<j>.png), no calibration."""
-    return copy_run(tiny_run, tmp_path_factory.mktemp("verify"))
+    """(run, data): a writable copy of the tiny run with its light model, and its 6 × 5 images (id_<i>/img_<j>.png), no calibration."""
+    run, data = copy_run(tiny_run, tmp_path_factory.mktemp("verify"))
+    give_light_model(run)  # as the trainer writes it: verify embeds without TensorFlow
+    return run, data
 
 
 @pytest.fixture
 def calibrated(tmp_path, tiny_run):
     """(run, data) with a reliable calibration at squared distance 0.5, i.e. cosine similarity 0.75."""
     run, data = copy_run(tiny_run, tmp_path)
+    give_light_model(run)
     write_test_calibration(run, 0.5)
     return run, data
 
@@ -82,6 +86,7 @@ def test_threshold_overrides_the_calibration_and_reports_no_rates(calibrated):
 ])
 def test_without_a_reliable_calibration_there_is_no_decision_and_one_line_says_why(tmp_path, tiny_run, calibration, why):
     run, data = copy_run(tiny_run, tmp_path)
+    give_light_model(run)
     if calibration == "unreliable":
         write_test_calibration(run, 0.5, reliable=False)
     elif calibration == "other model":
@@ -189,15 +194,21 @@ def test_a_bad_input_is_one_line_and_exit_2(faces, tmp_path, case):
 
 
 def test_the_engine_takes_arrays_as_well_as_paths(faces):
-    """What the HTTP service and the notebook API call: arrays give the paths' similarity."""
+    """What the HTTP service and the notebook API call: arrays give the paths' similarity, through the
+    run's light model or a Keras model alike."""
     from siamcli.data.decode import decode_image
     from siamcli.pairs.verify import decision_for, open_model, verify_images
 
     run, data = faces
-    model, decision, _ = open_model(str(run), 0.5)
+    opened = open_model(str(run), 0.5)
     a, b = str(data / "id_0" / "img_0.png"), str(data / "id_4" / "img_2.png")
-    from_paths = verify_images(model, a, b, decision)
-    from_arrays = verify_images(model, decode_image(a), decode_image(b), decision)
+    from_paths = verify_images(opened.embedder, a, b, opened.decision)
+    from_arrays = verify_images(opened.embedder, decode_image(a), decode_image(b), opened.decision)
     assert from_arrays.similarity == pytest.approx(from_paths.similarity, abs=1e-4)
     assert (from_arrays.a, from_arrays.b) == ("image a", "image b") and from_arrays.match is (from_arrays.similarity >= 0.5)
     assert decision_for(run, "0" * 64).threshold is None  # no calibration for that model
+    from siamcli.models.embedding import load_embedding_model  # a caller's own Keras model (the service's, the API's)
+
+    keras_model = load_embedding_model(opened.path)
+    by_keras = verify_images(keras_model, decode_image(a), b, opened.decision)
+    assert by_keras.similarity == pytest.approx(from_paths.similarity, abs=1e-4)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from siamcli.choices import ExportFormat
-from siamcli.cli.common import engine_errors, print_json, stdout, warn
+from siamcli.cli.common import engine_errors, print_json, stderr, stdout, warn
 from siamcli.cli.progress import ProgressDisplay
 
 
@@ -28,11 +28,15 @@ def export(
     """
     with engine_errors():
         from siamcli.export.artifacts import export_run
+        from siamcli.models.light_writer import ensure_light_model
 
         with ProgressDisplay() as display:
             result = export_run(run, format.value, out=str(out) if out else None, quantize=quantize, force=force, samples=samples, events=display)
+            light = ensure_light_model(run, events=display)  # RUN/light/: query and verify embed without TensorFlow
     for note in result.notes:
         warn(note)
+    if light is not None:
+        (stderr if json_output else stdout).print(f"light model (query and verify without TensorFlow): {light}", soft_wrap=True)
     if json_output:
         print_json(result.summary())
         return

@@ -3,6 +3,8 @@
 The query images go through the model the index was built with — checked by its sha256
 fingerprint, so vectors from another model are never compared with the gallery's — and
 FAISS returns the k most similar rows by cosine similarity (inner product of unit vectors).
+The queries are embedded by the run's light model (models/light.py: LiteRT, no TensorFlow, the
+same embeddings) when it was made from that model.keras, else by model.keras with TensorFlow.
 When the model's run holds a reliable calibration (`<run>/calibration.json`, written by
 `siamcli evaluate` for this very model), each neighbour is marked match / no match:
 similarity ≥ 1 − threshold/2, the threshold being a squared-L2 distance between unit vectors
@@ -160,10 +162,28 @@ def load_query_model(model_path: Path, loaded: LoadedIndex):
     from siamcli.models.embedding import load_embedding_model
 
     embedding_model = load_embedding_model(model_path)
-    if int(embedding_model.output_shape[-1]) != loaded.dim:
-        raise UserError(f"model {model_path} makes {embedding_model.output_shape[-1]}-d vectors, the index holds {loaded.dim}-d ones; "
-                        "rebuild it with --force")
+    _check_dim(model_path, int(embedding_model.output_shape[-1]), loaded)
     return embedding_model
+
+
+def _check_dim(model_path: Path, dim: int, loaded: LoadedIndex) -> None:
+    if dim != loaded.dim:
+        raise UserError(f"model {model_path} makes {dim}-d vectors, the index holds {loaded.dim}-d ones; rebuild it with --force")
+
+
+def embed_queries(model_path: Path, fingerprint: str, loaded: LoadedIndex, paths: list[str], batch_size: int):
+    """(the query images embedded, a note or ""): through the run's light model when it was made
+    from this model.keras (no TensorFlow imported), else through model.keras with TensorFlow and
+    a note saying so and how to write the light model."""
+    from siamcli.models.light import open_light_model, tensorflow_note
+
+    light, why = open_light_model(model_path.parent, fingerprint)
+    if light is not None:
+        _check_dim(model_path, light.dim, loaded)
+        return light.embed(paths, batch_size), ""
+    from siamcli.models.embed import embed
+
+    return embed(load_query_model(model_path, loaded), paths, batch_size=batch_size), tensorflow_note(why)
 
 
 def run_threshold(run_dir: Path, model_sha256: str) -> tuple[float | None, list[str]]:
@@ -197,9 +217,7 @@ def query_images(
     if loaded.count == 0:
         raise UserError(f"index {index_dir} is empty; add images with `siamcli index GALLERY --append`")
 
-    from siamcli.models.embed import embed
-
-    embedded = embed(load_query_model(model_path, loaded), paths, batch_size=batch_size)
+    embedded, runtime_note = embed_queries(model_path, fingerprint, loaded, paths, batch_size)
     named = {str(Path(p)) for p in images if not Path(p).is_dir()}
     for failure in embedded.failures:
         if str(Path(failure.path)) in named and len(paths) == 1:
@@ -209,6 +227,7 @@ def query_images(
         raise UserError("none of the query images could be read; " + describe_skipped(embedded.failures))
 
     threshold, notes = run_threshold(model_path.parent, fingerprint)
+    notes[:0] = [runtime_note] if runtime_note else []
     if skipped:
         notes.append(describe_skipped(skipped))
     if k > loaded.count:

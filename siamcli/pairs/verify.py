@@ -1,6 +1,8 @@
 """`siamcli verify`: are two images the same identity, and how sure?
 
-The similarity of a pair is the cosine similarity of its two embeddings under the run's model.
+The similarity of a pair is the cosine similarity of its two embeddings under the run's model:
+its light copy (models/light.py: LiteRT, no TensorFlow, the same embeddings) when the run holds
+one made from this model.keras, else model.keras with TensorFlow (a note says so).
 The decision (match / no match) is similarity ≥ a threshold, which comes from one of:
 
 - the run's calibration (`<run>/calibration.json`, measured by `siamcli evaluate` on identities
@@ -18,7 +20,7 @@ accuracy at the threshold. A row whose image does not decode is skipped and name
 For other callers (the HTTP service, the notebook API) with a model already loaded:
 
     decision = decision_for(run_dir, model_sha256)          # once, or when calibration.json changes
-    verdict = verify_images(model, image_a, image_b, decision)   # paths or (h, w, 3) RGB arrays
+    verdict = verify_images(model, image_a, image_b, decision)   # paths or (h, w, 3) RGB arrays; model: Keras or LightModel
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import numpy as np
 from siamcli.calibration import Calibration, read_calibration, similarity_threshold
 from siamcli.data.scan import Skipped, describe_skipped
 from siamcli.errors import UserError
-from siamcli.evaluation.verification import PairDistances, verify
 from siamcli.hashing import file_sha256
 from siamcli.rundir import find_run
 
@@ -110,13 +111,22 @@ def cosine_similarities(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", first, second) / np.maximum(norms, 1e-12)
 
 
-def embed_images(model, images: Sequence, batch_size: int = 32) -> np.ndarray:
-    """(n, d) embeddings of images given as paths or (h, w, 3) RGB arrays, in order; an image
-    that does not decode raises UserError naming it."""
+def _embed(model, images, batch_size: int):
+    """models.embed.embed for a Keras model, the light model's own for a LightModel: the same result."""
+    from siamcli.models.light import LightModel
+
+    if isinstance(model, LightModel):
+        return model.embed(images, batch_size)
     from siamcli.models.embed import embed
 
+    return embed(model, images, batch_size=batch_size)
+
+
+def embed_images(model, images: Sequence, batch_size: int = 32) -> np.ndarray:
+    """(n, d) embeddings of images given as paths or (h, w, 3) RGB arrays, in order; an image
+    that does not decode raises UserError naming it. `model`: the Keras model, or the run's LightModel."""
     if all(isinstance(image, (str, os.PathLike)) for image in images):
-        embedded = embed(model, [str(image) for image in images], batch_size=batch_size)
+        embedded = _embed(model, [str(image) for image in images], batch_size)
         if embedded.failures:
             raise UserError(f"cannot read image {embedded.failures[0].path}: {embedded.failures[0].reason}")
         return embedded.vectors
@@ -128,7 +138,7 @@ def embed_images(model, images: Sequence, batch_size: int = 32) -> np.ndarray:
         array = np.asarray(image)
         if array.ndim != 3 or array.shape[-1] != 3:
             raise UserError(f"an image array must be (height, width, 3) RGB, got shape {array.shape}")
-        rows.append(embed(model, array[None], batch_size=1).vectors)
+        rows.append(_embed(model, array[None], 1).vectors)
     return np.concatenate(rows)
 
 
@@ -217,6 +227,8 @@ class PairScores:
 
 def score_pairs(similarities: np.ndarray, same: np.ndarray, threshold: float | None) -> PairScores:
     """ROC AUC and EER of the pairs (verification's curve on distances 2 − 2·cos), accuracy and error rates at `threshold`."""
+    from siamcli.evaluation.verification import PairDistances, verify  # scikit-learn: seconds to import, so only here
+
     similarities, same = np.asarray(similarities, np.float64), np.asarray(same, bool)
     distances = np.maximum(2.0 - 2.0 * similarities, 0.0)
     result = verify(PairDistances(same=distances[same], different=distances[~same], sampled=False, total_pairs=len(same)))
@@ -244,16 +256,35 @@ class VerifyOutcome:
     decision: Decision
     model_path: Path
     scores: PairScores | None = None  # with a pairs file that has a `same` column
-    notes: list[str] = field(default_factory=list)  # said on stderr (no decision, rows skipped)
+    notes: list[str] = field(default_factory=list)  # said on stderr (TensorFlow embeds, no decision, rows skipped)
 
 
-def open_model(model: str | None, threshold: float | None):
-    """(the Keras model of --model's run, its Decision, the model's path): loaded as every command loads a model."""
-    from siamcli.models.embedding import load_embedding_model
+@dataclass(frozen=True)
+class PairModel:
+    embedder: object  # the run's LightModel (no TensorFlow) when it was made from this model.keras, else the Keras model
+    decision: Decision
+    path: Path  # the run's model.keras
+    note: str = ""  # why TensorFlow embeds, when it does
+
+    @property
+    def notes(self) -> list[str]:
+        return [note for note in (self.note, self.decision.why_none) if note]
+
+
+def open_model(model: str | None, threshold: float | None) -> PairModel:
+    """--model's run: its light model if it has one for this model.keras, else model.keras loaded
+    with TensorFlow (and a note saying so), with the Decision for its threshold."""
+    from siamcli.models.light import open_light_model, tensorflow_note
 
     run = find_run(model)
-    decision = decision_for(run.run_dir, file_sha256(run.model), threshold)
-    return load_embedding_model(run.model), decision, run.model
+    fingerprint = file_sha256(run.model)
+    decision = decision_for(run.run_dir, fingerprint, threshold)
+    light, why = open_light_model(run.run_dir, fingerprint)
+    if light is not None:
+        return PairModel(light, decision, run.model)
+    from siamcli.models.embedding import load_embedding_model
+
+    return PairModel(load_embedding_model(run.model), decision, run.model, tensorflow_note(why))
 
 
 def verify_files(a: str, b: str, model: str | None = None, threshold: float | None = None, batch_size: int = 32) -> VerifyOutcome:
@@ -261,9 +292,9 @@ def verify_files(a: str, b: str, model: str | None = None, threshold: float | No
     _check_batch_size(batch_size)
     for image in (a, b):
         _require_image_file(image)
-    network, decision, model_path = open_model(model, threshold)
-    verdict = verify_images(network, a, b, decision, batch_size)
-    return VerifyOutcome([verdict], decision, model_path, notes=[decision.why_none] if decision.why_none else [])
+    opened = open_model(model, threshold)
+    verdict = verify_images(opened.embedder, a, b, opened.decision, batch_size)
+    return VerifyOutcome([verdict], opened.decision, opened.path, notes=opened.notes)
 
 
 def verify_pairs(csv_path: str, model: str | None = None, threshold: float | None = None, batch_size: int = 32,
@@ -273,8 +304,9 @@ def verify_pairs(csv_path: str, model: str | None = None, threshold: float | Non
     rows, has_same = read_pairs(csv_path)
     if require_same and not has_same:
         raise UserError(f"--scores-json needs a same column (0/1) in --pairs {csv_path}; add it, or drop --scores-json")
-    network, decision, model_path = open_model(model, threshold)
-    vectors, failures = _embed_unique(network, [p for row in rows for p in (row.a_path, row.b_path)], batch_size)
+    opened = open_model(model, threshold)
+    decision = opened.decision
+    vectors, failures = _embed_unique(opened.embedder, [p for row in rows for p in (row.a_path, row.b_path)], batch_size)
     failed = {failure.path for failure in failures}
     kept = [row for row in rows if row.a_path not in failed and row.b_path not in failed]
     dropped = [row.line for row in rows if row.a_path in failed or row.b_path in failed]
@@ -282,22 +314,20 @@ def verify_pairs(csv_path: str, model: str | None = None, threshold: float | Non
         raise UserError(f"none of the pairs in {csv_path} could be scored; " + describe_skipped(failures))
     similarities = cosine_similarities(np.stack([vectors[row.a_path] for row in kept]), np.stack([vectors[row.b_path] for row in kept]))
     verdicts = [PairVerdict(row.a, row.b, float(s), decision, row.same, row.line) for row, s in zip(kept, similarities)]
-    notes = [decision.why_none] if decision.why_none else []
+    notes = opened.notes
     if failures:
         lines = ", ".join(map(str, dropped))
         notes.append(f"{describe_skipped(failures)}; the pairs on line(s) {lines} of {csv_path} were not scored")
     scores = score_pairs(similarities, np.array([row.same for row in kept]), decision.threshold) if has_same else None
     if scores is not None and scores.roc_auc is None:
         notes.append("ROC AUC and EER need both same (1) and different (0) pairs; the scored pairs hold only one kind")
-    return VerifyOutcome(verdicts, decision, model_path, scores, notes)
+    return VerifyOutcome(verdicts, decision, opened.path, scores, notes)
 
 
 def _embed_unique(model, paths: list[str], batch_size: int) -> tuple[dict[str, np.ndarray], list[Skipped]]:
     """Each distinct path embedded once: (path → vector, the paths that did not decode)."""
-    from siamcli.models.embed import embed
-
     unique = list(dict.fromkeys(paths))
-    embedded = embed(model, unique, batch_size=batch_size)
+    embedded = _embed(model, unique, batch_size)
     return {unique[position]: vector for position, vector in zip(embedded.kept, embedded.vectors)}, embedded.failures
 
 
