@@ -66,3 +66,56 @@ def test_train_config_round_trips_through_json(tiny_run):
 
     config = TrainConfig.from_run(tiny_run)
     assert TrainConfig.from_json(config.to_json()) == config == config.resolve()
+
+
+def _train_command_params() -> dict:
+    import typer.main
+
+    return {param.name: param for param in typer.main.get_command(app).commands["train"].params}
+
+
+def test_every_training_option_is_declared_once_as_a_trainconfig_field():
+    """`siamcli train`'s options are TrainConfig's fields: same names, defaults and help (the
+    field's), nothing hand-copied; only the run controls are the CLI's own."""
+    import dataclasses
+
+    from siamcli.training.config import TrainConfig
+
+    params = _train_command_params()
+    fields = {spec.name: spec for spec in dataclasses.fields(TrainConfig)}
+    assert set(params) - set(fields) == {"out", "resume", "config_file", "force", "json_output"}
+    assert set(fields) <= set(params)
+    for name, spec in fields.items():
+        assert params[name].help == spec.metadata["help"] and params[name].help, name
+        if name != "data_dir":
+            default = params[name].default
+            assert getattr(default, "value", default) == spec.default, name
+            assert params[name].opts == [f"--{name.replace('_', '-')}"], name  # the API's keyword is the flag's name
+    choices = {name for name, spec in fields.items() if spec.metadata.get("choices")}
+    assert choices == {"pooling", "mining", "strategy", "precision", "lr_schedule"}
+    for name in choices:  # the CLI offers the field's choices and refuses others in one line, before any work
+        done = CliRunner().invoke(app, ["train", "data", f"--{name.replace('_', '-')}", "nonsense"])
+        assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert all(value in done.stderr for value in fields[name].metadata["choices"].values()), done.stderr
+    assert CliRunner().invoke(app, ["train", "--help"]).exit_code == 0
+
+
+def test_help_states_each_default_by_reading_the_table_that_resolves_it():
+    from siamcli.training import adaptive
+    from siamcli.training.config import BY_DATA, MIN_STEPS_PER_EPOCH, TrainConfig, shown
+
+    params = _train_command_params()
+    scratch = adaptive.adapt(TrainConfig(data_dir="d", weights="none").resolve(), train_identities=16, val_identities=4)
+    pretrained = adaptive.adapt(TrainConfig(data_dir="d").resolve(), train_identities=400, val_identities=100)
+    for name in ("margin", "lr", "finetune_lr", "dropout", "pooling", "feature_layer", "finetune_from"):
+        resolved = shown(getattr(pretrained, name)), shown(getattr(scratch, name))
+        assert f"default: {resolved[0]} pretrained; {resolved[1]} from scratch" in params[name].help, name
+    assert f"{scratch.finetune_patience} from scratch, {pretrained.finetune_patience} pretrained" in params["finetune_patience"].help
+    assert f"default: {scratch.patience} frozen" in params["patience"].help
+    decay = f"{shown(scratch.weight_decay)} with fewer than {BY_DATA.few_identities} training identities, else {shown(pretrained.weight_decay)}"
+    assert decay in params["weight_decay"].help
+    assert (scratch.weight_decay, pretrained.weight_decay) == (BY_DATA.weight_decay_few, BY_DATA.weight_decay)
+    assert f"default: {scratch.val_image_fraction:g} when fewer than {BY_DATA.min_val_identities}" in params["val_image_fraction"].help
+    assert f"at least {MIN_STEPS_PER_EPOCH})" in params["steps_per_epoch"].help
+    # Augmentation acts in both phases (cached augmented views when frozen): the help says so.
+    assert "frozen phase" in params["augment"].help and "fine-tuning" in params["augment"].help

@@ -1,18 +1,19 @@
 """Defaults that depend on the data: how many identities there are to train on and to hold out.
 
 Few training identities overfit fast: a head learns what separates *those* people and loses
-what separates others. The rules (docs/train.md states them too):
+what separates others. The rules, whose numbers are config.py's BY_DATA table and the regime
+table (docs/train.md states them too):
 
-- weight decay (AdamW, decoupled; kernels only, not biases or BatchNorm): 5e-2 with fewer than
-  FEW_IDENTITIES training identities, 1e-2 otherwise;
-- patience (epochs without a better validation MAP@R before a phase ends): 3 in the frozen
-  phase; in the fine-tune phase 1 from scratch (stop as soon as it stops helping: an epoch
-  there costs minutes) and 2 with pretrained weights. `--patience N` sets both phases;
-- validation: when some but fewer than MIN_VAL_IDENTITIES identities are held out, MAP@R over so few
-  people saturates (4 people: 0.97–1.00 whatever the model), so a share
-  (`--val-image-fraction`, default VAL_IMAGE_FRACTION) of the images of every training identity
-  with 3 or more images is held out too, never trained on, and scored in the same retrieval
-  set: validation then ranks among all identities.
+- weight decay (AdamW, decoupled; kernels only, not biases or BatchNorm): `weight_decay_few`
+  with fewer than `few_identities` training identities, `weight_decay` otherwise;
+- patience (epochs without a better validation MAP@R before a phase ends): `frozen_patience` in
+  the frozen phase; in the fine-tune phase the regime's `finetune_patience` (from scratch: stop
+  as soon as it stops helping, an epoch there costs minutes). `--patience N` sets both phases;
+- validation: when some but fewer than `min_val_identities` identities are held out, MAP@R over
+  so few people saturates (4 people: 0.97–1.00 whatever the model), so a share
+  (`--val-image-fraction`, default `val_image_fraction`) of the images of every training
+  identity with 3 or more images is held out too, never trained on, and scored in the same
+  retrieval set: validation then ranks among all identities.
 """
 
 from __future__ import annotations
@@ -21,31 +22,31 @@ import dataclasses
 
 import numpy as np
 
-from siamcli.training.config import TrainConfig
-
-FEW_IDENTITIES = 100
-MIN_VAL_IDENTITIES = 10
-VAL_IMAGE_FRACTION = 0.2
-FROZEN_PATIENCE = 3
+from siamcli.training.config import BY_DATA, TrainConfig
 
 
 def adapt(config: TrainConfig, train_identities: int, val_identities: int) -> TrainConfig:
     """Fill the options left as None from the data's size (the result is what config.json records)."""
-    few = train_identities < FEW_IDENTITIES
-    weight_decay = config.weight_decay if config.weight_decay is not None else (5e-2 if few else 1e-2)
-    patience = config.patience if config.patience is not None else FROZEN_PATIENCE
+    few = train_identities < BY_DATA.few_identities
+    weight_decay = config.weight_decay if config.weight_decay is not None else (BY_DATA.weight_decay_few if few else BY_DATA.weight_decay)
+    patience = config.patience if config.patience is not None else BY_DATA.frozen_patience
     if config.finetune_patience is not None:
         finetune_patience = config.finetune_patience
     elif config.patience is not None:
         finetune_patience = config.patience
     else:
-        finetune_patience = 2 if config.pretrained else 1
+        finetune_patience = config.regime.finetune_patience
     fraction = config.val_image_fraction
     if fraction is None:
-        fraction = VAL_IMAGE_FRACTION if 0 < val_identities < MIN_VAL_IDENTITIES else 0.0
+        fraction = BY_DATA.val_image_fraction if too_few_to_measure(val_identities) else 0.0
     return dataclasses.replace(
         config, weight_decay=weight_decay, patience=patience, finetune_patience=finetune_patience, val_image_fraction=fraction
     )
+
+
+def too_few_to_measure(held_out_identities: int) -> bool:
+    """Some identities are held out, but too few for their MAP@R to measure (folds then choose)."""
+    return 0 < held_out_identities < BY_DATA.min_val_identities
 
 
 def held_out_images(labels: list[str], train_identities: set[str], fraction: float, seed: int) -> np.ndarray:

@@ -1,18 +1,22 @@
-"""Training options as a typed, frozen dataclass, saved with every run (config.json).
+"""Training options, declared once: a typed, frozen dataclass saved with every run (config.json),
+whose fields are also `siamcli train`'s options (cli/train_cmd.py builds them from these
+fields: name, type, default, help) and the notebook API's keywords.
 
 Options left as None are filled by `resolve()` from the regime: fine-tuning ImageNet (or
 other pretrained) weights wants small learning rates, frozen BatchNorm and only the top of the
 network unfrozen; training from scratch (`--weights none`) wants the whole network trainable,
-BatchNorm learning its statistics, and larger learning rates.
+BatchNorm learning its statistics, and larger learning rates. Others are filled from the data's
+size (training/adaptive.py, by the BY_DATA table). A help text states such a default by reading
+its table, never by copying the number.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from siamcli.choices import LrSchedule, Mining, Pooling, Precision, Strategy
+from siamcli.choices import Choice, LrSchedule, Mining, Pooling, Precision, Strategy
 from siamcli.errors import UserError
 from siamcli.models import resnet50
 from siamcli.run_config import fits, read_config
@@ -28,57 +32,113 @@ class RegimeDefaults:
     lr: float
     finetune_lr: float
     train_batchnorm: bool
+    finetune_patience: int  # unless --patience or --finetune-patience says otherwise
 
 
 # ImageNet features are strong and general: the whole ResNet50, pooled globally; fine-tune the
 # last stage gently with BatchNorm frozen.
 PRETRAINED = RegimeDefaults(
     *resnet50.PRETRAINED_CUT, dropout=0.0, margin=0.2,
-    finetune_from="conv5_block1_out", lr=1e-3, finetune_lr=1e-5, train_batchnorm=False,
+    finetune_from="conv5_block1_out", lr=1e-3, finetune_lr=1e-5, train_batchnorm=False, finetune_patience=2,
 )
 # Random weights: measured on att_faces (docs/training.md), a shallower cut with coarse spatial
-# pooling and a regularised head beats the full network; the whole cut network fine-tunes.
+# pooling and a regularised head beats the full network; the whole cut network fine-tunes. An
+# epoch of fine-tuning from scratch costs minutes: stop as soon as it stops helping.
 FROM_SCRATCH = RegimeDefaults(
     *resnet50.FROM_SCRATCH_CUT, dropout=0.3, margin=0.5,
-    finetune_from="all", lr=3e-4, finetune_lr=1e-4, train_batchnorm=True,
+    finetune_from=resnet50.WHOLE_NETWORK, lr=3e-4, finetune_lr=1e-4, train_batchnorm=True, finetune_patience=1,
 )
+
+
+@dataclass(frozen=True)
+class DataDefaults:
+    """Defaults that depend on the data's size (training/adaptive.py applies them)."""
+
+    few_identities: int = 100  # fewer training identities than this overfit fast: stronger weight decay
+    weight_decay_few: float = 5e-2
+    weight_decay: float = 1e-2
+    frozen_patience: int = 3
+    min_val_identities: int = 10  # fewer held-out identities cannot measure: folds, and held-out images too
+    val_image_fraction: float = 0.2
+
+
+BY_DATA = DataDefaults()
 MIN_STEPS_PER_EPOCH = 100  # P×K sampling has no natural epoch; tiny datasets still get real epochs
+COSINE_FLOOR = 0.1  # --lr-schedule cosine decays each phase's learning rate to this share of it
+
+
+def shown(value) -> str:
+    """A default as the help and docs write it: 0.2, 5e-2, 1e-5, conv5_block1_out."""
+    if not isinstance(value, float):
+        return str(value)
+    if value and abs(value) < 0.1:
+        mantissa, exponent = f"{value:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{value:g}"
+
+
+def _by_regime(name: str) -> str:
+    """"default: X pretrained; Y from scratch", read from the regime table."""
+    values = [getattr(regime, name) for regime in (PRETRAINED, FROM_SCRATCH)]
+    return f"default: {shown(values[0])} pretrained; {shown(values[1])} from scratch"
+
+
+def option(default, help: str, choices: type[Choice] | None = None):
+    """A TrainConfig field that is also a `siamcli train` option: its help text and, for a
+    closed set of values, the Choice enum the CLI offers (the field itself holds the plain string)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data_dir: str  # one sub-folder per identity
-    image_size: int = 224  # side of the square the model resizes to
-    embedding_dim: int = 256  # length of the L2-normalised embedding
-    weights: str = "imagenet"  # imagenet | none | PATH to a ResNet50 weights file
-    frozen_epochs: int = 5  # phase 1: backbone frozen, head trained on cached features
-    finetune_epochs: int = 5  # phase 2: backbone trainable from finetune_from on
-    finetune_from: str | None = None  # ResNet50 layer name, or "all"; None → regime default
-    feature_layer: str | None = None  # ResNet50 block output the backbone ends at; None → regime default
-    pooling: str | None = None  # avg | grid2 | grid3 | grid4; None → regime default
-    dropout: float | None = None  # head dropout on the features; None → regime default
-    batch_size: int = 32  # global batch (P identities × K images), split across replicas
-    images_per_identity: int = 4  # K of the P×K batches
-    steps_per_epoch: int | None = None  # None → one pass over the training images, at least 100 batches
-    margin: float | None = None  # triplet margin on squared distances between unit vectors (0…4); None → regime default
-    mining: str = "all"  # in-batch triplet selection: all | hard | semi-hard | random
-    lr: float | None = None  # phase-1 learning rate; None → regime default
-    finetune_lr: float | None = None  # phase-2 learning rate; None → regime default
-    val_fraction: float = 0.2  # share of identities held out for validation
-    seed: int = 0  # split, sampling, augmentation and initialisation
-    strategy: str = "auto"  # auto | default | mirrored | multi-worker
-    precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
-    augment: bool = True  # flips, shifts, brightness in the fine-tune phase
-    patience: int | None = None  # end a phase after this many epochs without a better val MAP@R; 0 = never; None → by data (training/adaptive.py)
-    lr_schedule: str = "constant"  # constant | cosine (to a tenth over each phase)
-    finetune_patience: int | None = None  # patience of the fine-tune phase; None → --patience if given, else by regime
-    weight_decay: float | None = None  # AdamW decoupled weight decay on kernels; None → by number of training identities
-    views: int = 8  # frozen phase: cached backbone features of this many views per image (1 clean + augmented ones)
-    val_image_fraction: float | None = None  # share of each training identity's images also held out; None → by held-out identities
+    data_dir: str = field(metadata={"help": "Folder with one sub-folder of images per identity."})
+    image_size: int = option(224, f"Side of the square images the network sees (≥ {resnet50.MIN_IMAGE_SIZE}).")
+    embedding_dim: int = option(256, "Length of the L2-normalised embedding.")
+    weights: str = option("imagenet", "Backbone start: imagenet, none (from scratch), or PATH to a ResNet50 weights file.")
+    frozen_epochs: int = option(5, "Epochs with the backbone frozen (head trained on cached features).")
+    finetune_epochs: int = option(5, "Epochs with the backbone trainable from --finetune-from on.")
+    finetune_from: str | None = option(None, f"First ResNet50 layer to fine-tune, or '{resnet50.WHOLE_NETWORK}' ({_by_regime('finetune_from')}).")
+    feature_layer: str | None = option(None, f"ResNet50 block output the backbone ends at ({_by_regime('feature_layer')}).")
+    pooling: str | None = option(None, f"avg (global average) or gridN (an N×N grid of averages) ({_by_regime('pooling')}).", Pooling)
+    dropout: float | None = option(None, f"Dropout on the features in the head ({_by_regime('dropout')}).")
+    batch_size: int = option(32, "Global batch: P identities × K images, split across replicas.")
+    images_per_identity: int = option(4, "K: images of each identity in a batch.")
+    steps_per_epoch: int | None = option(
+        None, f"Batches per epoch (default: one pass over the training images, at least {MIN_STEPS_PER_EPOCH}).")
+    margin: float | None = option(
+        None, f"Triplet margin on squared distances between unit vectors, 0–4 ({_by_regime('margin')}).")
+    mining: str = option(Mining.ALL.value, "In-batch triplet selection: every violating triplet, batch-hard, semi-hard (FaceNet) "
+                         "or one random negative.", Mining)
+    lr: float | None = option(None, f"Learning rate of the frozen phase ({_by_regime('lr')}).")
+    finetune_lr: float | None = option(None, f"Learning rate of fine-tuning ({_by_regime('finetune_lr')}).")
+    val_fraction: float = option(0.2, "Share of identities held out for validation (never trained on).")
+    seed: int = option(0, "Seed for the split, sampling, augmentation and initialisation.")
+    strategy: str = option(Strategy.AUTO.value, "tf.distribute strategy (auto: mirrored when more than one GPU is visible; "
+                           "multi-worker: from TF_CONFIG).", Strategy)
+    precision: str = option(Precision.FLOAT32.value, "Compute precision (the loss is always float32).", Precision)
+    augment: bool = option(True, "Flip/shift/zoom/brightness augmentation: cached augmented views in the frozen phase, "
+                           "augmented images when fine-tuning.")
+    patience: int | None = option(
+        None, "End a phase after this many epochs without a better validation MAP@R (0: never; default: "
+        f"{BY_DATA.frozen_patience} frozen, and fine-tune {FROM_SCRATCH.finetune_patience} from scratch, "
+        f"{PRETRAINED.finetune_patience} pretrained).")
+    lr_schedule: str = option(LrSchedule.CONSTANT.value,
+                              f"constant, or cosine (decays to {COSINE_FLOOR:g}× the learning rate over each phase).", LrSchedule)
+    finetune_patience: int | None = option(
+        None, f"Patience of the fine-tune phase alone (default: --patience if given, else {FROM_SCRATCH.finetune_patience} "
+        f"from scratch, {PRETRAINED.finetune_patience} pretrained).")
+    weight_decay: float | None = option(
+        None, f"AdamW weight decay on kernels (default: {shown(BY_DATA.weight_decay_few)} with fewer than "
+        f"{BY_DATA.few_identities} training identities, else {shown(BY_DATA.weight_decay)}).")
+    views: int = option(8, "Frozen phase: cache backbone features of this many views of each image (the image and augmented copies).")
+    val_image_fraction: float | None = option(
+        None, f"Also hold out this share of each training identity's images for validation (default: "
+        f"{shown(BY_DATA.val_image_fraction)} when fewer than {BY_DATA.min_val_identities} identities are held out, else 0).")
 
     def validate(self) -> "TrainConfig":
         checks = [
-            (self.image_size >= 32, f"--image-size must be at least 32 (ResNet50's smallest input), got {self.image_size}"),
+            (self.image_size >= resnet50.MIN_IMAGE_SIZE,
+             f"--image-size must be at least {resnet50.MIN_IMAGE_SIZE} (ResNet50's smallest input), got {self.image_size}"),
             (self.embedding_dim >= 2, f"--embedding-dim must be at least 2, got {self.embedding_dim}"),
             (self.frozen_epochs >= 0, f"--frozen-epochs must be 0 or more, got {self.frozen_epochs}"),
             (self.finetune_epochs >= 0, f"--finetune-epochs must be 0 or more, got {self.finetune_epochs}"),

@@ -3,7 +3,7 @@
 With few held-out identities, validation MAP@R cannot measure: among 4 people retrieval is
 easy whatever the model (on ORL, 4-identity subsets of the unseen s21–s40 score 0.880 with the
 start model and 0.892 with a trained head, against 0.735 and 0.808 over all 20). So, when fewer
-than `adaptive.MIN_VAL_IDENTITIES` identities are held out, the frozen phase's length is chosen
+than `BY_DATA.min_val_identities` (training/config.py) identities are held out, the frozen phase's length is chosen
 by two-fold cross-validation over *all* the run's identities (training and held-out):
 
     the identities are split in two halves (seeded); for each half, a head starts from its own

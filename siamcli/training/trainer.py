@@ -41,7 +41,7 @@ from siamcli.models.backbone_weights import WeightsChoice, resolve_weights
 from siamcli.run_config import RunConfig, RunSelection, RunSplit, read_config, read_split, write_config, write_split
 from siamcli.tf_runtime import import_tensorflow
 from siamcli.training import adaptive, checkpoint, folds, start_model, tensorboard
-from siamcli.training.config import MIN_STEPS_PER_EPOCH, TrainConfig
+from siamcli.training.config import COSINE_FLOOR, MIN_STEPS_PER_EPOCH, TrainConfig
 from siamcli.training.plots import plot_history
 from siamcli.training.strategy import choose_strategy, is_chief, worker_count
 
@@ -473,7 +473,7 @@ class _Session:
     def _use_folds(self) -> bool:
         """Too few held-out identities to measure: the frozen phase's length comes from folds
         (unless `--patience 0` asks for every epoch)."""
-        return 0 < self.held_out_identities < adaptive.MIN_VAL_IDENTITIES and bool(self.config.patience)
+        return adaptive.too_few_to_measure(self.held_out_identities) and bool(self.config.patience)
 
     def _choose_frozen_length(self, train_features, val_features) -> None:
         curve = folds.cross_validate(self, np.concatenate([train_features, val_features], axis=1), self._run_labels(),
@@ -566,7 +566,7 @@ class _Session:
         if config.lr_schedule == "cosine":
             # Decays to a tenth over the phase; the step counter lives in the optimiser, so a
             # resumed run continues the same curve.
-            schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * self.steps), alpha=0.1)
+            schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * self.steps), alpha=COSINE_FLOOR)
         if config.weight_decay:
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
             optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])  # kernels only
