@@ -6,14 +6,14 @@ columns, each output pixel a normalised weighted sum of the input pixels its tri
 covers. When shrinking, the kernel is widened by the shrink factor (the antialiasing: every
 input pixel contributes); when enlarging, it stays one pixel wide (plain bilinear). The span
 positions and weights here follow the op's float32 arithmetic step by step
-(tensorflow/core/kernels/image/scale_and_translate_op.cc, ComputeSpansCore), so each output
-pixel sums the same input pixels with the same weights; the sums are taken in float64 and
-stored as float32 after each pass, as the op stores its intermediate. What remains is the
-op's own float32 rounding: measured at most 3e-5 of a pixel value on 0–255 images
-(tests/test_light_model.py), far below what moves an embedding by 1e-5.
+(tensorflow/core/kernels/image/scale_and_translate_op.cc: ComputeSpansCore, GatherRows,
+GatherColumns), and each output pixel is summed as the op sums it, acc += w·x input by input,
+every product and sum rounded to float32, the intermediate stored as float32: the result is
+the op's bit for bit (tests/test_light_model.py checks equality on 1×1 to 7×9000 images).
 
-Pillow's `Image.resize(..., BILINEAR)` antialiases too, but clips and rounds to 8 bits and
-places its kernel differently at the borders: measured 0.5–1.3 pixel values off, too far.
+Pillow's `Image.resize(..., BILINEAR)` antialiases too, but rounds to 8 bits and places its
+kernel differently: pixels up to 1.0 off, and the embeddings of an untrained 64-px model up to
+2.8e-4 off on sample_data/ (this resize: 3.6e-7, the network's own float noise), too far.
 """
 
 from __future__ import annotations
