@@ -1,6 +1,6 @@
 """`siamcli serve`: a real server process (shared for the session) and the app in-process.
 
-Answers equal `siamcli query --json`; item and image routes; hostile uploads are 4xx and the
+Answers equal `siamcli query --json` and `siamcli verify --json`; item and image routes; hostile uploads are 4xx and the
 server keeps answering; limits (413, 422, 503 then recovery); path traversal; token; CORS;
 the page's headers; metrics; schemathesis against the served OpenAPI schema.
 """
@@ -8,6 +8,7 @@ the page's headers; metrics; schemathesis against the served OpenAPI schema.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import io
@@ -25,9 +26,9 @@ import numpy as np
 import pytest
 import schemathesis.cli
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import REPO, write_test_calibration
 from PIL import Image
-from serve_support import QUERIES, shared_run
+from serve_support import QUERIES, shared_run, wait_for
 from test_hostile_inputs import _png_declaring
 from test_index_cli import invoke
 
@@ -134,6 +135,147 @@ def test_k_larger_than_the_gallery_returns_all_of_it_and_k_outside_1_to_1000_is_
         answer = client.post("/api/v1/query", files=upload(QUERY_FILES[0])["files"], data={"k": k})
         assert answer.status_code == 422, (k, answer.text)
     assert client.post("/api/v1/query", data={"k": "5"}).status_code == 422  # no image, no id
+
+
+# ---------------------------------------------------------------- verify
+
+VERIFY = "/api/v1/verify"
+
+
+def pair(a: Path, b: Path, **fields) -> dict:
+    """A multipart verify body: files a and b, and text fields."""
+    return {"files": [("a", (a.name, a.read_bytes(), "image/png")), ("b", (b.name, b.read_bytes(), "image/png"))], "data": fields}
+
+
+def test_verify_answers_equal_siamcli_verify_json(served, client):
+    _, run = served
+    a, b = QUERY_FILES[:2]  # s7 and s3: two people
+    cli = invoke("verify", a, b, "--model", run, "--json")
+    assert cli.exit_code == 0, cli.stderr
+    expected = json.loads(cli.stdout)
+    answer = client.post(VERIFY, **pair(a, b))
+    assert answer.status_code == 200, answer.text
+    served_pair = answer.json()
+    assert served_pair["similarity"] == pytest.approx(expected["similarity"], abs=1e-5) and served_pair["similarity"] < 0.999
+    assert (served_pair["a"], served_pair["b"]) == (a.name, b.name)
+    assert {key: value for key, value in served_pair.items() if key not in ("a", "b", "similarity", "reason")} == \
+        {key: value for key, value in expected.items() if key not in ("a", "b", "similarity", "reason")}
+    # No calibration: no decision, and the reason says how to get one as a request sets it (a field, not --threshold).
+    assert served_pair["match"] is None and served_pair["threshold"] is None and served_pair["threshold_source"] is None
+    assert served_pair["reason"] == expected["reason"].replace("--threshold T", "a threshold field") != expected["reason"]
+
+
+def test_verify_decides_by_the_run_s_calibration_as_it_is_now(served, client):
+    """The same image twice is similarity 1 and a match at the calibrated threshold; a calibration written
+    while serving applies without a restart; an unreliable one gives no decision, with why."""
+    _, run = served
+    same, other = pair(QUERY_FILES[0], QUERY_FILES[0]), pair(QUERY_FILES[0], QUERY_FILES[1])
+    different = client.post(VERIFY, **other).json()["similarity"]
+    assert client.post(VERIFY, **same).json()["similarity"] == pytest.approx(1.0, abs=1e-6)
+    between = (different + 1) / 2  # a threshold the same photo passes and the other person does not
+    try:
+        write_test_calibration(run, threshold=2 - 2 * between)  # as `siamcli evaluate` writes it: a squared distance
+        wait_for(lambda: client.get("/api/v1/index").json()["similarity_threshold"] is not None)
+        matched, refused = client.post(VERIFY, **same).json(), client.post(VERIFY, **other).json()
+        assert matched["match"] is True and refused["match"] is False
+        for answer in (matched, refused):
+            assert answer["threshold"] == pytest.approx(between) and answer["threshold_source"] == "calibration"
+            assert (answer["far"], answer["far_ci95"], answer["frr"], answer["frr_ci95"]) == (0.01, [0.0, 0.02], 0.01, [0.0, 0.02])
+            assert "reason" not in answer
+        write_test_calibration(run, threshold=2 - 2 * between, reliable=False)
+        unreliable = wait_for(lambda: (answer := client.post(VERIFY, **same).json())["threshold"] is None and answer)
+        assert unreliable["match"] is None and "not reliable (measured on 2 identities" in unreliable["reason"]
+        assert "--threshold" not in unreliable["reason"] and "a threshold field" in unreliable["reason"]
+    finally:
+        (run / "calibration.json").unlink(missing_ok=True)
+        wait_for(lambda: "not calibrated" in client.post(VERIFY, **same).json().get("reason", ""))
+
+
+def test_verify_takes_a_threshold_instead_of_the_calibration(client):
+    for body in (pair(QUERY_FILES[0], QUERY_FILES[1], threshold="-1"), pair(QUERY_FILES[0], QUERY_FILES[1], threshold="-1.0e0")):
+        answer = client.post(VERIFY, **body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["match"] is True and answer.json()["threshold"] == -1.0 and answer.json()["threshold_source"] == "option"
+        assert not {"far", "frr", "reason"} & set(answer.json())  # no rates: none were measured at a threshold one sets
+    assert client.post(VERIFY, **pair(QUERY_FILES[0], QUERY_FILES[1], threshold="1")).json()["match"] is False
+    for wrong in ("1.5", "-2", "abc", "", "true", "0x1"):
+        refused = client.post(VERIFY, **pair(QUERY_FILES[0], QUERY_FILES[1], threshold=wrong))
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "threshold"], (wrong, refused.text)
+
+
+def test_verify_takes_gallery_items_by_id_alone_or_beside_an_upload(served, client):
+    _, run = served
+    first, second = client.get("/api/v1/items", params={"label": "s5", "limit": 2}).json()["items"]
+    by_ids = client.post(VERIFY, json={"a_id": first["id"], "b_id": second["id"]})
+    assert by_ids.status_code == 200, by_ids.text
+    cli = json.loads(invoke("verify", first["path"], second["path"], "--model", run, "--json").stdout)
+    assert by_ids.json()["similarity"] == pytest.approx(cli["similarity"], abs=1e-5)
+    assert (by_ids.json()["a"], by_ids.json()["b"]) == (first["path"], second["path"])
+    as_form = client.post(VERIFY, data={"a_id": str(first["id"]), "b_id": str(second["id"])})
+    assert as_form.json() == by_ids.json()
+    itself = client.post(VERIFY, json={"a_id": first["id"], "b_id": first["id"], "threshold": 0.5}).json()
+    assert itself["similarity"] == pytest.approx(1.0, abs=1e-6) and itself["match"] is True
+    photo = Path(first["path"])  # the item's own file, uploaded: the model's vector is the stored one
+    mixed = client.post(VERIFY, files=[("a", (photo.name, photo.read_bytes(), "image/png"))], data={"b_id": str(first["id"])})
+    assert mixed.status_code == 200, mixed.text
+    assert mixed.json()["similarity"] == pytest.approx(1.0, abs=1e-5) and (mixed.json()["a"], mixed.json()["b"]) == (photo.name, first["path"])
+    unknown = client.post(VERIFY, json={"a_id": first["id"], "b_id": 999999})
+    assert unknown.status_code == 404 and unknown.json()["detail"] == "no item 999999 in the index"
+
+
+def test_verify_refuses_a_missing_image_with_422_and_a_non_image_with_400(client):
+    a = ("a", (QUERY_FILES[0].name, QUERY_FILES[0].read_bytes(), "image/png"))
+    missing = client.post(VERIFY, files=[a])
+    assert missing.status_code == 422
+    [error] = missing.json()["detail"]
+    assert error["loc"] == ["body", "b"] and error["msg"] == "missing: give image b as a file part b (multipart/form-data) or a gallery item id b_id"
+    assert client.post(VERIFY, json={"a_id": 1}).json()["detail"][0]["loc"] == ["body", "b"]
+    refused = {
+        "twice": ({"files": [a], "data": {"a_id": "1", "b_id": "2"}}, ["body", "a"], "give image a once"),
+        "two files": ({"files": [a, a, ("b", a[1])]}, ["body", "a"], "one image per field, got 2"),
+        "text a": ({"files": [("b", a[1])], "data": {"a": "photo.png"}}, ["body", "a"], "must be a file"),
+        "unknown": ({"files": [a, ("b", a[1])], "data": {"c": "1"}}, ["body", "c"], "unknown field; the fields are a and b"),
+        "null": ({"json": {"a_id": 1, "b_id": 2, "threshold": None}}, ["body", "threshold"], ""),
+        "negative id": ({"json": {"a_id": -1, "b_id": 2}}, ["body", "a_id"], ""),
+        "files in JSON": ({"json": {"a": "x", "a_id": 1, "b_id": 2}}, ["body", "a"], "unknown field"),
+    }
+    for case, (body, loc, msg) in refused.items():
+        answer = client.post(VERIFY, **body)
+        assert answer.status_code == 422, (case, answer.text)
+        assert answer.json()["detail"][0]["loc"] == loc and answer.json()["detail"][0]["msg"].startswith(msg), (case, answer.text)
+    not_image = client.post(VERIFY, files=[a, ("b", ("list.png", HOSTILE["text.jpg"], "image/png"))])
+    assert not_image.status_code == 400
+    assert not_image.json()["detail"] == "list.png: not a readable image (no JPEG, PNG, BMP, GIF, WebP, TIFF or PNM data)"
+    other = client.post(VERIFY, content=b"a_id=1", headers={"Content-Type": "text/plain"})
+    assert other.status_code == 415 and "a_id and b_id" in other.json()["detail"]
+
+
+def test_a_verify_s_uploads_join_the_forward_pass_of_the_queries_beside_them(serving_state):
+    from siamcli.index.search import QueryResult
+    from siamcli.serve.batcher import MicroBatcher
+    from siamcli.serve.images import decode_upload
+    from siamcli.serve.searcher import Query, Searcher, ToEmbed
+
+    decoded = [decode_upload(p.read_bytes(), p.name, serving_state.image_size) for p in QUERY_FILES]
+
+    async def requests(*payloads) -> tuple[list, list[int]]:
+        """The payloads sent at once through the service's batcher: (their answers, images per batch)."""
+        batches: list[int] = []
+        batcher = MicroBatcher(Searcher(serving_state, 32), max_batch=32, max_wait=5, capacity=64, on_batch=batches.append)
+        batcher.start()
+        try:
+            with contextlib.ExitStack() as admitted:
+                tickets = [admitted.enter_context(batcher.admit(payload.uploads)) for payload in payloads]
+                answers = await asyncio.gather(*(ticket.submit(p.uploads, p) for ticket, p in zip(tickets, payloads)))
+        finally:
+            await batcher.close()
+        return answers, batches
+
+    (query, together), batches = asyncio.run(requests(Query(["q"], decoded[:1], None, 3), ToEmbed(decoded[1:])))
+    assert batches == [3]  # one forward pass for the query's upload and the verify's two
+    assert isinstance(query[0], QueryResult) and len(query[0].neighbours) == 3
+    [alone], _ = asyncio.run(requests(ToEmbed(decoded[1:])))
+    assert together.shape == (2, serving_state.dim) and np.allclose(together, alone, atol=1e-5)
 
 
 def test_a_large_upload_resized_when_decoded_gives_the_pixels_of_its_batch_s_resize():
@@ -335,6 +477,12 @@ include-method = "POST"
 # No schema can say "bytes that decode as an image": generated files are noise, answered 400 with
 # the decoder's reason (a documented answer). Every other status is held to what the schema says.
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
+
+[[operations]]
+include-path = "/api/v1/verify"
+include-method = "POST"
+# The same: generated files are noise (400), generated ids mostly name no item (404).
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 """
 
 
@@ -351,7 +499,7 @@ def test_the_served_schema_says_what_the_server_accepts_by_every_schemathesis_ch
         "--workers", "1", "--max-examples", "25", "--seed", "1", "--suppress-health-check", "too_slow"])
     assert run.exit_code == 0, run.output[run.output.find("FAILURES"):][:8000]
     tested = re.search(r"(\d+) generated, (\d+) passed", run.output)
-    assert "8 selected / 8 total" in run.output and tested and int(tested[1]) == int(tested[2]) > 300, run.output[-3000:]
+    assert "9 selected / 9 total" in run.output and tested and int(tested[1]) == int(tested[2]) > 300, run.output[-3000:]
 
 
 # ---------------------------------------------------------------- in-process: token, CORS, page

@@ -1,9 +1,10 @@
-"""The /api/v1 routes. Answers to queries are exactly `siamcli query --json` (same `to_json`)."""
+"""The /api/v1 routes. Answers to queries are exactly `siamcli query --json`, to verify exactly
+`siamcli verify --json` for one pair (the same `to_json`)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, UploadFile
@@ -12,11 +13,13 @@ from pydantic import BaseModel, Field
 
 from siamcli.data.decode import DecodeError
 from siamcli.index.items import IndexItem
+from siamcli.pairs.verify import PairVerdict, cosine_similarities
+from siamcli.serve import pair_body, query_body
 from siamcli.serve.batcher import QueueFull
 from siamcli.serve.config import MAX_ITEM_ID
 from siamcli.serve.images import GalleryFileError, decode_upload, upload_name
-from siamcli.serve.query_body import openapi_request_body, read_query
 from siamcli.serve.searcher import Query as SearchQuery
+from siamcli.serve.searcher import ToEmbed
 from siamcli.serve.service import Service
 from siamcli.serve.state import Snapshot, label_counts
 
@@ -49,6 +52,21 @@ class Neighbour(BaseModel):
 class Answer(BaseModel):
     query: str = Field(description="the upload's file name, or the gallery path of a queried item")
     results: list[Neighbour]
+
+
+class Verdict(BaseModel):
+    a: str = Field(description="image a: the upload's file name, or the gallery path of an item")
+    b: str
+    similarity: float = Field(description="cosine similarity of the two embeddings, in [-1, 1]")
+    match: bool | None = Field(description="similarity ≥ threshold; null without a threshold (`reason` says why)")
+    threshold: float | None = Field(description="a cosine similarity: the run's calibrated one, or the request's")
+    threshold_source: Literal["calibration", "option"] | None = Field(description="calibration: the run's calibration.json; "
+                                                                                    "option: the request's threshold")
+    far: float | None = Field(None, description="with the calibrated threshold: the false-match rate measured there")
+    far_ci95: list[float] | None = Field(None, min_length=2, max_length=2, description="its 95 % interval")
+    frr: float | None = Field(None, description="with the calibrated threshold: the false-non-match rate measured there")
+    frr_ci95: list[float] | None = Field(None, min_length=2, max_length=2, description="its 95 % interval")
+    reason: str | None = Field(None, description="without a threshold: why there is none, and how to get one")
 
 
 class Item(BaseModel):
@@ -101,13 +119,13 @@ Current = Annotated[Service, Depends(current)]
 
 
 @router.post("/query", response_model=list[Answer], responses={**errors(400, 404, 413, 415, 503), 422: {"model": Invalid}},
-             openapi_extra={"requestBody": openapi_request_body()})
+             openapi_extra={"requestBody": query_body.openapi_request_body()})
 async def query(request: Request, service: Current) -> Response:
     """The k most similar gallery images to each uploaded image, then to each gallery item given by id.
 
     A form (multipart with images and/or ids, or urlencoded with ids), or a JSON body with ids.
     `exclude_self` leaves a queried item out of its own results: k others are returned."""
-    async with read_query(request) as asked:
+    async with query_body.read_query(request) as asked:
         uploads, ids = asked.uploads, asked.ids
         snapshot = service.state.snapshot
         stored = _stored_vectors(snapshot, ids)
@@ -118,9 +136,34 @@ async def query(request: Request, service: Current) -> Response:
                 names = [upload_name(f.filename, i) for i, f in enumerate(uploads)] + [snapshot.item(i).path for i in ids]
                 results = await ticket.submit(len(uploads), SearchQuery(names, decoded, stored, asked.k, leave_out))
         except QueueFull as full:
-            service.metrics.reject("overload")
-            raise HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)}) from None
+            raise _at_capacity(service, full) from None
     return JSONResponse([result.to_json() for result in results])
+
+
+@router.post("/verify", response_model=Verdict, responses={**errors(400, 404, 413, 415, 503), 422: {"model": Invalid}},
+             openapi_extra={"requestBody": pair_body.openapi_request_body()})
+async def verify(request: Request, service: Current) -> Response:
+    """Whether two images show the same identity: their cosine similarity and match / no match.
+
+    Each image is an upload (embedded with the queries of the same moment) or a gallery item by id
+    (its stored vector). The decision uses the run's calibrated threshold, with the false-match and
+    false-non-match rates measured there, or the request's `threshold`; with neither, `match` is
+    null and `reason` says why. The answer is what `siamcli verify A B --json` prints."""
+    async with pair_body.read_pair(request) as pair:
+        snapshot = service.state.snapshot
+        decision = service.state.decision(pair.threshold)
+        sides = (pair.a, pair.b)
+        ids = [side for side in sides if isinstance(side, int)]
+        stored = iter(_stored_vectors(snapshot, ids) if ids else ())
+        uploaded = iter(await _embedded(service, pair.uploads))
+        vectors = [next(stored) if isinstance(side, int) else next(uploaded) for side in sides]
+        names = [snapshot.item(side).path if isinstance(side, int) else upload_name(side.filename, position)
+                 for position, side in enumerate(sides)]
+    similarity = float(cosine_similarities(vectors[0][None], vectors[1][None])[0])
+    answer = PairVerdict(names[0], names[1], similarity, decision).to_json()
+    if "reason" in answer:  # the engine names the CLI's option; a request sets the field
+        answer["reason"] = answer["reason"].replace("--threshold T", "a threshold field")
+    return JSONResponse(answer)
 
 
 @router.get("/items", response_model=ItemPage)
@@ -197,6 +240,24 @@ def _stored_vectors(snapshot: Snapshot, ids: list[int]):
     if missing:
         raise HTTPException(404, f"no item {missing[0]} in the index")
     return np.concatenate([snapshot.vector(i) for i in ids])
+
+
+async def _embedded(service: Service, uploads: list[UploadFile]) -> np.ndarray:
+    """(uploads, dim) embeddings of the uploads, through the batcher (one forward pass with whatever
+    else is waiting); 503 when the queue is full."""
+    if not uploads:
+        return np.zeros((0, service.state.dim), np.float32)
+    try:
+        with service.batcher.admit(len(uploads)) as ticket:
+            decoded = await _decode_all(service, uploads)
+            return await ticket.submit(len(decoded), ToEmbed(decoded))
+    except QueueFull as full:
+        raise _at_capacity(service, full) from None
+
+
+def _at_capacity(service: Service, full: QueueFull) -> HTTPException:
+    service.metrics.reject("overload")
+    return HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)})
 
 
 async def _decode_all(service: Service, uploads: list[UploadFile]) -> list[np.ndarray]:

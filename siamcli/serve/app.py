@@ -1,7 +1,7 @@
 """The FastAPI application: the API, the page, health and metrics, and the middleware around them.
 
 Middleware, outermost first: request metrics → security headers → CORS (only with
---cors-origin) → body limit (413) → load shedding (503 before a query's body is read) → routes.
+--cors-origin) → body limit (413) → load shedding (503 before a query's or verify's body is read) → routes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def create_app(service: Service) -> FastAPI:
             await service.stop()
 
     app = FastAPI(title="siamcli", version=__version__, lifespan=lifespan,
-                  description="Search a gallery of images by similarity: upload an image, get its nearest gallery images.")
+                  description="Search a gallery of images by similarity: upload an image, get its nearest gallery images; "
+                              "verify two images: the same identity or not.")
     app.state.service = service
     token = service.options.token
     app.include_router(api.router, dependencies=[Depends(token_dependency(token))] if token else [],
@@ -106,15 +107,18 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
 
+BATCHED = ("/api/v1/query", "/api/v1/verify")  # the routes whose images wait in the batcher's queue
+
+
 class ShedLoad:
-    """503 + Retry-After for a query while the queue is full, before its body is even read."""
+    """503 + Retry-After for a query or a verify while the queue is full, before its body is even read."""
 
     def __init__(self, app: ASGIApp, service: Service):
         self.app = app
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/v1/query" and self.service.batcher.full:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in BATCHED and self.service.batcher.full:
             self.service.metrics.reject("overload")
             return await send_json(send, 503, {"detail": "the service is at capacity; retry in 1 s"}, [(b"retry-after", b"1")])
         await self.app(scope, receive, send)

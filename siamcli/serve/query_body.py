@@ -7,8 +7,8 @@ OpenAPI request body that says exactly that.
 
 FastAPI cannot declare one route taking either a form or JSON, so the route reads the body
 itself and its schema comes from here. Form fields are text: an integer is its decimal digits, a
-boolean `true` or `false`; they are then checked by the same strict model as a JSON body, so both
-refuse the same things with the same words. Unknown fields are refused, not ignored (a typo such
+number as JSON writes it, a boolean `true` or `false`; they are then checked by the same strict
+model as a JSON body, so both refuse the same things with the same words. Unknown fields are refused, not ignored (a typo such
 as `exclude-self` must not silently change nothing).
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Annotated, AsyncIterator
+from typing import Annotated, AsyncIterator, Callable, TypeVar
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,10 +26,14 @@ from starlette.datastructures import FormData, UploadFile
 
 from siamcli.serve.config import MAX_IMAGES_PER_REQUEST, MAX_ITEM_ID, MAX_K
 
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
 JSON, MULTIPART, URLENCODED = "application/json", "multipart/form-data", "application/x-www-form-urlencoded"
 ACCEPTED = f"{MULTIPART} (images and/or id), {URLENCODED} or {JSON} (id)"
 FIELDS = f"images (in {MULTIPART} only), id, k and exclude_self"
 FORM_INTEGER = re.compile(r"-?[0-9]{1,30}")  # longer is no id or k anyway (and int() of 5,000 digits raises)
+FORM_NUMBER = re.compile(r"-?(0|[1-9][0-9]{0,29})(\.[0-9]{1,30})?([eE][+-]?[0-9]{1,3})?")  # JSON's number syntax
 FORM_BOOLEAN = {"true": True, "false": False}
 ID_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_ITEM_ID}
 IDS_SCHEMA = {
@@ -86,56 +90,79 @@ class Asked:
 async def read_query(request: Request) -> AsyncIterator[Asked]:
     """The request's body as an Asked (the uploads stay open until the block ends); 415 for a
     body of another type, 422 for an invalid one."""
-    kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if kind == JSON:
-        body = await request.body()
-        yield _checked([], lambda: ByIds.model_validate_json(body))
-    elif kind in (MULTIPART, URLENCODED):
-        async with request.form() as form:
-            yield _from_form(form, files=kind == MULTIPART)
-    else:
-        raise HTTPException(415, f"the body must be {ACCEPTED}, got {kind or 'no Content-Type'}")
+    async with read_body(request, ACCEPTED, lambda body: _checked([], lambda: ByIds.model_validate_json(body)), _from_form) as asked:
+        yield asked
 
 
 def _from_form(form: FormData, files: bool) -> Asked:
     uploads = form.getlist("images") if files else []
     not_files = [position for position, upload in enumerate(uploads) if not isinstance(upload, UploadFile)]
     if not_files:
-        _invalid("images", not_files[0], msg="must be a file (a form part with a filename)")
+        invalid("images", not_files[0], msg="must be a file (a form part with a filename)")
     if len(uploads) > MAX_IMAGES_PER_REQUEST:
-        _invalid("images", msg=f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(uploads)}")
-    fields = {name: [_form_value(v) for v in form.getlist(name)] for name in form if not (files and name == "images")}
-    fields = {name: values if name == "id" or len(values) > 1 else values[0] for name, values in fields.items()}
+        invalid("images", msg=f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(uploads)}")
+    fields = form_fields(form, files=("images",) if files else (), lists=("id",))
     if not uploads and "id" not in fields:
-        _invalid(msg="give at least one image (or id)")  # the body's fault, not one field's: neither is required alone
+        invalid(msg="give at least one image (or id)")  # the body's fault, not one field's: neither is required alone
     return _checked(uploads, lambda: (ByIds if "id" in fields else Options).model_validate(fields))
 
 
-def _form_value(value):
+def _checked(uploads: list[UploadFile], validate) -> Asked:
+    options = validated(validate, FIELDS)
+    return Asked(uploads, getattr(options, "id", []), options.k, options.exclude_self)
+
+
+# ---- what every body of the API shares (verify's too: pair_body.py) -------------------------------
+@contextlib.asynccontextmanager
+async def read_body(request: Request, accepted: str, from_json: Callable[[bytes], T], from_form: Callable[[FormData, bool], T]) -> AsyncIterator[T]:
+    """`from_json(body)` or `from_form(form, files allowed)` of the request, by its Content-Type
+    (a form's uploads stay open until the block ends); 415 for a body of another type."""
+    kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if kind == JSON:
+        yield from_json(await request.body())
+    elif kind in (MULTIPART, URLENCODED):
+        async with request.form() as form:
+            yield from_form(form, kind == MULTIPART)
+    else:
+        raise HTTPException(415, f"the body must be {accepted}, got {kind or 'no Content-Type'}")
+
+
+def form_fields(form: FormData, files: tuple[str, ...] = (), lists: tuple[str, ...] = ()) -> dict:
+    """A form's fields besides its `files`, each as the JSON value its text spells; a field
+    given more than once, or named in `lists`, as a list (for the model to take or refuse)."""
+    fields = {name: [form_value(v) for v in form.getlist(name)] for name in form if name not in files}
+    return {name: values if name in lists or len(values) > 1 else values[0] for name, values in fields.items()}
+
+
+def form_value(value):
     """A form field's text as the JSON value it spells (else as it is, for the model to refuse)."""
     if isinstance(value, str):
         if FORM_INTEGER.fullmatch(value):
             return int(value)
+        if FORM_NUMBER.fullmatch(value):
+            return float(value)
         return FORM_BOOLEAN.get(value, value)
     return value
 
 
-def _checked(uploads: list[UploadFile], validate) -> Asked:
+def validated(validate: Callable[[], M], fields: str) -> M:
+    """`validate()`'s model, or a 422 that says each error as the API says it (`fields`: the body's
+    fields in words, for an unknown one)."""
     try:
-        options = validate()
+        return validate()
     except ValidationError as exc:
-        raise RequestValidationError([_said(error) for error in exc.errors()]) from None
-    return Asked(uploads, getattr(options, "id", []), options.k, options.exclude_self)
+        raise RequestValidationError([_said(error, fields) for error in exc.errors()]) from None
 
 
-def _said(error: dict) -> dict:
+def _said(error: dict, fields: str) -> dict:
     """A model's error as the API says it: located in the body, an unknown field named as such."""
     if error["type"] == "extra_forbidden":
-        error = {**error, "msg": f"unknown field; the fields are {FIELDS}"}
+        error = {**error, "msg": f"unknown field; the fields are {fields}"}
     return {**error, "loc": ("body", *error["loc"])}
 
 
-def _invalid(*loc, msg: str):
+def invalid(*loc, msg: str):
+    """Raise the 422 of a body whose problem no model says (`loc`: where, inside the body)."""
     raise RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": msg}])
 
 

@@ -1,5 +1,6 @@
 """What one micro-batch does: resize its uploads, one `embed` call, one FAISS search per depth (k, or k + 1
-when a queried item is to be left out of its own answer).
+when a queried item is to be left out of its own answer). A verify request's uploads join the
+same forward pass (`ToEmbed`) and are answered with their embeddings, searched for nothing.
 
 Runs on the batcher's model thread. The whole batch uses the snapshot current when it starts,
 so an index swapped meanwhile changes the next batch, never half of this one.
@@ -46,6 +47,17 @@ class Query:
         return [QueryResult(name, _without(neighbours, item, self.k)) for name, neighbours, item in zip(self.names, found, leave_out)]
 
 
+@dataclass(frozen=True)
+class ToEmbed:
+    """Uploads to embed only (verify): answered with their (uploads, dim) embeddings, in order."""
+
+    images: list[np.ndarray]  # decoded uploads (images.decode_upload), resized with the batch
+
+    @property
+    def uploads(self) -> int:
+        return len(self.images)
+
+
 def _without(neighbours: list[Neighbour], item_id: int | None, k: int) -> list[Neighbour]:
     """The first k neighbours that are not `item_id`, ranked again from 1."""
     if item_id is None:
@@ -55,7 +67,8 @@ def _without(neighbours: list[Neighbour], item_id: int | None, k: int) -> list[N
 
 
 class Searcher:
-    """Callable the batcher runs: jobs with a Query payload → one list[QueryResult] per job.
+    """Callable the batcher runs: a job with a Query payload → its list[QueryResult]; one with a
+    ToEmbed payload → its (uploads, dim) embeddings.
 
     FAISS searches with `search_threads` OpenMP threads (set in the thread that searches): one
     by default, since a batch is small and OpenMP threads spinning at a barrier while TensorFlow
@@ -71,12 +84,13 @@ class Searcher:
     def __call__(self, jobs: Sequence[Job]) -> list[list[QueryResult]]:
         self._set_search_threads()
         snapshot = self.state.snapshot
-        queries: list[Query] = [job.payload for job in jobs]
+        queries: list[Query | ToEmbed] = [job.payload for job in jobs]
         vectors = self._vectors(queries)
         by_depth: dict[int, list[int]] = defaultdict(list)
         for position, query in enumerate(queries):
-            by_depth[query.depth].append(position)
-        answers: list[list] = [[] for _ in queries]
+            if isinstance(query, Query):
+                by_depth[query.depth].append(position)
+        answers: list = list(vectors)  # a ToEmbed's answer; a Query's is replaced by its search
         for depth, positions in by_depth.items():
             stacked = np.concatenate([vectors[p] for p in positions])
             found = iter(search_vectors(snapshot.loaded, stacked, depth, snapshot.similarity_threshold))
@@ -89,7 +103,7 @@ class Searcher:
             faiss_module().omp_set_num_threads(self.search_threads)
             self._threads_set.add(threading.get_ident())
 
-    def _vectors(self, queries: list[Query]) -> list[np.ndarray]:
+    def _vectors(self, queries: list[Query | ToEmbed]) -> list[np.ndarray]:
         """(queries, dim) per request: its uploads embedded together with every other request's."""
         images = [image for q in queries for image in q.images]
         embedded = np.zeros((0, self.state.dim), np.float32)
@@ -100,6 +114,6 @@ class Searcher:
         for query in queries:
             own = embedded[start:start + query.uploads]
             start += query.uploads
-            parts = [own] + ([query.stored] if query.stored is not None else [])
+            parts = [own] + ([query.stored] if isinstance(query, Query) and query.stored is not None else [])
             vectors.append(np.concatenate(parts).astype(np.float32, copy=False))
         return vectors

@@ -12,7 +12,8 @@ inode for the folder). A watcher thread stats both every `interval` seconds; on 
 loads and validates the new index off the request path, then swaps one reference. Segments
 are never rewritten in place, so the old snapshot keeps answering from its files meanwhile. An index that does not load, or was built with another
 model, is refused: the old one keeps serving, and /readyz and the log say why. The match
-threshold is the model run's `calibration.json`, read again whenever that file changes.
+decision (threshold and error rates) is the model run's `calibration.json`, read again
+whenever that file changes; queries and verify use the same one.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from siamcli.calibration import CALIBRATION_FILE, similarity_threshold
 from siamcli.errors import UserError
 from siamcli.index import manifest as mf
 from siamcli.index.items import IndexItem
-from siamcli.index.search import load_query_model, open_index, resolve_index_dir, run_threshold
+from siamcli.index.search import load_query_model, open_index, resolve_index_dir
 from siamcli.index.store import LoadedIndex, check_model, load_index
 from siamcli.models.embed import model_image_size
+from siamcli.pairs.verify import Decision, decision_for
 
 log = logging.getLogger("siamcli.serve")
 
@@ -48,13 +50,19 @@ class Snapshot:
     loaded: LoadedIndex  # its items read once (`entries`): searches name results from memory
     rows: dict[int, int]  # item id → position in loaded.entries
     by_label: dict[str, list[int]]  # label → positions, in index order
-    threshold: float | None  # the run's reliable calibrated squared-L2 distance; None when there is none
+    decision: Decision  # the run's calibration for this model: its threshold and rates, or why there is none
     signature: Signature | None  # of the directory when it was loaded
     loaded_at: float = field(default_factory=time.time)
 
     @property
     def count(self) -> int:
         return self.loaded.count
+
+    @property
+    def threshold(self) -> float | None:
+        """The run's reliable calibrated squared-L2 distance; None when there is none."""
+        calibration = self.decision.calibration
+        return None if calibration is None else calibration.threshold
 
     @property
     def similarity_threshold(self) -> float | None:
@@ -85,12 +93,11 @@ def signature(directory: Path) -> Signature | None:
 def make_snapshot(loaded: LoadedIndex, fingerprint: str, model_path: Path, before: Signature | None) -> Snapshot:
     """Read every segment's items once and index them by id and label."""
     entries = loaded.entries
-    threshold, _ = run_threshold(model_path.parent, fingerprint)
     by_label: dict[str, list[int]] = {}
     for position, (_, item) in enumerate(entries):
         by_label.setdefault(item.label, []).append(position)
     rows = {item.id: position for position, (_, item) in enumerate(entries)}
-    return Snapshot(loaded=loaded, rows=rows, by_label=by_label, threshold=threshold, signature=before)
+    return Snapshot(loaded=loaded, rows=rows, by_label=by_label, decision=decision_for(model_path.parent, fingerprint), signature=before)
 
 
 def label_counts(snapshot: Snapshot) -> list[tuple[str, int]]:
@@ -156,10 +163,17 @@ class ServingState:
         if current == self._calibration:
             return
         self._calibration = current
-        threshold, _ = run_threshold(self.model_path.parent, self.fingerprint)
-        if threshold != self.snapshot.threshold:
-            self.snapshot = dataclasses.replace(self.snapshot, threshold=threshold)
-            log.info("match threshold now %s (from %s)", threshold, path)
+        decision = decision_for(self.model_path.parent, self.fingerprint)
+        if decision != self.snapshot.decision:
+            self.snapshot = dataclasses.replace(self.snapshot, decision=decision)
+            log.info("match threshold now %s (from %s)", self.snapshot.threshold, path)
+
+    def decision(self, threshold: float | None = None) -> Decision:
+        """How a pair's similarity is decided: by `threshold` (a cosine similarity) when one is
+        given, else by the run's calibration as it is now."""
+        if threshold is None:
+            return self.snapshot.decision
+        return decision_for(self.model_path.parent, self.fingerprint, threshold)
 
     def watch(self, interval: float) -> None:
         """Poll in a daemon thread every `interval` seconds (0: never)."""
