@@ -1,14 +1,27 @@
 """The k-nearest-neighbour graph clustering works on: each image joined to its k most similar others.
 
-Memory is O(N·k), never N×N: FAISS searches every vector against the others a chunk of
-queries at a time and keeps k answers per row. Up to EXACT_MAX vectors the search is exact
-(IndexFlatIP: brute force, BLAS); above, an IVF index (`IVF{L},Flat`: exact scores of the
-candidates it finds, L = faiss_index.nlist_for(N) / 2 lists, trained on TRAIN_POINTS_PER_LIST
-points a list) with nprobe raised from 1 until, on RECALL_SAMPLE sampled rows, the search finds
-RECALL_TARGET of the exact top-k neighbours that are above the threshold — the edges the
-clustering keeps; the neighbours below it are noise whatever their rank, and finding them
-exactly would cost most of the search. The graph is symmetric (a pair is an edge when either
-image is among the other's k nearest) and holds cosine similarities.
+Memory is O(N·k), never N×N. Up to EXACT_MAX vectors the search is exact: FAISS IndexFlatIP,
+every vector against all, a chunk of queries at a time. Above, an IVF self-join:
+
+  * the coarse quantizer of an `IVF{L},Flat` index (FAISS k-means, spherical, L =
+    faiss_index.nlist_for(N): ≈ 4·√N lists, trained on TRAIN_POINTS_PER_LIST points a list)
+    gives every vector its MAX_LISTS nearest lists;
+  * each vector is a query in its nearest list only and a candidate in its m nearest, so a list's
+    queries are compared with its candidates in one brute-force block (faiss.knn: BLAS), k + 1
+    kept per query;
+  * m is the smallest number of lists that finds RECALL_TARGET of the exact top-k neighbours
+    above the threshold of RECALL_SAMPLE sampled vectors (the edges the clustering keeps; the
+    neighbours below it are noise whatever their rank). Whether a neighbour j of query i is a
+    candidate depends only on whether i's list is among j's m nearest, so every m is measured
+    from one exact search of the sample, before any join runs.
+
+FAISS's own IVF search (each query probing its nprobe lists) was measured beside it on 10^5
+synthetic clustered vectors (256-d, benchmarks/bench_cluster.py): 21 s of CPU for recall 0.96
+at nprobe 16, where the self-join takes ≈ 7 s for 0.965 at m = 4 — a list's queries share their
+candidates, so each block is one matrix product instead of a scan per query.
+
+The graph is symmetric (a pair is an edge when either image is among the other's k nearest) and
+holds cosine similarities, exact for the pairs found.
 """
 
 from __future__ import annotations
@@ -21,12 +34,13 @@ from scipy import sparse
 from siamcli.events import NO_EVENTS, Events
 from siamcli.index import faiss_index
 
-EXACT_MAX = 20_000  # exact all-pairs search up to this many vectors (N² dot products: ≈ 10 s on 2 cores at 20,000)
-SEARCH_CHUNK = 8192  # queries per FAISS call: (chunk, k+1) answers at a time
-RECALL_TARGET = faiss_index.RECALL_TARGET
+EXACT_MAX = 20_000  # exact all-pairs search up to this many vectors (N² dot products: seconds at 20,000)
+SEARCH_CHUNK = 8192  # exact search: queries per FAISS call, (chunk, k+1) answers at a time
+RECALL_TARGET = 0.99  # not the index's 0.95: a group whose vectors fall into two lists is held together only by
+                      # the edges between them; at 0.95 (one list per vector) 4 of 40 groups of 50 split in two
 RECALL_SAMPLE = 1000
-TRAIN_POINTS_PER_LIST = 39  # FAISS's minimum: k-means is most of an IVF build's time at 10^6
-TIE = 1e-6  # a neighbour as similar as the k-th exact one is as good an answer
+TRAIN_POINTS_PER_LIST = 39  # FAISS's minimum: k-means is a large share of the build at 10^6
+MAX_LISTS = 16  # the most lists a vector is a candidate in
 
 
 @dataclass
@@ -57,73 +71,101 @@ def knn_graph(vectors: np.ndarray, k: int, threshold: float, events: Events = NO
         return KnnGraph(sparse.csr_array((count, count), dtype=np.float32), max(k, 0), "Flat", {}, 1.0)
     vectors = np.ascontiguousarray(vectors, np.float32)
     if count <= EXACT_MAX:
-        plan, params, recall = faiss_index.FLAT, {}, 1.0
-        index = faiss_index.create(plan, vectors.shape[1])
-        index.add(vectors)
+        factory, params, recall = faiss_index.FLAT.factory, {}, 1.0
+        found, scores = _exact_neighbours(vectors, k, events)
     else:
-        plan = faiss_index.IndexPlan("ivf", f"IVF{max(1, faiss_index.nlist_for(count) // 2)},Flat", "auto")
-        index = _trained_ivf(plan, vectors, events, seed)
-        params, recall = _tune_nprobe(index, plan, vectors, k, threshold, events, seed)
-    rows, columns, scores = _search_all(index, vectors, k, events)
-    del index
-    graph = sparse.coo_array((scores, (rows, columns)), shape=(count, count)).tocsr()
-    del rows, columns, scores
+        lists = faiss_index.nlist_for(count)
+        factory = f"IVF{lists},Flat self-join"
+        found, scores, params, recall = _ivf_self_join(vectors, k, threshold, lists, events, seed)
+    keep = _without_self(found, np.arange(count)[:, None])
+    rows = np.broadcast_to(np.arange(count, dtype=np.int32)[:, None], found.shape)[keep]
+    graph = sparse.coo_array((scores[keep], (rows, found[keep].astype(np.int32))), shape=(count, count)).tocsr()
+    del found, scores, keep, rows
     graph = graph.maximum(graph.T).tocsr()  # one image among the other's k nearest: an edge both ways
     graph.sort_indices()
-    return KnnGraph(graph, k, plan.factory, params, recall)
+    return KnnGraph(graph, k, factory, params, recall)
 
 
-def _trained_ivf(plan: faiss_index.IndexPlan, vectors: np.ndarray, events: Events, seed: int):
-    events.stage(f"training {plan.factory} on {len(vectors)} vectors")
-    index = faiss_index.create(plan, vectors.shape[1])
-    rng = np.random.default_rng(seed)
-    size = min(len(vectors), TRAIN_POINTS_PER_LIST * plan.nlist)
-    index.train(vectors[np.sort(rng.choice(len(vectors), size=size, replace=False))])
+def _exact_neighbours(vectors: np.ndarray, k: int, events: Events) -> tuple[np.ndarray, np.ndarray]:
+    """(found, scores), each (N, k+1): every row's k+1 most similar rows (itself among them), exactly."""
+    index = faiss_index.create(faiss_index.FLAT, vectors.shape[1])
     index.add(vectors)
-    return index
+    events.stage("finding each image's nearest neighbours", len(vectors))
+    found = np.empty((len(vectors), k + 1), np.int64)
+    scores = np.empty((len(vectors), k + 1), np.float32)
+    for start in range(0, len(vectors), SEARCH_CHUNK):
+        part = slice(start, start + SEARCH_CHUNK)
+        scores[part], found[part] = index.search(vectors[part], k + 1)
+        events.advance(len(found[part]))
+    return found, scores
 
 
-def _tune_nprobe(index, plan: faiss_index.IndexPlan, vectors: np.ndarray, k: int, threshold: float, events: Events,
-                 seed: int) -> tuple[dict, float]:
-    """({"nprobe": n}, recall): the smallest power of 2 whose search finds RECALL_TARGET of the
-    sampled rows' exact neighbours above the threshold (all lists if none does)."""
-    events.stage("measuring the recall of the neighbour search on sampled rows")
+def _ivf_self_join(vectors: np.ndarray, k: int, threshold: float, lists: int, events: Events,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, dict, float]:
+    """(found, scores, {"lists_per_vector": m}, recall): the IVF self-join (module docstring)."""
     faiss = faiss_index.faiss_module()
-    rows = np.sort(np.random.default_rng(seed + 1).choice(len(vectors), size=min(RECALL_SAMPLE, len(vectors)), replace=False))
-    exact_scores, exact_rows = faiss.knn(vectors[rows], vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    wanted = (exact_scores >= threshold) & (exact_rows != rows[:, None])
-    nprobe, recall = 1, 1.0
-    while True:
-        faiss_index.set_search_params(index, {"nprobe": nprobe})
-        if not wanted.any():
-            break
-        scores, found = index.search(vectors[rows], k + 1)
-        recall = sum(len(set(exact_rows[i][wanted[i]]) & set(found[i])) for i in range(len(rows))) / int(wanted.sum())
-        if recall >= RECALL_TARGET or nprobe >= plan.nlist:
-            break
-        nprobe = min(plan.nlist, nprobe * 2)
-    return {"nprobe": nprobe}, recall
-
-
-def _search_all(index, vectors: np.ndarray, k: int, events: Events) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, columns, similarities) of every row's k nearest other rows, as flat int32/float32 arrays."""
     count = len(vectors)
-    events.stage("finding each image's nearest neighbours", count)
-    rows = np.empty(count * k, np.int32)
-    columns = np.empty(count * k, np.int32)
-    scores = np.empty(count * k, np.float32)
-    filled = 0
+    events.stage(f"training IVF{lists} on {min(count, TRAIN_POINTS_PER_LIST * lists)} vectors")
+    rng = np.random.default_rng(seed)
+    ivf = faiss_index.create(faiss_index.IndexPlan("ivf", f"IVF{lists},Flat", "auto"), vectors.shape[1])
+    ivf.train(vectors[np.sort(rng.choice(count, size=min(count, TRAIN_POINTS_PER_LIST * lists), replace=False))])
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    events.stage(f"assigning {count} vectors to their nearest lists", count)
+    nearest = np.empty((count, min(MAX_LISTS, lists)), np.int32)
     for start in range(0, count, SEARCH_CHUNK):
-        chunk_scores, found = index.search(vectors[start:start + SEARCH_CHUNK], k + 1)
-        own = np.arange(start, start + len(found))[:, None]
-        keep = _without_self(found, own)
-        taken = int(keep.sum())
-        rows[filled:filled + taken] = np.broadcast_to(own, found.shape)[keep]
-        columns[filled:filled + taken] = found[keep]
-        scores[filled:filled + taken] = chunk_scores[keep]
-        filled += taken
-        events.advance(len(found))
-    return rows[:filled], columns[:filled], scores[:filled]
+        nearest[start:start + SEARCH_CHUNK] = quantizer.search(vectors[start:start + SEARCH_CHUNK], nearest.shape[1])[1]
+        events.advance(min(SEARCH_CHUNK, count - start))
+    per_vector, recall = _lists_per_vector(vectors, nearest, k, threshold, rng)
+    return *_join(vectors, nearest, per_vector, lists, k, events), {"lists_per_vector": per_vector}, recall
+
+
+def _lists_per_vector(vectors: np.ndarray, nearest: np.ndarray, k: int, threshold: float,
+                      rng: np.random.Generator) -> tuple[int, float]:
+    """(m, recall at m): the fewest lists per candidate that find RECALL_TARGET of the sampled
+    rows' exact above-threshold neighbours (the most lists when none does)."""
+    faiss = faiss_index.faiss_module()
+    rows = np.sort(rng.choice(len(vectors), size=min(RECALL_SAMPLE, len(vectors)), replace=False))
+    scores, exact = faiss.knn(vectors[rows], vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    wanted = (scores >= threshold) & (exact != rows[:, None])
+    if not wanted.any():
+        return 1, 1.0
+    query_list = np.broadcast_to(nearest[rows, :1], exact.shape)[wanted]  # the list i is a query in …
+    candidate_lists = nearest[exact[wanted]]  # … among neighbour j's nearest lists, at which rank?
+    hit = candidate_lists == query_list[:, None]
+    rank = np.where(hit.any(axis=1), hit.argmax(axis=1), nearest.shape[1])
+    recalls = [(rank < m).mean() for m in range(1, nearest.shape[1] + 1)]
+    m = next((m for m, recall in enumerate(recalls, start=1) if recall >= RECALL_TARGET), len(recalls))
+    return m, float(recalls[m - 1])
+
+
+def _join(vectors: np.ndarray, nearest: np.ndarray, per_vector: int, lists: int, k: int,
+          events: Events) -> tuple[np.ndarray, np.ndarray]:
+    """(found, scores), each (N, k+1), padded with -1: each vector's best among its list's candidates."""
+    faiss = faiss_index.faiss_module()
+    queries = _members(nearest[:, 0], np.arange(len(vectors)), lists)
+    candidate_of = np.repeat(np.arange(len(vectors), dtype=np.int64), per_vector)
+    candidates = _members(nearest[:, :per_vector].reshape(-1), candidate_of, lists)
+    del candidate_of
+    found = np.full((len(vectors), k + 1), -1, np.int64)
+    scores = np.full((len(vectors), k + 1), -np.inf, np.float32)
+    events.stage("finding each image's nearest neighbours", len(vectors))
+    for members, pool in zip(queries, candidates):
+        if not len(members):
+            continue
+        depth = min(k + 1, len(pool))
+        block_scores, block_found = faiss.knn(vectors[members], vectors[pool], depth, metric=faiss.METRIC_INNER_PRODUCT)
+        found[members, :depth] = pool[block_found]
+        scores[members, :depth] = block_scores
+        events.advance(len(members))
+    return found, scores
+
+
+def _members(assigned: np.ndarray, owners: np.ndarray, lists: int) -> list[np.ndarray]:
+    """Per list, the owners assigned to it (a stable sort: each list's owners in row order)."""
+    order = np.argsort(assigned, kind="stable")
+    bounds = np.searchsorted(assigned[order], np.arange(lists + 1))
+    sorted_owners = owners[order]
+    return [sorted_owners[bounds[i]:bounds[i + 1]] for i in range(lists)]
 
 
 def _without_self(found: np.ndarray, own: np.ndarray) -> np.ndarray:
