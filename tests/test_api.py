@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, write_test_calibration
 from PIL import Image
 
 import siamcli
@@ -194,15 +194,27 @@ def _flags_outside_backticks(message: str) -> list[str]:
         (lambda run, index, tmp: siamcli.evaluate(run, options="fast"), "options takes EvaluateOptions(...), not a str"),
         (lambda run, index, tmp: siamcli.open_index(index).search(np.full((1, 16), np.nan)), "query vectors hold NaN"),
         (lambda run, index, tmp: siamcli.embed(_truncated_png(tmp), run=run), "image 0 (a PIL image) cannot be read"),
+        (lambda run, index, tmp: siamcli.load_run(run).verify(_photo(run), _photo(run), threshold=2),
+         "threshold 2.0 is not a cosine similarity; give a value from -1 to 1"),
+        (lambda run, index, tmp: siamcli.load_run(run).verify(_photo(run), _photo(run), threshold="0.5"),
+         "threshold must be a number or None, got '0.5'"),
+        (lambda run, index, tmp: siamcli.load_run(run).verify(_data(run), _photo(run)), "image a is the folder {data}; give one image file"),
+        (lambda run, index, tmp: siamcli.load_run(run).verify(_photo(run), [_photo(run)]), "image b is of type list; give one image"),
+        (lambda run, index, tmp: siamcli.load_run(run).verify(_photo(run), np.zeros((2, 8, 8, 3), np.uint8)), "image b is 2 images"),
+        (lambda run, index, tmp: siamcli.load_run(run).verify(_pixels(_photo(run)) / 255.0, _photo(run)), "image a holds floats in 0–1"),
+        (lambda run, index, tmp: siamcli.load_run(run).verify(_photo(run), tmp / "gone.png"), "cannot read image {tmp}/gone.png: file not found"),
+        (lambda run, index, tmp: siamcli.load_run(run).verify(_photo(run), _truncated_png(tmp)), "image b (a PIL image) cannot be read"),
     ],
     ids=["search k", "search batch_size", "embed batch_size", "train image_size", "train batch_size", "train type",
-         "evaluate ks", "index batch_size", "index force", "load_run", "evaluate options", "nan vectors", "truncated PIL"],
+         "evaluate ks", "index batch_size", "index force", "load_run", "evaluate options", "nan vectors", "truncated PIL",
+         "verify threshold range", "verify threshold type", "verify folder", "verify list", "verify batch", "verify 0-1 floats",
+         "verify missing file", "verify truncated PIL"],
 )
 def test_errors_name_the_api_s_keywords_not_the_cli_s_flags(tiny_run, tiny_index, tmp_path, call, expected):
     with pytest.raises(siamcli.UserError) as raised:
         call(tiny_run, tiny_index, tmp_path)
     message = str(raised.value)
-    assert message.startswith(expected.format(tmp=tmp_path)), message
+    assert message.startswith(expected.format(tmp=tmp_path, data=_data(tiny_run))), message
     assert not _flags_outside_backticks(message), message
 
 
@@ -232,6 +244,39 @@ def test_index_keeps_its_model_and_faiss_index_between_searches_and_reads_an_upd
     hits = index.search(str(added), k=1)
     assert len(index) == 31 and index.loaded is not loaded and index.query_model is model
     assert Path(hits.loc[0, "path"]).resolve() == added.resolve() and hits.loc[0, "similarity"] > 0.9999
+
+
+# ---- Run.verify (issue 23) ----------------------------------------------------------------------
+def test_verify_takes_any_api_image_and_decides_as_siamcli_verify(tiny_run, tmp_path):
+    from test_index_cli import invoke
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("model.keras", "config.json", "split.json"):
+        shutil.copy(tiny_run / name, run_dir / name)
+    run = siamcli.load_run(run_dir)
+    photo, other = _photo(tiny_run, 0, 0), _photo(tiny_run, 1, 0)
+    for second in (photo, Image.open(photo), _pixels(photo), _pixels(photo).astype(np.float32)):
+        same = run.verify(photo, second)
+        assert same.similarity == pytest.approx(1.0, abs=1e-5) and same.match is None and same.threshold is None
+    assert same.reason.startswith("no match decision: not calibrated") and "threshold=T" in same.reason
+    assert not _flags_outside_backticks(same.reason), same.reason
+    verdict = run.verify(photo, other)
+    cli = json.loads(invoke("verify", photo, other, "--model", run_dir, "--json").stdout)
+    assert verdict.similarity == pytest.approx(cli["similarity"], abs=1e-6) and verdict.to_json()["similarity"] == verdict.similarity
+    assert {k: v for k, v in verdict.to_json().items() if k != "similarity"} == {k: v for k, v in cli.items() if k != "similarity"}
+    # A calibration written after the run was loaded applies at the next call, with its rates.
+    between = (verdict.similarity + 1) / 2
+    write_test_calibration(run_dir, threshold=2 - 2 * between)
+    matched, refused = run.verify(photo, Image.open(photo)), run.verify(photo, other)
+    assert (matched.match, refused.match) == (True, False) and refused.similarity == verdict.similarity
+    assert matched.threshold == pytest.approx(between) and matched.threshold_source == "calibration" and matched.reason == ""
+    assert (matched.far, matched.far_ci95, matched.frr, matched.frr_ci95) == (0.01, (0.0, 0.02), 0.01, (0.0, 0.02))
+    given = run.verify(photo, other, threshold=-1)
+    assert (given.match, given.threshold, given.threshold_source, given.far, given.frr) == (True, -1.0, "option", None, None)
+    write_test_calibration(run_dir, threshold=2 - 2 * between, reliable=False)
+    unreliable = run.verify(photo, photo)
+    assert unreliable.match is None and "not reliable (measured on 2 identities" in unreliable.reason
 
 
 def test_decode_pil_converts_an_opened_image_as_a_file_is_decoded(tmp_path):

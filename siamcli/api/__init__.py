@@ -69,6 +69,7 @@ class Run:
     model_path: Path
     config: dict = field(repr=False)
     _model: Any = field(default=None, repr=False)
+    _sha256: str | None = field(default=None, repr=False)  # of model_path, read at the first verify
 
     @property
     def image_size(self) -> int:
@@ -122,6 +123,40 @@ class Run:
                 more = f" (and {len(embedded.failures) - 1} more)" if len(embedded.failures) > 1 else ""
                 raise UserError(f"cannot read image {first.path}: {first.reason}{more}")
             return embedded.vectors
+
+    def verify(self, a, b, threshold: float | None = None):
+        """Whether images `a` and `b` show the same identity, as `siamcli verify A B` says it.
+
+        Each is one image: a path to a file, an RGB array (h, w, 3) or a PIL image, taken as
+        `embed` takes it. Returns a `Verdict`: `similarity` (cosine, −1 to 1) and `match`
+        (similarity ≥ threshold). The threshold is `threshold` (a cosine similarity) when given,
+        else the run's calibrated one (`evaluate` writes it), read at each call, with the
+        false-match and false-non-match rates measured there (`far`, `frr`, their `_ci95`
+        intervals); with neither, `match` is None and `reason` says why. `to_json()` is what
+        `siamcli verify A B --json` prints.
+
+        >>> import siamcli
+        >>> from PIL import Image
+        >>> run = siamcli.load_run("runs/notebook")
+        >>> same = run.verify("sample_data/queries/s1_10.png", Image.open("sample_data/queries/s1_10.png"), threshold=0.9)
+        >>> round(same.similarity, 4), same.match, same.threshold_source
+        (1.0, True, 'option')
+        >>> verdict = run.verify("sample_data/queries/s1_10.png", "sample_data/queries/s2_10.png")
+        >>> -1 <= verdict.similarity < 1, verdict.threshold_source in ("calibration", None)
+        (True, True)
+        """
+        from siamcli.api.images import one_image
+        from siamcli.api.options import typed
+        from siamcli.api.verdict import Verdict
+        from siamcli.hashing import file_sha256
+        from siamcli.pairs.verify import decision_for, verify_images
+
+        with api_names(threshold="threshold"):
+            images = one_image(a, "a"), one_image(b, "b")
+            if self._sha256 is None:
+                self._sha256 = file_sha256(self.model_path)
+            decision = decision_for(self.run_dir, self._sha256, typed("threshold", threshold, float | None))
+            return Verdict.of(verify_images(self.model, *images, decision))
 
 
 def load_run(run: str | Path | None = None) -> Run:

@@ -82,6 +82,21 @@ def embed_inputs(model, images, batch_size: int) -> EmbeddedInputs:
     return EmbeddedInputs([name for name, ok in zip(inputs.names, kept) if ok], vectors[kept], failures)
 
 
+def one_image(item, name: str):
+    """One image for `verify` (pairs/verify.py's verify_images): a file's path as it is, an array
+    or a PIL image as checked (h, w, 3) RGB 0–255 pixels; `name` ("a", "b") says which in errors."""
+    if isinstance(item, (str, os.PathLike)):
+        if os.path.isdir(item):
+            raise UserError(f"image {name} is the folder {os.fspath(item)}; give one image file (embed takes folders)")
+        return os.fspath(item)
+    if isinstance(item, np.ndarray) and item.ndim == 4:
+        raise UserError(f"image {name} is {len(item)} images, shape {item.shape}; give one image: an (h, w, 3) RGB array")
+    if not (isinstance(item, np.ndarray) or _is_pil(item)):
+        raise UserError(f"image {name} is of type {type(item).__name__}; give one image: a path to a file, "
+                        "an (h, w, 3) RGB array (uint8 or 0–255 floats) or a PIL image")
+    return _pixels(item, name)
+
+
 def _is_single(images) -> bool:
     return isinstance(images, (str, os.PathLike, np.ndarray)) or _is_pil(images)
 
@@ -104,7 +119,7 @@ def _is_pil(item) -> bool:
     return isinstance(item, Image.Image)
 
 
-def _pixels(item, position: int) -> np.ndarray:
+def _pixels(item, position: int | str) -> np.ndarray:
     """An in-memory image as (h, w, 3) RGB 0–255: a PIL image converted as files decode, an array checked."""
     if _is_pil(item):
         from siamcli.data.decode import decode_pil  # the decoder's own conversion (orientation, modes, transparency)
