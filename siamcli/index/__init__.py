@@ -17,7 +17,7 @@ Modules, one concept each:
     faiss_io     index.faiss read (or mapped) and written; a segment's search parameters applied
     vectors      streaming (count, dim) float32 .npy files in and out, chunk by chunk
     items        items.sqlite rows (and the items.csv export), content hashing
-    manifest     manifest.json: what the index was built from, its segments, file checksums
+    manifest     manifest.json: IndexManifest, SegmentRecord, PartManifest; their one reader and one writer
     segment      one segment: its FAISS index, items and vectors; searching it past tombstones
     store        loading and validating an index (all segments); merged search; k-row lookups
     changes      what an update adds and removes (path, size, time; content hash if they differ)
@@ -29,6 +29,7 @@ Modules, one concept each:
     shard        `--shard I/N` (one machine's share, embedded into a partial) and `--merge`
     lock         one writer per index at a time (flock beside the index directory, its file deleted when done)
     hints        the commands that messages suggest, with every option that selects the index
+    locate       where a run's index is (<run>/index, the partials' folders), which model an index goes with
     search       `siamcli query`: images in, ranked neighbours (dataclasses) out
     plot         each query beside its neighbours (matplotlib, Agg)
 

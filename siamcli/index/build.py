@@ -29,10 +29,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
-from siamcli import __version__
-from siamcli.atomic import atomic_directory, write_json
+from siamcli.atomic import atomic_directory
 from siamcli.data.scan import describe_skipped, require_folder, scan_folder
 from siamcli.errors import Interrupted, UserError
 from siamcli.events import NO_EVENTS, Events
@@ -43,9 +42,10 @@ from siamcli.index import vectors as vector_file
 from siamcli.index.changes import Changes, copy_vectors, new_rows, next_id, plan_changes
 from siamcli.index.faiss_io import faiss_module
 from siamcli.index.hints import command
-from siamcli.index.items import ITEMS_CSV, write_items_csv
+from siamcli.index.items import ITEMS_CSV, IndexItem, write_items_csv
+from siamcli.index.locate import default_index_dir  # (cli/index_cmd.py imports it from here)
 from siamcli.index.lock import index_lock
-from siamcli.index.plan import check_index_type, plan_index
+from siamcli.index.plan import IndexPlan, check_index_type, plan_index
 from siamcli.index.result import IndexResult, match_threshold, record_result, unchanged
 from siamcli.index.segment import write_segment
 from siamcli.index.store import (
@@ -61,7 +61,6 @@ from siamcli.index.store import (
 from siamcli.index.update import add_segment
 from siamcli.rundir import find_run
 
-INDEX_DIR_NAME = "index"  # default --out: <model run>/index
 COMPACT_SHARE = 0.25  # later segments (or tombstones) past this share of the rows: the update rewrites the index
 
 
@@ -79,10 +78,6 @@ class IndexOptions:
     shard: str | None = None  # "I/N": embed only that share of the gallery into a partial (shard.build_part)
     moved: bool = False  # with append: the indexed gallery now lives at `gallery` (stored paths are rewritten)
     add_gallery: bool = False  # with append: `gallery` is a further folder; the index then spans several
-
-
-def default_index_dir(run_dir: Path) -> Path:
-    return run_dir / INDEX_DIR_NAME
 
 
 def build_index(options: IndexOptions, events: Events | None = None):
@@ -242,46 +237,38 @@ def rewrite(out: Path, old: LoadedIndex | None, changes: Changes, embedder, gall
                 yield from new_rows(changes, outcome, first_id)
 
         plan = plan_index(index_type or _index_type(options, old), count, dim)
-        record = write_segment(tmp, rows(), plan, count, options.seed, galleries, events)
-        write_items_csv(tmp / ITEMS_CSV, rows())
-        image_size = old.manifest["image_size"] if old is not None else embedder.image_size
-        created = old.manifest.get("created", mf.now()) if old is not None else mf.now()
-        manifest = index_manifest(record, fingerprint=fingerprint, model_path=model_path, dim=dim, image_size=image_size, count=count,
-                                  next_id=first_id + added, gallery=options.gallery, galleries=galleries, created=created)
-        write_json(tmp / mf.MANIFEST, manifest)
-        crash_point("index-rewrite-written")
+        image_size = old.record.image_size if old is not None else embedder.image_size
+        created = (old.record.created or mf.now()) if old is not None else mf.now()
+        manifest = write_one_segment(tmp, rows, plan, options.seed, galleries, events, fingerprint=fingerprint,
+                                     model_path=model_path, dim=dim, image_size=image_size, count=count,
+                                     next_id=first_id + added, gallery=options.gallery, created=created)
         written = sum(path.stat().st_size for path in tmp.rglob("*") if path.is_file())
-    record_result(result, manifest, changes, outcome, bytes_written=written)
+    record_result(result, manifest.to_json(), changes, outcome, bytes_written=written)
     if old is not None:
         result.update = "rewritten as one segment" + (f" ({result.rewrite_reason})" if result.rewrite_reason else "")
 
 
-def index_manifest(record: dict, *, fingerprint: str, model_path: Path, dim: int, image_size: int, count: int, next_id: int,
-                   gallery: str, created: str, galleries: list[str] | None = None) -> dict:
-    """manifest.json of an index that is one segment (`record`, from write_segment); keys: manifest.py."""
-    return {
-        "format": mf.FORMAT,
-        "model_fingerprint": fingerprint,
-        "model_path": str(model_path),
-        "embedding_dim": dim,
-        "image_size": image_size,
-        "metric": "inner_product",
-        **{key: record[key] for key in ("factory", "index_type", "chosen_by", "search_params", "recall_at_10", "recall_sample",
-                                        "recall_count", "rows", "files")},
-        "segments": [],
-        "deleted": None,
-        "count": count,
-        "next_id": next_id,
-        "generation": 1,
-        "next_segment": 1,
-        "retired": [],
-        "gallery": os.path.abspath(gallery),
-        "galleries": galleries or [os.path.abspath(gallery)],
-        "siamcli_version": __version__,
-        "faiss_version": faiss_module().__version__,
-        "created": created,
-        "updated": mf.now(),
-    }
+def write_one_segment(tmp: Path, rows: Callable[[], Iterable[IndexItem]], plan: IndexPlan, seed: int, galleries: list[str],
+                      events: Events, *, count: int, **facts) -> mf.IndexManifest:
+    """Finish a whole index that is one segment in the new folder `tmp`, whose embeddings.npy
+    (`count` vectors) is written: the segment, items.csv and the manifest. `rows()` yields the
+    items in row order (called twice). `facts`: IndexManifest.single_segment's. The one way a
+    rewrite (`rewrite`) and a merge of shards (`shard.merge_parts`) end."""
+    record = write_segment(tmp, rows(), plan, count, seed, galleries, events)
+    write_items_csv(tmp / ITEMS_CSV, rows())
+    manifest = mf.IndexManifest.single_segment(record, count=count, galleries=galleries,
+                                               faiss_version=faiss_module().__version__, **facts)
+    mf.write_manifest(tmp, manifest)
+    crash_point("index-rewrite-written")
+    return manifest
+
+
+def index_manifest(record: mf.SegmentRecord | dict, *, galleries: list[str] | None = None, **facts) -> dict:
+    """The manifest.json keys of a one-segment index, for benchmarks/bench_index_updates.py, which
+    writes indexes from synthetic parts (a dict `record`: write_segment's keys)."""
+    if isinstance(record, dict):
+        record = mf.SegmentRecord.from_json({"name": "", "number": 0, **record}, Path(mf.MANIFEST))
+    return mf.IndexManifest.single_segment(record, galleries=galleries, faiss_version=faiss_module().__version__, **facts).to_json()
 
 
 def validate_options(options: IndexOptions) -> None:

@@ -34,7 +34,7 @@ class Segment:
     number: int  # 0 = the base (the index folder itself); later segments 1, 2, … in the order written
     directory: Path
     rows: int  # rows written, deleted ones included
-    record: dict  # factory, index_type, search_params, recall_at_10, files
+    record: mf.SegmentRecord  # factory, index_type, search_params, recall_at_10, files
     deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted rows removed since
     mmap: bool = False  # map the FAISS file instead of reading it (query processes, big IVF indexes)
     galleries: list[str] = field(default_factory=list)  # the manifest's: stored paths are relative to them
@@ -46,7 +46,7 @@ class Segment:
 
     @property
     def files(self) -> dict:
-        return self.record["files"]
+        return self.record.files
 
     @property
     def items_path(self) -> Path:
@@ -61,10 +61,10 @@ class Segment:
     def index(self):
         """The FAISS index (read on first use), with the segment's search parameters applied."""
         if self._index is None:
-            mmap = self.mmap and self.record.get("index_type") in MMAP_TYPES
+            mmap = self.mmap and self.record.index_type in MMAP_TYPES
             index = faiss_io.read_index(self.directory / mf.INDEX_FILE, mmap=mmap)
             self.check_index(index)
-            params = self.record.get("search_params") or {}
+            params = self.record.search_params or {}
             if not isinstance(params, dict):
                 raise CorruptArtifactError(f"the manifest of {self.directory}: search_params is not an object; {REBUILD}")
             faiss_io.set_search_params(index, params)
@@ -143,11 +143,11 @@ class Segment:
 
 
 def write_segment(folder: Path, items: Iterable[IndexItem], plan: IndexPlan, rows: int, seed: int,
-                  galleries: list[str], events: Events = NO_EVENTS) -> dict:
+                  galleries: list[str], events: Events = NO_EVENTS) -> mf.SegmentRecord:
     """Finish a segment whose embeddings.npy (`rows` vectors) is in `folder`: build and tune its
     FAISS index, write index.faiss and items.sqlite (`items`, row order, paths stored under their
     `galleries`: the manifest's list), and drop embeddings.npy
-    when the index stores the vectors itself. Returns the segment's manifest record."""
+    when the index stores the vectors itself. Returns the segment's record (base: name "", number 0)."""
     vectors_path = folder / mf.EMBEDDINGS_FILE
     index, plan, tuning = build_faiss_index(vectors_path, plan, rows, seed, events)
     events.stage("writing the index")
@@ -158,11 +158,11 @@ def write_segment(folder: Path, items: Iterable[IndexItem], plan: IndexPlan, row
         raise RuntimeError(f"segment {folder}: {written} items for {rows} vectors")
     if not keeps_vectors(plan.factory):
         vectors_path.unlink()  # the index keeps them (8-bit): stored once, not twice
-    return {
-        "rows": rows, "factory": plan.factory, "index_type": plan.index_type, "chosen_by": plan.chosen_by,
-        "search_params": tuning.params, "recall_at_10": round(tuning.recall_at_10, 4), "recall_sample": tuning.sample,
-        "recall_count": rows, "files": {name: mf.file_record(folder / name) for name in mf.SEGMENT_FILES if (folder / name).exists()},
-    }
+    return mf.SegmentRecord(
+        rows=rows, factory=plan.factory, index_type=plan.index_type, chosen_by=plan.chosen_by, search_params=tuning.params,
+        recall_at_10=round(tuning.recall_at_10, 4), recall_sample=tuning.sample, recall_count=rows,
+        files={name: mf.file_record(folder / name) for name in mf.SEGMENT_FILES if (folder / name).exists()},
+    )
 
 
 def build_faiss_index(vectors_path: Path, plan: IndexPlan, rows: int, seed: int, events: Events = NO_EVENTS):

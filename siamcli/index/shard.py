@@ -37,8 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from siamcli import __version__
-from siamcli.atomic import atomic_directory, write_json
+from siamcli.atomic import atomic_directory
 from siamcli.data.scan import Skipped, describe_skipped, require_folder
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.events import NO_EVENTS, Events
@@ -47,10 +46,10 @@ from siamcli.index import build
 from siamcli.index import manifest as mf
 from siamcli.index import vectors as vector_file
 from siamcli.index.hints import REBUILD, command
-from siamcli.index.items import ITEMS_CSV, IndexItem, read_items, write_items, write_items_csv
+from siamcli.index.items import IndexItem, read_items, write_items
+from siamcli.index.locate import default_index_dir, default_part_dir
 from siamcli.index.plan import check_index_type, plan_index
 from siamcli.index.result import IndexResult, embedding_speed, index_bytes, match_threshold
-from siamcli.index.segment import write_segment
 from siamcli.index.store import naming_the_rebuild
 from siamcli.rundir import find_run
 
@@ -83,10 +82,6 @@ def listing_digest(paths: list[str], labels: list[str]) -> str:
     for path, label in zip(paths, labels):
         digest.update(os.fsencode(path) + b"\t" + os.fsencode(label) + b"\n")
     return digest.hexdigest()
-
-
-def default_part_dir(run_dir: Path, shard: int, shards: int) -> Path:
-    return run_dir / f"index.part-{shard}-of-{shards}"
 
 
 # ---------------------------------------------------------------- one shard
@@ -168,26 +163,14 @@ def build_part(options: build.IndexOptions, events: Events = NO_EVENTS) -> PartR
             rows = (IndexItem(id=row, path=part_paths[p], label=part_labels[p], sha256=outcome.sha256(p),
                               size=int(outcome.sizes[p]), mtime_ns=int(outcome.mtimes[p])) for row, p in enumerate(outcome.kept))
             write_items(tmp / mf.ITEMS_FILE, rows, [os.path.abspath(options.gallery)])
-            write_json(tmp / mf.MANIFEST, {
-                "format": mf.PART_FORMAT,
-                "shard": shard,
-                "shards": shards,
-                "gallery": os.path.abspath(options.gallery),
-                "gallery_count": total,
-                "listing_sha256": listing,
-                "batch_size": options.batch_size,
-                "range": [start, stop],
-                "count": len(outcome.kept),
-                "model_fingerprint": fingerprint,
-                "model_path": str(run.model),
-                "embedding_dim": dim,
-                "image_size": image_size,
-                "scan_skipped": [{"path": s.path, "reason": s.reason} for s in scan.skipped],
-                "decode_failures": [{"path": s.path, "reason": s.reason} for s in outcome.failures],
-                "siamcli_version": __version__,
-                "created": mf.now(),
-                "files": {name: mf.file_record(tmp / name) for name in PART_FILES},
-            })
+            mf.write_manifest(tmp, mf.PartManifest(
+                shard=shard, shards=shards, gallery=os.path.abspath(options.gallery), gallery_count=total,
+                listing_sha256=listing, batch_size=options.batch_size, range=[start, stop], count=len(outcome.kept),
+                model_fingerprint=fingerprint, model_path=str(run.model), embedding_dim=dim, image_size=image_size,
+                scan_skipped=[{"path": s.path, "reason": s.reason} for s in scan.skipped],
+                decode_failures=[{"path": s.path, "reason": s.reason} for s in outcome.failures],
+                files={name: mf.file_record(tmp / name) for name in PART_FILES},
+            ))
     return PartResult(index_dir=out, gallery=str(options.gallery), model_path=run.model, shard=shard, shards=shards,
                       gallery_count=total, start=start, stop=stop, count=len(outcome.kept),
                       skipped=list(scan.skipped) + outcome.failures, embed_seconds=outcome.seconds,
@@ -210,11 +193,11 @@ class MergeOptions:
 @dataclass
 class _Part:
     directory: Path
-    manifest: dict
+    manifest: mf.PartManifest
 
     @property
     def shard(self) -> int:
-        return self.manifest["shard"]
+        return self.manifest.shard
 
 
 def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
@@ -230,19 +213,19 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
     first = parts[0].manifest
     run = find_run(options.model)
     fingerprint = file_sha256(run.model)
-    if fingerprint != first["model_fingerprint"]:
+    if fingerprint != first.model_fingerprint:
         raise UserError(
-            f"the partials were embedded with {first['model_path']} (fingerprint {first['model_fingerprint'][:12]}…), "
+            f"the partials were embedded with {first.model_path} (fingerprint {first.model_fingerprint[:12]}…), "
             f"not with {run.model} ({fingerprint[:12]}…); pass that model's run with --model"
         )
-    out = Path(options.out) if options.out else run.run_dir / "index"
-    dim, count = first["embedding_dim"], sum(part.manifest["count"] for part in parts)
-    skipped = [Skipped(**s) for s in first.get("scan_skipped", [])]
-    skipped += [Skipped(**s) for part in parts for s in part.manifest.get("decode_failures", [])]
+    out = Path(options.out) if options.out else default_index_dir(run.run_dir)
+    dim, count = first.embedding_dim, sum(part.manifest.count for part in parts)
+    skipped = [Skipped(**s) for s in first.scan_skipped]
+    skipped += [Skipped(**s) for part in parts for s in part.manifest.decode_failures]
     with build.writing(out, fresh="nothing was written; the partials are unchanged"):
         _refuse_existing(out, options.force, what="an index")
         if not count:
-            raise UserError(f"no image of {first['gallery']} could be indexed (none decoded in any shard); nothing was written")
+            raise UserError(f"no image of {first.gallery} could be indexed (none decoded in any shard); nothing was written")
         with atomic_directory(out) as tmp:
             embeddings_path = tmp / mf.EMBEDDINGS_FILE
             events.stage(f"concatenating {count} vectors from {len(parts)} partials")
@@ -251,19 +234,18 @@ def merge_parts(options: MergeOptions, events: Events = NO_EVENTS):
                     for _, chunk in vector_file.iter_chunks(part.directory / mf.EMBEDDINGS_FILE):
                         writer.write(chunk)
             plan = plan_index(options.index_type or "auto", count, dim)
-            record = write_segment(tmp, _renumbered(parts), plan, count, options.seed, [first["gallery"]], events)
-            write_items_csv(tmp / ITEMS_CSV, _renumbered(parts))
-            manifest = build.index_manifest(
-                record, fingerprint=fingerprint, model_path=run.model, dim=dim, image_size=first["image_size"], count=count,
-                next_id=count, gallery=first["gallery"], created=mf.now(),
+            manifest = build.write_one_segment(
+                tmp, lambda: _renumbered(parts), plan, options.seed, [first.gallery], events, fingerprint=fingerprint,
+                model_path=run.model, dim=dim, image_size=first.image_size, count=count, next_id=count, gallery=first.gallery,
+                created=mf.now(),
             )
-            write_json(tmp / mf.MANIFEST, manifest)
     threshold, note = match_threshold(run.run_dir, fingerprint)
+    base = manifest.base
     return IndexResult(
-        index_dir=out, gallery=first["gallery"], model_path=run.model, mode="merge", written=True,
-        index_type=manifest["index_type"], factory=manifest["factory"], count=count, added=count, skipped=skipped,
-        recall_at_10=manifest["recall_at_10"], search_params=manifest["search_params"],
-        threshold=threshold, threshold_note=note, index_bytes=index_bytes(manifest),
+        index_dir=out, gallery=first.gallery, model_path=run.model, mode="merge", written=True,
+        index_type=base.index_type, factory=base.factory, count=count, added=count, skipped=skipped,
+        recall_at_10=base.recall_at_10, search_params=base.search_params,
+        threshold=threshold, threshold_note=note, index_bytes=index_bytes(manifest.to_json()),
         seconds=time.perf_counter() - started,
     )
 
@@ -278,11 +260,11 @@ def _read_parts(directories) -> list[_Part]:
             raise UserError(f"{directory} is not a folder; --merge takes the folders that {write} writes")
         with naming_the_rebuild(directory):
             manifest = mf.read_part_manifest(directory)
-            mf.verify_files(directory, manifest["files"], PART_FILES)
+            mf.verify_files(directory, manifest.files, PART_FILES)
             (rows, dim), _ = vector_file.read_shape(directory / mf.EMBEDDINGS_FILE)
-            if rows != manifest["count"] or dim != manifest["embedding_dim"]:
+            if rows != manifest.count or dim != manifest.embedding_dim:
                 raise CorruptArtifactError(f"{directory}/{mf.EMBEDDINGS_FILE} is ({rows}, {dim}), expected "
-                                           f"({manifest['count']}, {manifest['embedding_dim']}); {REBUILD}")
+                                           f"({manifest.count}, {manifest.embedding_dim}); {REBUILD}")
         parts.append(_Part(directory, manifest))
     parts.sort(key=lambda part: part.shard)
     first = parts[0]
@@ -293,9 +275,9 @@ def _read_parts(directories) -> list[_Part]:
                          ("model_fingerprint", "a different model"),
                          ("batch_size", "a different --batch-size (the vectors would not match a single build's)"),
                          ("embedding_dim", "a different embedding size")):
-            if part.manifest[key] != first.manifest[key]:
+            if getattr(part.manifest, key) != getattr(first.manifest, key):
                 raise UserError(f"{part.directory} was made with {why} than {first.directory}; the partials cannot be merged")
-    shards = first.manifest["shards"]
+    shards = first.manifest.shards
     seen: dict[int, Path] = {}
     for part in parts:
         if part.shard in seen:
@@ -304,7 +286,7 @@ def _read_parts(directories) -> list[_Part]:
     missing = [str(i) for i in range(1, shards + 1) if i not in seen]
     if missing:
         meta = first.manifest
-        write = command(meta["gallery"], "--shard", f"I/{shards}", "--batch-size", meta["batch_size"], "--model", meta["model_path"],
+        write = command(meta.gallery, "--shard", f"I/{shards}", "--batch-size", meta.batch_size, "--model", meta.model_path,
                         "--out", "PART_I")
         raise UserError(f"partial(s) for shard {', '.join(f'{i}/{shards}' for i in missing)} missing; write each with {write} "
                         f"(I = {', '.join(missing)}) "
@@ -316,7 +298,7 @@ def _renumbered(parts: list[_Part]):
     """The partials' rows in shard order, with ids 0, 1, 2… as a single build gives them."""
     next_id = 0
     for part in parts:
-        for item in read_items(part.directory / mf.ITEMS_FILE, [part.manifest["gallery"]]):
+        for item in read_items(part.directory / mf.ITEMS_FILE, [part.manifest.gallery]):
             yield dataclasses.replace(item, id=next_id)
             next_id += 1
 

@@ -93,8 +93,13 @@ def _naming_the_rebuild(method):
 @dataclass
 class LoadedIndex:
     directory: Path
-    manifest: dict
+    record: mf.IndexManifest  # manifest.json, typed
     segments: list[Segment]  # the base first, then the later segments, oldest first
+
+    @functools.cached_property
+    def manifest(self) -> dict:
+        """manifest.json as JSON keys (for the callers that read it by key)."""
+        return self.record.to_json()
 
     @property
     def count(self) -> int:
@@ -176,12 +181,6 @@ def missing_index_message(directory: Path, gallery: str | Path = "GALLERY_DIR", 
     return f"no index at {directory}{purpose}; build one with {build}, or give the folder of an existing index"
 
 
-def base_record(manifest: dict) -> dict:
-    """The base segment's entry, from the manifest's top-level keys."""
-    keys = ("factory", "index_type", "search_params", "recall_at_10", "files")
-    return {"name": "", "number": 0, "rows": manifest["rows"], **{key: manifest.get(key) for key in keys}}
-
-
 def load_index(directory: str | Path, full: bool = False) -> LoadedIndex:
     """Load and validate an index. `full` (updates): the FAISS indexes are read later, when needed,
     into memory rather than mapped; queries (`full=False`) read or map them now."""
@@ -195,29 +194,21 @@ def load_index(directory: str | Path, full: bool = False) -> LoadedIndex:
 
 
 def _load(directory: Path, full: bool) -> LoadedIndex:
-    manifest = mf.read_manifest(directory)
+    record = mf.read_manifest(directory)
+    manifest = record.to_json()
     deleted = read_tombstones(directory, manifest)
     segments = []
-    for record in [base_record(manifest), *manifest["segments"]]:
-        segment = _segment(directory, record, deleted, mmap=not full, galleries=galleries_of(manifest))
+    for entry in record.all_segments:
+        segment = Segment(number=entry.number, directory=directory / entry.name if entry.name else directory, rows=entry.rows,
+                          record=entry, deleted=deleted.get(entry.number, np.zeros(0, np.int64)), mmap=not full,
+                          galleries=galleries_of(manifest))
         _check_segment(segment, manifest, full)
         segments.append(segment)
     live = sum(segment.live for segment in segments)
-    if live != manifest["count"]:
+    if live != record.count:
         raise CorruptArtifactError(f"index {directory} is inconsistent: its segments hold {live} live rows, the manifest "
-                                   f"{manifest['count']}; {REBUILD}")
-    return LoadedIndex(directory=directory, manifest=manifest, segments=segments)
-
-
-def _segment(directory: Path, record: dict, deleted: dict[int, np.ndarray], mmap: bool, galleries: list[str]) -> Segment:
-    try:
-        number, rows, name = int(record["number"]), int(record["rows"]), str(record["name"])
-        if not isinstance(record["files"], dict) or rows < 0 or name.startswith(("/", "..")):
-            raise ValueError
-    except (KeyError, TypeError, ValueError):
-        raise CorruptArtifactError(f"{directory / mf.MANIFEST} describes a segment it cannot read; {REBUILD}") from None
-    return Segment(number=number, directory=directory / name if name else directory, rows=rows, record=record,
-                   deleted=deleted.get(number, np.zeros(0, np.int64)), mmap=mmap, galleries=galleries)
+                                   f"{record.count}; {REBUILD}")
+    return LoadedIndex(directory=directory, record=record, segments=segments)
 
 
 def _check_segment(segment: Segment, manifest: dict, full: bool) -> None:

@@ -20,13 +20,14 @@ after it, the new one. The index lock (lock.py) keeps a second writer out throug
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from siamcli.atomic import atomic_path, publish_directory, write_json
+from siamcli.atomic import atomic_path, publish_directory
 from siamcli.events import Events
 from siamcli.faults import crash_point
 from siamcli.index import manifest as mf
@@ -44,39 +45,41 @@ MAX_LATER_SEGMENTS = 8  # past this, a new segment absorbs the other later segme
 def add_segment(old: LoadedIndex, changes: Changes, embedder, galleries: list[str], seed: int, result: IndexResult,
                 events: Events) -> None:
     """Apply `changes` to `old` in place: a new segment for new rows, tombstones for removed ones."""
-    out, manifest = old.directory, dict(old.manifest)
-    collect_garbage(out, manifest)  # what a killed update left: its segment number is about to be used again
+    out, before = old.directory, old.record
+    collect_garbage(out, old.manifest)  # what a killed update left: its segment number is about to be used again
     (out / ITEMS_CSV).unlink(missing_ok=True)  # the export would be stale: `--export-items` writes it again
     absorb = len(old.segments) - 1 >= MAX_LATER_SEGMENTS
     # Rows the new segment takes over (same id, same vector): the other later segments when there
     # are too many, and rows whose file was touched (their new size and time must be recorded).
     carried = [(ref, item) for ref, item in changes.kept if (absorb and ref[0] > 0) or ref in changes.refreshed]
-    number = int(manifest.get("next_segment", 1))
+    number = before.next_segment or 1
     record, outcome = None, None
     if changes.paths or carried:
         record, outcome = _write_new_segment(old, changes, carried, embedder, number, seed, galleries, events)
-        if record is None and not changes.removed and galleries == manifest.get("galleries"):
+        if record is None and not changes.removed and galleries == before.galleries:
             result.skipped += outcome.failures  # only images that fail to decode were new: nothing changes
             unchanged(result, old, changes, time.perf_counter())
             return
     crash_point("index-segment-written")
     dropped = {old.segments[position].number for position in range(1, len(old.segments))} if absorb else set()
-    segments = [s for s in manifest["segments"] if s["number"] not in dropped]
+    segments = [s for s in before.segments if s.number not in dropped]
     if record is not None:
-        segments.append({"name": f"{mf.SEGMENTS_DIR}/{number:06d}", "number": number, **record})
-    generation = int(manifest.get("generation", 1)) + 1
+        segments.append(record.placed(number))
+    generation = (before.generation or 1) + 1
     deleted = _write_tombstones(old, changes, dropped, generation)
     crash_point("index-tombstones-written")
     added = len(outcome.kept) if outcome else 0
-    manifest.update(segments=segments, deleted=deleted, generation=generation, next_segment=number + (record is not None),
-                    count=sum(s["rows"] for s in [manifest, *segments]) - (deleted or {}).get("rows", 0),
-                    next_id=next_id(old) + added, galleries=galleries, updated=mf.now(),
-                    retired=sorted(_names(old.manifest) - _names({**manifest, "segments": segments, "deleted": deleted})))
-    write_json(out / mf.MANIFEST, manifest)
+    after = dataclasses.replace(before, segments=tuple(segments), deleted=deleted, generation=generation,
+                                next_segment=number + (record is not None), next_id=next_id(old) + added, galleries=galleries,
+                                count=sum(s.rows for s in [before.base, *segments]) - (deleted or {}).get("rows", 0),
+                                updated=mf.now())
+    after = dataclasses.replace(after, retired=sorted(_names(old.manifest) - _names(after.to_json())))
+    mf.write_manifest(out, after)
     crash_point("index-manifest-written")
+    manifest = after.to_json()
     collect_garbage(out, manifest)
     tombstones = deleted is not None and deleted.get("file") != (old.manifest.get("deleted") or {}).get("file")
-    written = (sum(int(f["bytes"]) for f in record["files"].values()) if record else 0) + (int(deleted["bytes"]) if tombstones else 0)
+    written = (sum(int(f["bytes"]) for f in record.files.values()) if record else 0) + (int(deleted["bytes"]) if tombstones else 0)
     record_result(result, manifest, changes, outcome, bytes_written=written + (out / mf.MANIFEST).stat().st_size)
     wrote = [what for what, done in (("a new segment", record is not None), ("a tombstone file", tombstones)) if done]
     result.update = f"{' and '.join(wrote) or 'the manifest only'}; existing files untouched"
