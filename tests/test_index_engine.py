@@ -362,3 +362,15 @@ def test_items_store_paths_under_their_gallery_and_refuse_a_gallery_the_manifest
     assert stored[2][2] == b"renamed" and stored[3][:2] == (-1, b"/elsewhere/3.png")
     with pytest.raises(CorruptArtifactError, match="names gallery 1 of 1; rebuild it$"):
         read_items(path, galleries[:1])
+
+
+def test_planning_an_index_imports_neither_faiss_nor_numpy():
+    """plan.py is arithmetic: the `auto` rule and the byte estimates answer without FAISS loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from siamcli.index import plan; "
+            "assert plan.plan_index('auto', 10_000_000, 256).factory == 'IVF16384_HNSW32,PQ32,Refine(SQ8)'; "
+            "print(sorted(m for m in ('faiss', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -20,13 +20,14 @@ from typing import Sequence
 
 import numpy as np
 
-from siamcli.calibration import CALIBRATION_FILE, read_calibration, similarity_threshold
+from siamcli.calibration import similarity_threshold
 from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.errors import UserError
 from siamcli.hashing import file_sha256
 from siamcli.index.faiss_index import RECALL_K
+from siamcli.index.locate import resolve_index_dir, resolve_model  # (api, serve and cluster import them from here)
 from siamcli.index.store import LoadedIndex, check_model, load_index
-from siamcli.rundir import DEFAULT_RUNS_ROOT, LATEST, MODEL_FILE, find_run
+from siamcli.threshold import run_threshold  # (the notebook API imports it from here)
 
 
 @dataclass(frozen=True)
@@ -73,31 +74,6 @@ class QueryOutcome:
 
     def to_json(self) -> list[dict]:
         return [r.to_json() for r in self.results]
-
-
-def resolve_index_dir(index: str | None, model: str | None) -> Path:
-    """--index, else <--model run>/index, else runs/latest/index."""
-    if index:
-        return Path(index)
-    if model:
-        return find_run(model).run_dir / "index"
-    latest = DEFAULT_RUNS_ROOT / LATEST
-    if not latest.exists():
-        raise UserError("no --index given and runs/latest does not exist; pass --index INDEX_DIR, or train and index first")
-    return latest.resolve() / "index"
-
-
-def resolve_model(loaded: LoadedIndex, model: str | None) -> Path:
-    """--model, else the manifest's model_path, else the model.keras of the run holding the index."""
-    if model:
-        return find_run(model).model
-    recorded = Path(str(loaded.manifest["model_path"]))
-    if recorded.is_file():
-        return recorded
-    beside = loaded.directory.resolve().parent / MODEL_FILE
-    if beside.is_file():
-        return beside
-    raise UserError(f"the model index {loaded.directory} was built with ({recorded}) is gone; pass --model RUN_DIR with that model")
 
 
 def query_paths(images: Sequence[str]) -> tuple[list[str], list[Skipped]]:
@@ -184,16 +160,6 @@ def embed_queries(model_path: Path, fingerprint: str, loaded: LoadedIndex, paths
     from siamcli.models.embed import embed
 
     return embed(load_query_model(model_path, loaded), paths, batch_size=batch_size), tensorflow_note(why)
-
-
-def run_threshold(run_dir: Path, model_sha256: str) -> tuple[float | None, list[str]]:
-    """(the reliable match threshold of the model's run or None, notes saying why there is none)."""
-    calibration, why = read_calibration(run_dir, model_sha256)
-    if calibration is None:  # say why only when a calibration exists but cannot be used
-        return None, [why] if (run_dir / CALIBRATION_FILE).exists() else []
-    if not calibration.reliable:
-        return None, [f"no match column: the run's threshold is not reliable ({calibration.reason})"]
-    return calibration.threshold, []
 
 
 def query_images(
