@@ -242,7 +242,8 @@ class Index:
         """The Keras model that embeds image queries: the index's own (or `run`'s, which must be
         that one), loaded on first use and kept while its file and the index's manifest are unchanged."""
         from siamcli.hashing import file_sha256
-        from siamcli.index.search import load_query_model, resolve_model
+        from siamcli.index.locate import resolve_model
+        from siamcli.index.search import load_query_model
         from siamcli.index.store import check_model
 
         loaded = self.loaded
@@ -312,7 +313,8 @@ class Index:
         from siamcli.api.images import embed_inputs
         from siamcli.calibration import similarity_threshold
         from siamcli.data.scan import describe_skipped
-        from siamcli.index.search import run_threshold, search_vectors
+        from siamcli.index.search import search_vectors
+        from siamcli.threshold import run_threshold
 
         model = self.query_model
         embedded = embed_inputs(model, queries, batch_size)
@@ -331,7 +333,7 @@ def open_index(index: str | Path | None = None, run: str | Path | None = None) -
     >>> len(siamcli.open_index(run="runs/notebook"))
     108
     """
-    from siamcli.index.search import resolve_index_dir
+    from siamcli.index.locate import resolve_index_dir
 
     with api_names():
         directory = resolve_index_dir(None if index is None else str(index), None if run is None else str(run))

@@ -33,7 +33,8 @@ from siamcli.calibration import CALIBRATION_FILE, similarity_threshold
 from siamcli.errors import UserError
 from siamcli.index import manifest as mf
 from siamcli.index.items import IndexItem
-from siamcli.index.search import load_query_model, open_index, resolve_index_dir
+from siamcli.index.locate import resolve_index_dir
+from siamcli.index.search import load_query_model, open_index
 from siamcli.index.store import LoadedIndex, check_model, load_index
 from siamcli.models.embed import model_image_size
 from siamcli.pairs.verify import Decision, decision_for
