@@ -374,3 +374,34 @@ def test_planning_an_index_imports_neither_faiss_nor_numpy():
             "print(sorted(m for m in ('faiss', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_run_model_states_the_facts_an_index_records(built_index):
+    """models/run_model.py: the one loader; its dimension, image size and fingerprint are the index's."""
+    from siamcli.index.store import load_index
+    from siamcli.models.run_model import load_run_model
+    from siamcli.rundir import find_run
+
+    run, _, index_dir = built_index
+    loaded = load_run_model(find_run(str(run)))
+    index = load_index(index_dir)
+    assert (loaded.dim, loaded.image_size, loaded.sha256) == (index.dim, index.record.image_size, index.record.model_fingerprint)
+    assert loaded.sha256 == file_sha256(run / "model.keras")
+    loaded.check_matches(index_dir, index.dim)  # the same length: no error
+    with pytest.raises(UserError, match=rf"holds {index.dim + 1}-d vectors but model .* makes {index.dim}-d ones; rebuild it$"):
+        loaded.check_matches(index_dir, index.dim + 1)
+
+
+def test_a_query_model_of_another_length_is_refused_with_the_rebuild_command(built_index):
+    import dataclasses
+
+    from siamcli.index.search import load_query_model
+    from siamcli.index.store import load_index
+
+    run, _, index_dir = built_index
+    index = load_index(index_dir)
+    assert load_query_model(run / "model.keras", index).output_shape[-1] == index.dim
+    longer = dataclasses.replace(index, record=dataclasses.replace(index.record, embedding_dim=index.dim + 1))
+    with pytest.raises(UserError, match=rf"holds {index.dim + 1}-d vectors but model .* makes {index.dim}-d ones; "
+                                        r"rebuild it with `siamcli index .*--force`$"):
+        load_query_model(run / "model.keras", longer)

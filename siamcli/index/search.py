@@ -26,7 +26,8 @@ from siamcli.errors import UserError
 from siamcli.hashing import file_sha256
 from siamcli.index.faiss_index import RECALL_K
 from siamcli.index.locate import resolve_index_dir, resolve_model  # (api, serve and cluster import them from here)
-from siamcli.index.store import LoadedIndex, check_model, load_index
+from siamcli.index.store import LoadedIndex, check_model, load_index, naming_the_rebuild
+from siamcli.models.run_model import check_dimension
 from siamcli.threshold import run_threshold  # (the notebook API imports it from here)
 
 
@@ -135,16 +136,16 @@ def open_index(index_dir: Path, model: str | None) -> tuple[LoadedIndex, Path, s
 
 def load_query_model(model_path: Path, loaded: LoadedIndex):
     """The Keras model that embeds queries for `loaded` (its vectors' length checked)."""
-    from siamcli.models.embedding import load_embedding_model
+    from siamcli.models.run_model import load_run_model
 
-    embedding_model = load_embedding_model(model_path)
-    _check_dim(model_path, int(embedding_model.output_shape[-1]), loaded)
-    return embedding_model
+    run_model = load_run_model(model_path)
+    _check_dim(model_path, run_model.dim, loaded)
+    return run_model.model
 
 
 def _check_dim(model_path: Path, dim: int, loaded: LoadedIndex) -> None:
-    if dim != loaded.dim:
-        raise UserError(f"model {model_path} makes {dim}-d vectors, the index holds {loaded.dim}-d ones; rebuild it with --force")
+    with naming_the_rebuild(loaded.directory, model=model_path):  # the message ends with the exact rebuild command
+        check_dimension(model_path, dim, loaded.directory, loaded.dim)
 
 
 def embed_queries(model_path: Path, fingerprint: str, loaded: LoadedIndex, paths: list[str], batch_size: int):
