@@ -241,7 +241,7 @@ def test_without_the_light_model_one_line_says_so_and_its_command_writes_it(ligh
 # ---------------------------------------------------------------- belonging to its model.keras
 
 
-def test_a_light_copy_of_another_model_or_damaged_is_ignored_and_rewritten(light_run, tmp_path, tiny_run):
+def test_a_light_copy_of_another_model_or_damaged_is_ignored_and_rewritten(light_run, keras_model, tmp_path):
     from siamcli.models.light_writer import ensure_light_model
 
     run = copy_run(light_run[0], tmp_path)[0]
@@ -252,7 +252,8 @@ def test_a_light_copy_of_another_model_or_damaged_is_ignored_and_rewritten(light
     record_file.write_text(json.dumps({**record, "model_sha256": "0" * 64}))
     model, why = open_light_model(run, sha)
     assert model is None and "made from another model.keras" in why
-    assert ensure_light_model(run) == light and json.loads(record_file.read_text())["model_sha256"] == sha  # rewritten
+    # rewritten, from the caller's model when it holds one loaded from that model.keras (the index's, the trainer's)
+    assert ensure_light_model(run, model=keras_model) == light and json.loads(record_file.read_text())["model_sha256"] == sha
     assert open_light_model(run, sha)[0] is not None
     light.write_bytes(light.read_bytes()[:-64] + bytes(64))  # damaged after it was recorded
     model, why = open_light_model(run, sha)

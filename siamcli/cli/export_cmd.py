@@ -25,6 +25,8 @@ def export(
     """Export a run's embedding network for runtimes without siamcli: SavedModel, LiteRT or ONNX.
 
     Every export is loaded back with its own runtime and checked before it is moved into place: the embeddings of sample images (the run's held-out images) must equal model.keras's within the printed tolerance. SavedModel signatures take encoded image bytes (serving_default) or uint8 pixels of any size (embed_pixels); LiteRT and ONNX take float32 pixels already resized to the model's image size. See docs/export.md.
+
+    Every export also writes RUN/light/ when it is missing or stale: the light model that query and verify use instead of TensorFlow (docs/light-model.md).
     """
     with engine_errors():
         from siamcli.export.artifacts import export_run

@@ -35,9 +35,12 @@ from siamcli.rundir import RunPaths, find_run
 from siamcli.tf_runtime import import_tensorflow
 
 
-def ensure_light_model(run: RunPaths | str | Path | None, events: Events | None = None) -> Path | None:
+def ensure_light_model(run: RunPaths | str | Path | None, events: Events | None = None, model=None) -> Path | None:
     """The run's light model (its .tflite path), written first when it is missing or was made from
-    another model.keras; None when it cannot be made, with the reason as an `events.message`."""
+    another model.keras; None when it cannot be made, with the reason as an `events.message`.
+
+    `run`: a RunPaths, a run directory or its model.keras (None: runs/latest). `model`: the Keras
+    model loaded from that very model.keras, when the caller holds it (it is not loaded again)."""
     events = events or NO_EVENTS
     paths = run if isinstance(run, RunPaths) else find_run(None if run is None else str(run))  # None: runs/latest
     fingerprint = file_sha256(paths.model)
@@ -50,7 +53,7 @@ def ensure_light_model(run: RunPaths | str | Path | None, events: Events | None 
         return None
     events.stage("writing the light model (LiteRT)")
     try:
-        return write_light_model(paths, fingerprint)
+        return write_light_model(paths, fingerprint, model)
     except UserError as exc:
         events.message(f"no light model written for {paths.model}: {exc}")
     except Exception as exc:  # noqa: BLE001 — the converter's own words; the run is fine without the copy
@@ -59,13 +62,13 @@ def ensure_light_model(run: RunPaths | str | Path | None, events: Events | None 
     return None
 
 
-def write_light_model(paths: RunPaths, fingerprint: str) -> Path:
-    """Convert the run's model.keras (sha256 `fingerprint`), check it, and keep it; a UserError
-    (nothing kept) when it does not reproduce model.keras within TOLERANCE."""
+def write_light_model(paths: RunPaths, fingerprint: str, model=None) -> Path:
+    """Convert the run's model.keras (sha256 `fingerprint`; `model`: it, loaded), check it, and keep
+    it; a UserError (nothing kept) when it does not reproduce model.keras within TOLERANCE."""
     from siamcli.models.embed import embed, model_image_size
     from siamcli.models.embedding import load_embedding_model
 
-    model = load_embedding_model(paths.model)
+    model = model if model is not None else load_embedding_model(paths.model)
     size, dim = model_image_size(model), int(model.output_shape[-1])
     images = check_images(size)
     reference = embed(model, images, batch_size=len(images)).vectors
