@@ -16,8 +16,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "siamcli"
 RANK = {"top": 0, "data": 1, "models": 2, "index": 3, "evaluation": 3, "training": 4, "export": 4, "pairs": 4, "cluster": 4,
-        "api": 5, "serve": 5, "cli": 6, "facade": 6, "__main__": 7}
-ENGINE = ("data", "models", "index", "evaluation", "training", "export", "pairs", "cluster", "api", "facade", "top")
+        "dedupe": 4, "api": 5, "serve": 5, "cli": 6, "facade": 6, "__main__": 7}
+ENGINE = ("data", "models", "index", "evaluation", "training", "export", "pairs", "cluster", "dedupe", "api", "facade", "top")
 
 
 def _layer(module: str) -> str:

@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from siamcli import __version__
-from siamcli.cli import cluster_cmd, evaluate_cmd, export_cmd, index_cmd, query_cmd, serve_cmd, train_cmd, verify_cmd
+from siamcli.cli import cluster_cmd, dedupe_cmd, evaluate_cmd, export_cmd, index_cmd, query_cmd, serve_cmd, train_cmd, verify_cmd
 
 
 class _FlagsWithoutTypes:
@@ -90,6 +90,7 @@ app.command("export", cls=_Command)(export_cmd.export)
 app.command("serve", cls=_Command)(serve_cmd.serve)
 app.command("verify", cls=_Command)(verify_cmd.verify)
 app.command("cluster", cls=_Command)(cluster_cmd.cluster)
+app.command("dedupe", cls=_Command)(dedupe_cmd.dedupe)
 
 
 def main() -> None:
