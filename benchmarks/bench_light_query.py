@@ -94,7 +94,7 @@ def prepare(work: Path, source: str | None) -> tuple[Path, str]:
         measured([sys.executable, "-c", BUILD_64, str(run), str(GALLERY)])
         what = "an untrained 64-px model (embedding 128-d), as tests/conftest.py's build_untrained_run"
     measured(siamcli("index", GALLERY, "--model", run, "--out", run / "index", "--json"))
-    measured(siamcli("export", run, "--format", "litert", "--out", work / "export", "--json"))  # writes run/light/ too
+    measured(siamcli("export", run, "--format", "litert", "--json"))  # into the run (a copy): writes run/light/ too
     assert (run / "light" / "model.tflite").is_file(), "siamcli export did not write the light model"
     return run, what
 

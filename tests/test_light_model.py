@@ -230,6 +230,8 @@ def test_without_the_light_model_one_line_says_so_and_its_command_writes_it(ligh
         warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
         assert warnings == [f"warning: embedding with TensorFlow, which takes seconds to start: {run / LIGHT_DIR} holds no light model; "
                             f"write it with `siamcli export {run} --format litert --force`"], result.stderr
+    elsewhere = invoke("export", run, "--format", "litert", "--out", tmp_path / "served")
+    assert elsewhere.exit_code == 0 and not (run / LIGHT_DIR).exists()  # --out elsewhere: the run folder is left alone
     hint = warnings[0].split("`")[1]
     export = invoke(*shlex.split(hint)[1:])  # the command as printed
     assert export.exit_code == 0, export.stderr

@@ -26,7 +26,7 @@ def export(
 
     Every export is loaded back with its own runtime and checked before it is moved into place: the embeddings of sample images (the run's held-out images) must equal model.keras's within the printed tolerance. SavedModel signatures take encoded image bytes (serving_default) or uint8 pixels of any size (embed_pixels); LiteRT and ONNX take float32 pixels already resized to the model's image size. See docs/export.md.
 
-    Every export also writes RUN/light/ when it is missing or stale: the light model that query and verify use instead of TensorFlow (docs/light-model.md).
+    Without --out, an export also writes RUN/light/ when it is missing or stale: the light model that query and verify use instead of TensorFlow (docs/light-model.md).
     """
     with engine_errors():
         from siamcli.export.artifacts import export_run
@@ -34,7 +34,8 @@ def export(
 
         with ProgressDisplay() as display:
             result = export_run(run, format.value, out=str(out) if out else None, quantize=quantize, force=force, samples=samples, events=display)
-            light = ensure_light_model(run, events=display)  # RUN/light/: query and verify embed without TensorFlow
+            # RUN/light/, which query and verify embed with instead of TensorFlow; --out elsewhere leaves RUN as it is
+            light = ensure_light_model(run, events=display) if out is None else None
     for note in result.notes:
         warn(note)
     if light is not None:
