@@ -143,17 +143,18 @@ def test_a_run_whose_training_cannot_help_keeps_its_start_model(tmp_path, monkey
     from siamcli.models.embed import embed
     from siamcli.models.embedding import load_embedding_model
     from siamcli.training import trainer
+    from siamcli.training.session import Session
 
     data, split = _noise_and_real_identities(tmp_path / "data")
     seen = {}
-    original = trainer._Session._start
+    original = Session._start
 
     def start_and_record(session):  # the start model's embeddings of the validation images, before any step
         original(session)
-        seen["images"] = session.val_data.images.copy()
-        seen["start"] = embed(session.model, session.val_data.images).vectors
+        seen["images"] = session.val.images.copy()
+        seen["start"] = embed(session.nets.model, session.val.images).vectors
 
-    monkeypatch.setattr(trainer._Session, "_start", start_and_record)
+    monkeypatch.setattr(Session, "_start", start_and_record)
     config = TrainConfig(data_dir=str(data), image_size=32, embedding_dim=8, weights="none", batch_size=8,
                          images_per_identity=2, steps_per_epoch=20, frozen_epochs=3, finetune_epochs=0,
                          val_fraction=0.75, lr=2.0, patience=0, views=2, dropout=0.0)  # a rate that wrecks the head

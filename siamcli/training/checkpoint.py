@@ -32,6 +32,7 @@ from pathlib import Path
 from siamcli.atomic import write_json
 from siamcli.errors import CorruptArtifactError, UserError
 from siamcli.jsonio import read_json
+from siamcli.rundir import CHECKPOINTS
 
 NAME = "ckpt"  # checkpoint files are <NAME>-<epoch>.*
 POINTER = "checkpoint"  # the CheckpointManager's (TensorFlow's) pointer file
@@ -67,6 +68,26 @@ class TrainerState:
         if state.best_score is None:
             state.best_score = float("-inf")
         return state
+
+
+class Checkpoints:
+    """A run's checkpoints/ folder: one save after every epoch; a resumed run's optimiser read back.
+
+    `resumed_from`: the checkpoint (`.../ckpt-N`) a resumed run continues from, else None.
+    """
+
+    def __init__(self, run_dir: Path, resumed_from: Path | None):
+        self.directory = Path(run_dir) / CHECKPOINTS
+        self.resumed_from = resumed_from
+
+    def save(self, model, optimizer, state: TrainerState) -> Path:
+        return save(self.directory, model, optimizer, state)
+
+    def restore_optimizer(self, model, optimizer, phase: str, last_phase: str | None, phase_epochs: int) -> None:
+        """Read `optimizer` (and `model`) back when resumed inside `phase` (the checkpoint's epoch
+        was one of its `phase_epochs`): only such a checkpoint holds this phase's optimiser."""
+        if self.resumed_from is not None and last_phase == phase and phase_epochs:
+            restore(self.resumed_from, model, optimizer)
 
 
 def _tf():

@@ -63,6 +63,8 @@ class DataDefaults:
 
 
 BY_DATA = DataDefaults()
+FROZEN, FINETUNE = "frozen", "finetune"  # the phases: --frozen-epochs, then --finetune-epochs
+PHASES = (FROZEN, FINETUNE)
 MIN_STEPS_PER_EPOCH = 100  # P×K sampling has no natural epoch; tiny datasets still get real epochs
 COSINE_FLOOR = 0.1  # --lr-schedule cosine decays each phase's learning rate to this share of it
 

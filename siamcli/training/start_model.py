@@ -35,7 +35,7 @@ is the one line that compares the kept model with the start, and says when it is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -147,6 +147,16 @@ def scores_by_weight(head, fit: StartFit, score) -> dict[float, float]:
         set_head(head, fit, weight)
         scores[weight] = score(head)
     return scores
+
+
+@dataclass(frozen=True)
+class PixelWeight:
+    """The start's share of pixels, what chose it ("identity folds", "validation" or "default"),
+    and each candidate's score (weight as text → MAP@R)."""
+
+    weight: float = DEFAULT_PIXEL_WEIGHT
+    chosen_by: str = "default"
+    scores: dict = field(default_factory=dict)
 
 
 def best_pixel_weight(scores: dict[float, float]) -> float:
