@@ -11,6 +11,11 @@
 
 `latest` (a symlink beside the run, so `runs/latest` for the default `runs/<timestamp>`) points
 at the newest run; `index`, `query` and `evaluate` default to it.
+
+--model also takes a word that names a model built without training (`imagenet`, `imagenet@96`,
+`imagenet:W.weights.h5`: models/pretrained_run.py). Building it needs the models layer, which
+this module may not import, so that module registers its builder here (register_named_model)
+and find_run calls it: every caller of find_run accepts the word unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from siamcli.errors import UserError
 
@@ -32,6 +38,20 @@ SPLIT_FILE = "split.json"
 HISTORY_FILE = "history.csv"
 LOSS_PLOT = "loss.png"
 CHECKPOINTS = "checkpoints"
+IMAGENET = "imagenet"  # --model imagenet[@SIZE][:WEIGHTS]: no training (models/pretrained_run.py)
+
+# word → function that turns the whole --model value into a complete run directory (built once)
+_NAMED_MODELS: dict[str, Callable[[str], Path]] = {}
+
+
+def register_named_model(word: str, materialise: Callable[[str], Path]) -> None:
+    _NAMED_MODELS[word] = materialise
+
+
+def named_model_word(model: str) -> str | None:
+    """'imagenet@96:w.h5' → 'imagenet'; None for a value that is not such a word (a path)."""
+    word = model.split(":", 1)[0].split("@", 1)[0].strip().lower()
+    return word if word == IMAGENET else None
 
 
 @dataclass(frozen=True)
@@ -80,8 +100,14 @@ def point_latest_at(run_dir: Path) -> Path:
 
 
 def find_run(model: str | None) -> RunPaths:
-    """Resolve --model: a run directory, a model.keras file, or (None) runs/latest."""
+    """Resolve --model: a run directory, a model.keras file, a named model (`imagenet…`, built into
+    a cached run directory on first use; an existing path of that name wins), or (None) runs/latest."""
     target = Path(model) if model else DEFAULT_RUNS_ROOT / LATEST
+    word = named_model_word(model) if model else None
+    if word and not target.exists():
+        if word not in _NAMED_MODELS:  # a caller that skipped the models layer's registration
+            raise UserError(f"--model {model} is built by siamcli.models.pretrained_run; call its register() first")
+        target = _NAMED_MODELS[word](model)
     if not target.exists():
         if model is None:
             raise UserError("no trained model found at runs/latest; run `siamcli train DATA_DIR` first or pass --model RUN_DIR")

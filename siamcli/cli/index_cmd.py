@@ -12,11 +12,12 @@ from siamcli.choices import IndexType
 from siamcli.cli.common import engine_errors, fmt, print_json, stdout
 from siamcli.cli.progress import ProgressDisplay
 from siamcli.errors import UserError
+from siamcli.models.pretrained_run import SPEC_HELP  # importing it also lets --model imagenet resolve
 
 
 def index(
     paths: Annotated[Optional[list[Path]], typer.Argument(metavar="GALLERY_DIR", show_default=False, help="Folder of images: sub-folder names become labels; images at its root get an empty label. With --merge: the PART_DIRs (partial indexes) to combine.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Run directory or its model.keras (default: runs/latest).")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Run directory or its model.keras, or {SPEC_HELP}: ResNet50's ImageNet features with no training (docs/index.md) (default: runs/latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Index directory (default: <model run>/index; with --shard I/N: <model run>/index.part-I-of-N).")] = None,
     index_type: Annotated[Optional[IndexType], typer.Option(show_default=False, help="auto, flat (exact), hnsw, ivf or ivfpq (approximate; ivfpq: PQ codes re-ranked from 8-bit vectors, ≈ 298 bytes a vector at 10^7 (docs/scaling.md), memory-mapped by queries, for galleries of millions). auto: flat up to 50,000 images, HNSW past that while it fits in 8 GiB, then ivfpq; approximate types are tuned to recall@10 ≥ 0.95 (default: auto; an update keeps the type it was built with).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (every shard of one gallery must use the same).")] = 32,
