@@ -20,6 +20,7 @@ Targets: light query ≤ 0.15 × the TensorFlow import time, peak RSS ≤ 250 MB
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 QUERY = REPO / "sample_data" / "queries" / "s5_10.png"
@@ -106,14 +108,26 @@ def same_answers(light: list, tensorflow: list) -> tuple[bool, float]:
     return ids(light) == ids(tensorflow), max(gaps)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5)
+def arguments(description: str, repeat: int) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=repeat)
     parser.add_argument("--run", help="a run to measure instead of runs/demo (or the untrained 64-px model)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+@contextlib.contextmanager
+def prepared(source: str | None) -> Iterator[tuple[Path, Path, str]]:
+    """(a scratch folder, the run prepared in it, where the run came from); the folder is removed after."""
     work = Path(tempfile.mkdtemp(prefix="siamcli-bench-light-"))
     try:
-        run, what = prepare(work, args.run)
+        yield (work, *prepare(work, source))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    args = arguments(__doc__, repeat=5)
+    with prepared(args.run) as (_, run, what):
         query = ["query", QUERY, "--model", run, "--k", "5", "--json"]
         rows = {
             "python -c pass": ([sys.executable, "-c", "pass"], None),
@@ -131,8 +145,6 @@ def main() -> None:
                 samples[name].append((wall, rss))
                 outputs[name] = (stdout, stderr)
         report(what, rows, samples, outputs, load_before, args.repeat)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def report(what: str, rows: dict, samples: dict, outputs: dict, load_before: float, repeat: int) -> None:

@@ -19,18 +19,15 @@ while they wait by default, which costs on a shared machine: measured both ways.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_light_query import measured, prepare, siamcli  # noqa: E402
+from bench_light_query import arguments, measured, prepared, siamcli  # noqa: E402
 
 CHILD = """
 import json, os, resource, sys, time
@@ -80,13 +77,8 @@ def installed_mb(distribution: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--run", help="a run to measure instead of runs/demo (or the untrained 64-px model)")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="siamcli-bench-runtime-"))
-    try:
-        run, what = prepare(work, args.run)
+    args = arguments(__doc__, repeat=3)
+    with prepared(args.run) as (work, run, what):
         measured(siamcli("export", run, "--format", "onnx", "--out", work / "onnx", "--json"))
         size = json.loads((run / "light" / "light.json").read_text())["image_size"]
         files = {"litert": run / "light" / "model.tflite", "onnx": work / "onnx" / "model.onnx", "onnx-nospin": work / "onnx" / "model.onnx"}
@@ -102,8 +94,6 @@ def main() -> None:
             cell = lambda key, rows=results[name]: statistics.median(r[key] for r in rows)  # noqa: E731
             print(f"{title:<28} {cell('import'):9.3f} {cell('first'):8.3f} {cell('batch'):8.0f} {cell('one_ms'):7.1f} "
                   f"{cell('rss'):12.0f} {installed_mb(distribution):13.0f} {files[name].stat().st_size / 1e6:8.1f}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

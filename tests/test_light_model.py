@@ -72,13 +72,18 @@ def fresh_cli(*args, env: dict | None = None) -> tuple[subprocess.CompletedProce
     return done, json.loads(marker[0][len("IMPORTED "):])
 
 
-@pytest.fixture(scope="module")
-def light_run(tmp_path_factory, tiny_run):
-    """(run, data): a copy of the tiny run with its light model and a flat index over its 30 images. Read-only."""
-    run, data = copy_run(tiny_run, tmp_path_factory.mktemp("light"))
+def indexed_light_copy(tiny_run: Path, folder: Path) -> tuple[Path, Path]:
+    """(run, data): a copy of the tiny run in `folder`, with its light model and a flat index over its 30 images."""
+    run, data = copy_run(tiny_run, folder)
     give_light_model(run)
     build(run, data)
     return run, data
+
+
+@pytest.fixture(scope="module")
+def light_run(tmp_path_factory, tiny_run):
+    """indexed_light_copy of the tiny run. Read-only."""
+    return indexed_light_copy(tiny_run, tmp_path_factory.mktemp("light"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from conftest import SAMPLE_DATA, build_untrained_run, run_cli, write_test_calib
 from PIL import Image
 from test_index_cli import invoke, one_line_error
 from test_index_engine import build, copy_run, rewrite_checksums
-from test_light_model import give_light_model
+from test_light_model import give_light_model, indexed_light_copy
 
 pytestmark = pytest.mark.slow  # every test queries a ResNet50 run (built here or tiny_run)
 
@@ -43,10 +43,7 @@ def faces(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory, tiny_run):
     """(run, data): a copy of the tiny run, its light model and a flat index over its 30 images. Read-only."""
-    run, data = copy_run(tiny_run, tmp_path_factory.mktemp("tinyq"))
-    give_light_model(run)
-    build(run, data)
-    return run, data
+    return indexed_light_copy(tiny_run, tmp_path_factory.mktemp("tinyq"))
 
 
 def test_held_out_photo_finds_its_identity_at_rank_1(faces):
