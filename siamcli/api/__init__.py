@@ -33,6 +33,7 @@ from siamcli.api.names import api_names
 from siamcli.api.options import checked_instance, checked_options, count
 from siamcli.errors import UserError
 from siamcli.events import NO_EVENTS, Events
+from siamcli.models import pretrained_run  # noqa: F401  registers run="imagenet" with rundir.find_run
 from siamcli.run_config import read_config, read_split
 from siamcli.training.config import TrainConfig
 

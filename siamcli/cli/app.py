@@ -10,6 +10,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from siamcli import __version__
 from siamcli.cli import cluster_cmd, dedupe_cmd, evaluate_cmd, export_cmd, index_cmd, query_cmd, serve_cmd, train_cmd, verify_cmd
+from siamcli.models import pretrained_run  # noqa: F401  registers --model imagenet with rundir.find_run
 
 
 class _FlagsWithoutTypes:
