@@ -94,7 +94,8 @@ class LightEmbedded:
 
 
 class LightModel:
-    """A run's light copy, loaded: images (paths or RGB arrays of any size) in, embeddings out."""
+    """A run's light copy, loaded: images (paths or RGB arrays of any size) in, embeddings out.
+    One caller at a time, as LiteRT's interpreter allows (images are decoded on `threads` threads)."""
 
     def __init__(self, path: Path, record: LightRecord, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter

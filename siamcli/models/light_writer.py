@@ -56,6 +56,8 @@ def ensure_light_model(run: RunPaths | str | Path | None, events: Events | None 
         return write_light_model(paths, fingerprint, model)
     except UserError as exc:
         events.message(f"no light model written for {paths.model}: {exc}")
+    except OSError as exc:  # a run folder one may read but not write (a shared or read-only run)
+        events.message(f"no light model written for {paths.model}: cannot write {light_dir(paths.run_dir)} ({exc.strerror or exc})")
     except Exception as exc:  # noqa: BLE001 — the converter's own words; the run is fine without the copy
         events.message(f"no light model written for {paths.model}: the LiteRT converter failed ({type(exc).__name__}: "
                        f"{' '.join(str(exc).split())[:200]})")
