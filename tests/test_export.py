@@ -29,7 +29,7 @@ BLOCK = textwrap.dedent(
     sys.meta_path.insert(0, _Blocked())
     """
 )
-TOLERANCE = 1e-4  # what `siamcli export` promises (siamcli.export.artifacts.TOLERANCE)
+TOLERANCE = 1e-4  # what `siamcli export` promises (siamcli.export.check.TOLERANCE)
 
 
 def _fresh(script: str, *args: str, blocked: tuple[str, ...] = ("siamcli",)) -> subprocess.CompletedProcess:
@@ -195,12 +195,31 @@ def test_onnx_runs_in_onnxruntime_alone(tiny_run, tmp_path):
 
 def test_an_export_that_does_not_match_model_keras_is_refused_and_not_written(tiny_run, tmp_path, monkeypatch):
     from siamcli.errors import UserError
-    from siamcli.export import artifacts
+    from siamcli.export import artifacts, check
 
-    monkeypatch.setattr(artifacts, "TOLERANCE", -1.0)  # every measured difference now fails the check
+    monkeypatch.setattr(check, "TOLERANCE", -1.0)  # every measured difference now fails the check
     with pytest.raises(UserError, match="does not reproduce model.keras"):
         artifacts.export_run(str(tiny_run), "onnx", out=str(tmp_path / "onnx"))
     assert not (tmp_path / "onnx").exists() and not list(tmp_path.iterdir())
+
+
+def test_the_held_out_sample_is_chosen_without_the_reports_libraries(tiny_run):
+    # export checks on the run's held-out images; choosing them must not import evaluate's pandas and
+    # matplotlib (TensorFlow, which decodes them, is another matter)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import siamcli.export.samples
+        from siamcli.evaluation.selection import select_data
+        from siamcli.rundir import find_run
+        selection = select_data(find_run(sys.argv[1]), None)
+        print(selection.held_out, len({item.label for item in selection.items}))
+        print(sorted({"pandas", "matplotlib", "tensorflow"} & set(sys.modules)))
+    """), str(tiny_run)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    chosen, heavy = done.stdout.splitlines()[-2:]
+    held_out, identities = chosen.split()
+    assert held_out == "True" and int(identities) >= 1
+    assert heavy == "[]"
 
 
 @pytest.mark.parametrize(

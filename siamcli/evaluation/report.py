@@ -26,13 +26,14 @@ from siamcli import __version__, rundir
 from siamcli.atomic import atomic_path, write_csv, write_json
 from siamcli.calibration import CALIBRATION_FILE, Calibration, write_calibration
 from siamcli.choices import Projection
-from siamcli.data.scan import ImageItem, Skipped, describe_skipped, scan_folder
+from siamcli.data.scan import Skipped, describe_skipped
 from siamcli.errors import UserError
 from siamcli.evaluation import baselines as base
 from siamcli.evaluation import plots
 from siamcli.evaluation.calibrate import calibrate
 from siamcli.evaluation.classification import ClassificationResult, classify
 from siamcli.evaluation.metrics import DEFAULT_BLOCK_SIZE, RetrievalMetrics, RetrievalResult, evaluate_retrieval, exact_distances
+from siamcli.evaluation.selection import DataSelection, select_data
 from siamcli.evaluation.verdict import Verdict, judge
 from siamcli.evaluation.verification import DEFAULT_MAX_PAIRS, VerificationResult, pair_distances, verify
 from siamcli.events import NO_EVENTS, Events
@@ -76,15 +77,6 @@ class EvaluateOptions:
                 raise UserError(message)
         Projection.check(self.projection, "--projection")
         return self
-
-
-@dataclass(frozen=True)
-class DataSelection:
-    root: str
-    items: list[ImageItem]
-    skipped: list[Skipped]
-    source: str  # what was chosen, in words
-    held_out: bool  # True: the run's held-out identities (split.json "val")
 
 
 @dataclass
@@ -184,28 +176,6 @@ def default_out_dir(run_dir: Path, data_dir: str | None) -> Path:
     """<run>/eval for the held-out identities; <run>/eval-<folder> for a DATA_DIR, so evaluating
     another folder never overwrites the held-out report."""
     return run_dir / (EVAL_DIR if data_dir is None else f"{EVAL_DIR}-{Path(data_dir).resolve().name}")
-
-
-def select_data(run: rundir.RunPaths, data_dir: str | None) -> DataSelection:
-    """DATA_DIR if given (every identity in it), else the run's held-out identities."""
-    if data_dir is not None:
-        scan = scan_folder(data_dir, labelled=True)
-        return DataSelection(str(data_dir), scan.items, scan.skipped, f"every identity in {data_dir}", held_out=False)
-    config = read_config(run.config)
-    held_out = read_split(run.split).val
-    if not held_out:
-        raise UserError(f"the run {run.run_dir} held out no identities (split.json 'val' is empty); pass DATA_DIR to evaluate a labelled folder")
-    if not config.get("data_dir"):
-        raise UserError(f"{run.config} does not name the training data (data_dir); pass DATA_DIR")
-    root = config.find_data(run.run_dir)
-    if root is None:
-        raise UserError(f"the run's data folder {config['data_dir']} (config.json data_dir) is not there; pass DATA_DIR")
-    root = str(root)
-    scan = scan_folder(root, labelled=True)
-    wanted = set(held_out)
-    items = [item for item in scan.items if item.label in wanted]
-    skipped = [s for s in scan.skipped if _top_folder(s.path, root) in wanted]
-    return DataSelection(root, items, skipped, f"the run's {len(held_out)} held-out identities in {root} (split.json)", held_out=True)
 
 
 def evaluate(
@@ -437,11 +407,3 @@ def _check_enough(labels: list[str], root: str) -> None:
             f"{root}: {len(labels)} readable image(s) in {len(counts)} identit{'y' if len(counts) == 1 else 'ies'}; "
             "evaluation needs at least 2 identities and one identity with 2 or more images"
         )
-
-
-def _top_folder(path: str, root: str) -> str | None:
-    try:
-        parts = Path(path).relative_to(root).parts
-    except ValueError:
-        return None
-    return parts[0] if parts else None
