@@ -42,13 +42,14 @@ def fits(value, annotation: str) -> bool:
     return any(isinstance(value, kinds[name]) for name in allowed if name in kinds)
 
 
-def _typed_fields(cls, data: dict, source: str) -> dict:
-    """The keys of `data` that are fields of `cls`, each checked against its annotation."""
+def typed_fields(cls, data: dict, source: str, remedy: str = "the file is damaged") -> dict:
+    """The keys of `data` that are fields of the dataclass `cls`, each checked against its annotation;
+    a value of another type is a CorruptArtifactError naming it, `source` and `remedy`."""
     values = {}
     for spec in dataclasses.fields(cls):
         if spec.name in data:
             if not fits(data[spec.name], str(spec.type)):
-                raise CorruptArtifactError(f"{source}: {spec.name} is {data[spec.name]!r}, expected {spec.type}; the file is damaged")
+                raise CorruptArtifactError(f"{source}: {spec.name} is {data[spec.name]!r}, expected {spec.type}; {remedy}")
             values[spec.name] = data[spec.name]
     return values
 
@@ -100,10 +101,10 @@ class RunConfig(Mapping):
             if not isinstance(selection, dict):
                 raise CorruptArtifactError(f"{source}: selection is {selection!r}, expected an object; the file is damaged")
             try:
-                selection = RunSelection(**_typed_fields(RunSelection, selection, f"{source} selection"))
+                selection = RunSelection(**typed_fields(RunSelection, selection, f"{source} selection"))
             except TypeError as exc:  # a required key is missing
                 raise CorruptArtifactError(f"{source}: selection lacks a key ({exc}); the file is damaged") from exc
-        facts = _typed_fields(cls, {key: value for key, value in data.items() if key not in ("options", "selection")}, source)
+        facts = typed_fields(cls, {key: value for key, value in data.items() if key not in ("options", "selection")}, source)
         known = {spec.name for spec in dataclasses.fields(cls)} | {"format"}
         options = {key: value for key, value in data.items() if key not in known}
         return cls(options=options, selection=selection, **facts)

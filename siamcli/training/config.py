@@ -19,7 +19,7 @@ from pathlib import Path
 from siamcli.choices import Choice, LrSchedule, Mining, Pooling, Precision, Strategy
 from siamcli.errors import UserError
 from siamcli.models import resnet50
-from siamcli.run_config import fits, read_config
+from siamcli.run_config import read_config, typed_fields
 
 
 @dataclass(frozen=True)
@@ -223,14 +223,7 @@ class TrainConfig:
         """
         if not isinstance(data, dict):
             raise UserError(f"{source} does not hold an object of training options")
-        values = {}
-        for spec in dataclasses.fields(cls):
-            if spec.name not in data:
-                continue
-            value = data[spec.name]
-            if not fits(value, str(spec.type)):
-                raise UserError(f"{source}: {spec.name} is {value!r}, expected {spec.type}")
-            values[spec.name] = value
+        values = typed_fields(cls, data, source, remedy="correct the value in that file")
         if "data_dir" not in values:
             raise UserError(f"{source} does not name the training data (data_dir)")
         return cls(**values)
