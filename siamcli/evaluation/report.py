@@ -185,14 +185,50 @@ def evaluate(
     options: EvaluateOptions | None = None,
     events: Events | None = None,
 ) -> EvaluationReport:
+    """Score `model` (a run, its model.keras; None: runs/latest) on DATA_DIR or its held-out identities
+    and write the files above to `out`: choose → embed → score → baselines → write."""
     events = events or NO_EVENTS
     options = (options or EvaluateOptions()).validate()
-    ks = tuple(sorted(set(options.ks)))
     started = time.perf_counter()
     run = rundir.find_run(model)
+    out_dir = _out_dir(run, data_dir, out)
+    selection, warnings = _choose(run, data_dir)
+    scored = _embed(run, selection, data_dir, options, events, warnings)
+    seconds = {"embedding": time.perf_counter() - started}
+    tick = time.perf_counter()
+    report = _score(scored, run, out_dir, selection, options, events)
+    seconds["metrics"] = time.perf_counter() - tick
+    if options.baselines:
+        tick = time.perf_counter()
+        _score_baselines(report, run, options, events)
+        seconds["baselines"] = time.perf_counter() - tick
+    for text in report.warnings:
+        events.message(text)
+    _write_everything(report, run, options, events, seconds, started)
+    return report
+
+
+@dataclass
+class _Scored:
+    """What embedding the selection left: the model's facts and the images that decoded, in order."""
+    loaded: object  # run_model.LoadedRunModel
+    paths: list[str]
+    labels: list[str]
+    embeddings: np.ndarray
+    skipped: list[Skipped]
+    trained_on: list[str]
+    warnings: list[str]
+
+
+def _out_dir(run: rundir.RunPaths, data_dir: str | None, out: str | None) -> Path:
     out_dir = Path(out) if out else default_out_dir(run.run_dir, data_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a folder for the evaluation")
+    return out_dir
+
+
+def _choose(run: rundir.RunPaths, data_dir: str | None) -> tuple[DataSelection, list[str]]:
+    """The images to score (select_data), with a warning for held-out identities that have none."""
     selection = select_data(run, data_dir)
     warnings: list[str] = []
     if selection.held_out:
@@ -202,24 +238,34 @@ def evaluate(
             warnings.append(f"{len(missing)} held-out identit{'y has' if len(missing) == 1 else 'ies have'} no images in "
                             f"{selection.root}: {', '.join(missing[:10])}")
     _check_enough([item.label for item in selection.items], selection.root)
+    return selection, warnings
 
+
+def _embed(run: rundir.RunPaths, selection: DataSelection, data_dir: str | None, options: EvaluateOptions,
+           events: Events, warnings: list[str]) -> _Scored:
+    """Load the run's model and embed the selection; images that fail are skipped, with a warning."""
     from siamcli.models.embed import embed
     from siamcli.models.run_model import load_run_model
 
     loaded = load_run_model(run)
-    network, image_size = loaded.model, loaded.image_size
     paths = [item.path for item in selection.items]
     events.stage("embedding images", len(paths))
-    embedded = embed(network, paths, batch_size=options.batch_size, on_progress=events.advance)
+    embedded = embed(loaded.model, paths, batch_size=options.batch_size, on_progress=events.advance)
     skipped = list(selection.skipped) + list(embedded.failures)
     if skipped:
         warnings.append(describe_skipped(skipped))
     kept_items = [selection.items[i] for i in embedded.kept]
-    paths = [item.path for item in kept_items]
     labels = [item.label for item in kept_items]
     _check_enough(labels, selection.root)
-    embeddings = np.asarray(embedded.vectors, np.float32)
     trained_on = _trained_identities(run, data_dir, labels)
+    warnings.extend(_identity_warnings(trained_on, labels))
+    return _Scored(loaded, [item.path for item in kept_items], labels, np.asarray(embedded.vectors, np.float32),
+                   skipped, trained_on, warnings)
+
+
+def _identity_warnings(trained_on: list[str], labels: list[str]) -> list[str]:
+    """What makes the scores less than they seem: identities trained on, identities of one image."""
+    warnings = []
     if trained_on:
         warnings.append(
             f"{len(trained_on)} of the evaluated identities were trained on (split.json 'train'), e.g. {trained_on[0]}: "
@@ -231,15 +277,20 @@ def evaluate(
             f"{len(singles)} identit{'y has' if len(singles) == 1 else 'ies have'} a single image: not queries, "
             f"only gallery: {', '.join(singles[:10])}{' …' if len(singles) > 10 else ''}"
         )
-    seconds = {"embedding": time.perf_counter() - started}
+    return warnings
 
+
+def _score(scored: _Scored, run: rundir.RunPaths, out_dir: Path, selection: DataSelection, options: EvaluateOptions,
+           events: Events) -> EvaluationReport:
+    """Retrieval, classification (nearest neighbour), verification and the calibration of the embeddings."""
+    ks = tuple(sorted(set(options.ks)))
+    embeddings, labels, warnings = scored.embeddings, scored.labels, scored.warnings
     events.stage("retrieval metrics")
-    tick = time.perf_counter()
     retrieval = evaluate_retrieval(embeddings, labels, ks, block_size=options.block_size)
     queries = np.flatnonzero(retrieval.is_query)
     label_array = np.asarray(labels)
     classification = classify(label_array[queries], label_array[retrieval.nearest[queries]])
-    model_sha256 = loaded.sha256  # the calibration's provenance and report.json
+    model_sha256 = scored.loaded.sha256  # the calibration's provenance and report.json
     events.stage("verification pairs")
     pairs = pair_distances(embeddings, labels, max_pairs=options.max_pairs, seed=options.seed)
     verification = verify(pairs)
@@ -249,34 +300,29 @@ def evaluate(
     else:
         calibration = calibrate(pairs, verification, options.target_far, options.seed, {
             "model_sha256": model_sha256, "data": selection.source, "identities": sorted(set(labels)),
-            "trained_on": trained_on, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "trained_on": scored.trained_on, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
     del pairs
-    seconds["metrics"] = time.perf_counter() - tick
-
-    report = EvaluationReport(
-        out_dir=out_dir, run_dir=run.run_dir, model=run.model, data=selection, image_size=image_size,
-        paths=paths, labels=labels, embeddings=embeddings, retrieval=retrieval, classification=classification,
-        verification=verification, calibration=calibration, ks=ks, skipped=skipped, warnings=warnings,
+    return EvaluationReport(
+        out_dir=out_dir, run_dir=run.run_dir, model=run.model, data=selection, image_size=scored.loaded.image_size,
+        paths=scored.paths, labels=labels, embeddings=embeddings, retrieval=retrieval, classification=classification,
+        verification=verification, calibration=calibration, ks=ks, skipped=scored.skipped, warnings=warnings,
         max_pairs=options.max_pairs, seed=options.seed, model_sha256=model_sha256,
     )
-    if options.baselines:
-        tick = time.perf_counter()
-        _score_baselines(report, run, options, events)
-        seconds["baselines"] = time.perf_counter() - tick
-    for text in report.warnings:
-        events.message(text)
 
+
+def _write_everything(report: EvaluationReport, run: rundir.RunPaths, options: EvaluateOptions, events: Events,
+                      seconds: dict[str, float], started: float) -> None:
+    """The files, report.json, metrics.json last (it says the report is complete), then the run's calibration."""
     events.stage("writing files")
     tick = time.perf_counter()
     _write_files(report, options)
     seconds["files"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
     report.seconds = seconds
-    write_json(out_dir / REPORT_FILE, report.report_json())
-    write_json(out_dir / METRICS_FILE, report.metrics_json())  # last: it says the report is complete
+    write_json(report.out_dir / REPORT_FILE, report.report_json())
+    write_json(report.out_dir / METRICS_FILE, report.metrics_json())  # last: it says the report is complete
     _keep_calibration(report, run, events)
-    return report
 
 
 def _keep_calibration(report: EvaluationReport, run: rundir.RunPaths, events: Events) -> None:
