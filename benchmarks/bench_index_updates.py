@@ -104,11 +104,11 @@ def clustered_vectors(path: Path, count: int, dim: int, seed: int = 0) -> None:
 
 def make_index(run: Path, paths: list[str], dim: int, index_type: str) -> float:
     """The index over the gallery, from synthetic vectors, as `siamcli index` lays it out; seconds."""
-    from siamcli.atomic import atomic_directory, write_json
+    from siamcli.atomic import atomic_directory
     from siamcli.hashing import file_sha256
     from siamcli.index import faiss_index
     from siamcli.index import manifest as mf
-    from siamcli.index.build import index_manifest
+    from siamcli.index.faiss_io import faiss_module
     from siamcli.index.items import IndexItem
     from siamcli.index.segment import write_segment
 
@@ -125,19 +125,20 @@ def make_index(run: Path, paths: list[str], dim: int, index_type: str) -> float:
         clustered_vectors(tmp / mf.EMBEDDINGS_FILE, len(paths), dim)
         record = write_segment(tmp, items(), faiss_index.plan_index(index_type, len(paths), dim), len(paths), seed=0,
                                galleries=[str(Path(paths[0]).parents[1])])
-        write_json(tmp / mf.MANIFEST, index_manifest(
+        mf.write_manifest(tmp, mf.IndexManifest.single_segment(
             record, fingerprint=file_sha256(run / "model.keras"), model_path=(run / "model.keras").resolve(), dim=dim,
-            image_size=32, count=len(paths), next_id=len(paths), gallery=str(Path(paths[0]).parents[1]), created=mf.now()))
+            image_size=32, count=len(paths), next_id=len(paths), gallery=str(Path(paths[0]).parents[1]), galleries=None,
+            created=mf.now(), faiss_version=faiss_module().__version__))
     return time.perf_counter() - started
 
 
 def wrap_index(run: Path, faiss_file: Path, dim: int, factory: str, params: dict) -> int:
     """An index folder around an existing index.faiss (rows = its ntotal), synthetic items; rows."""
-    from siamcli.atomic import atomic_directory, write_json
+    from siamcli.atomic import atomic_directory
     from siamcli.hashing import file_sha256
     from siamcli.index import faiss_index
     from siamcli.index import manifest as mf
-    from siamcli.index.build import index_manifest
+    from siamcli.index.faiss_io import faiss_module
     index = faiss_index.read_index(faiss_file, mmap=True)
     rows = int(index.ntotal)
     del index
@@ -146,12 +147,14 @@ def wrap_index(run: Path, faiss_file: Path, dim: int, factory: str, params: dict
     with atomic_directory(run / "index") as tmp:
         os.link(faiss_file, tmp / mf.INDEX_FILE)  # the same bytes, not a copy of 3 GB
         os.link(items, tmp / mf.ITEMS_FILE)
-        record = {"rows": rows, "factory": factory, "index_type": index_type, "chosen_by": "user", "search_params": params,
+        fields = {"name": "", "number": 0, "rows": rows, "factory": factory, "index_type": index_type, "chosen_by": "user", "search_params": params,
                   "recall_at_10": 0.0, "recall_sample": 0, "recall_count": rows,
                   "files": {name: mf.file_record(tmp / name) for name in (mf.INDEX_FILE, mf.ITEMS_FILE)}}
-        write_json(tmp / mf.MANIFEST, index_manifest(
+        record = mf.SegmentRecord.from_json(fields, Path(mf.MANIFEST))
+        mf.write_manifest(tmp, mf.IndexManifest.single_segment(
             record, fingerprint=file_sha256(run / "model.keras"), model_path=(run / "model.keras").resolve(), dim=dim, image_size=32,
-            count=rows, next_id=rows, gallery="/data/gallery", created=mf.now()))
+            count=rows, next_id=rows, gallery="/data/gallery", galleries=None, created=mf.now(),
+            faiss_version=faiss_module().__version__))
     print(f"wrapped {faiss_file} ({factory}, {rows:,} rows): {folder_bytes(run / 'index') / rows:.0f} B a vector with items.sqlite", flush=True)
     return rows
 

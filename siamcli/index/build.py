@@ -263,14 +263,6 @@ def write_one_segment(tmp: Path, rows: Callable[[], Iterable[IndexItem]], plan: 
     return manifest
 
 
-def index_manifest(record: mf.SegmentRecord | dict, *, galleries: list[str] | None = None, **facts) -> dict:
-    """The manifest.json keys of a one-segment index, for benchmarks/bench_index_updates.py, which
-    writes indexes from synthetic parts (a dict `record`: write_segment's keys)."""
-    if isinstance(record, dict):
-        record = mf.SegmentRecord.from_json({"name": "", "number": 0, **record}, Path(mf.MANIFEST))
-    return mf.IndexManifest.single_segment(record, galleries=galleries, faiss_version=faiss_module().__version__, **facts).to_json()
-
-
 def validate_options(options: IndexOptions) -> None:
     if options.force and (options.append or options.prune):
         raise UserError("--force rebuilds the index from scratch; it cannot be combined with --append or --prune")

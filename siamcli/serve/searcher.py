@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from siamcli.index.faiss_index import faiss_module
+from siamcli.index.faiss_io import faiss_module
 from siamcli.index.search import Neighbour, QueryResult, search_vectors
 from siamcli.models.embed import embed, resize_batch
 from siamcli.serve.batcher import Job
