@@ -62,7 +62,7 @@ def main() -> None:
     from siamcli.models.backbone_weights import WeightsChoice
     from siamcli.models.embed import load_pixels
     from siamcli.training.config import TrainConfig
-    from siamcli.training.trainer import make_train_step
+    from siamcli.training.step import make_train_step
 
     config = TrainConfig(data_dir=str(data), image_size=args.image_size, weights="none").resolve()
     items = scan_folder(data).items

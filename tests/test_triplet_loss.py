@@ -106,7 +106,7 @@ def test_loss_is_float32_and_finite_for_bfloat16_embeddings():
 
 
 def test_collapse_is_detected_from_the_embeddings_or_the_loss():
-    from siamcli.training.trainer import is_collapsed
+    from siamcli.training.history import is_collapsed
 
     rng = np.random.default_rng(0)
     spread = rng.normal(size=(20, 8))

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 
 from siamcli.errors import UserError
-
-
-@dataclass(frozen=True)
-class IdentitySplit:
-    train: list[str]
-    val: list[str]
-
-    def to_json(self) -> dict:
-        return {"train": list(self.train), "val": list(self.val)}
+from siamcli.run_config import RunSplit as IdentitySplit  # the split is what split.json records
 
 
 def split_identities(counts: Counter, val_fraction: float, seed: int) -> IdentitySplit:

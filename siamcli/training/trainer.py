@@ -39,9 +39,7 @@ from siamcli.run_config import RunConfig, RunSplit, read_config, read_split, wri
 from siamcli.tf_runtime import import_tensorflow
 from siamcli.training import adaptive, checkpoint
 from siamcli.training.config import PHASES, TrainConfig
-from siamcli.training.history import is_collapsed  # noqa: F401  (tests/test_triplet_loss.py imports it from here)
 from siamcli.training.session import ImageSet, Networks, Progress, Session
-from siamcli.training.step import make_train_step  # noqa: F401  (benchmarks/training_speed.py imports it from here)
 from siamcli.training.strategy import choose_strategy, is_chief, worker_count
 
 tf = import_tensorflow()
