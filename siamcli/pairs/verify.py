@@ -73,8 +73,8 @@ def decision_for(run_dir: Path, model_sha256: str, threshold: float | None = Non
     calibration, why = read_calibration(run_dir, model_sha256)
     run = shlex.quote(str(run_dir))
     if calibration is None:
-        return Decision(None, why_none=f"no match decision: {why}; to decide, calibrate with `siamcli evaluate --model {run}` "
-                                      "or pass --threshold T (a cosine similarity)")
+        # `why` already names the evaluate command that calibrates this run
+        return Decision(None, why_none=f"no match decision: {why}, or pass --threshold T (a cosine similarity)")
     if not calibration.reliable:
         return Decision(None, why_none=f"no match decision: the run's threshold is not reliable ({calibration.reason}); "
                                       f"calibrate with `siamcli evaluate DATA_DIR --model {run}` on a folder of more identities "
