@@ -30,7 +30,10 @@ def test_a_deleted_photo_is_named_by_append_and_flagged_by_query(tmp_path, tiny_
     assert first["path"] == str(gone) and first["missing"] is True
     assert all("missing" not in row for row in json.loads(answered.stdout)[0]["results"][1:])
     table = invoke("query", query_image, "--model", run, "--k", "1")  # off a terminal a row is never folded
-    assert any(str(gone) in line and "(file gone: siamcli index --prune)" in line for line in table.stdout.splitlines()), table.stdout
+    assert any(str(gone) in line and "(file gone)" in line for line in table.stdout.splitlines()), table.stdout
+    # The hint names this index and model, so it prunes them as printed, not runs/latest's.
+    hint = f"`siamcli index {data} --model {run / 'model.keras'} --out {run / 'index'} --prune`"
+    assert f"1 answered file gone since indexing; drop it with {hint}" in table.stderr, table.stderr
 
     index_json(data, "--model", run, "--prune")
     answered = invoke("query", query_image, "--model", run, "--json", "--k", "30")

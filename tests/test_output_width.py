@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 pytestmark = pytest.mark.slow  # queries the tiny ResNet50 run
 
 NARROW = {"COLUMNS": "60"}
-GONE_NOTE = "(file gone: siamcli index --prune)"
+GONE_NOTE = "(file gone)"
 
 
 @pytest.fixture(scope="module")

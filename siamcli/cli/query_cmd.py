@@ -51,9 +51,11 @@ def query(
             row = [str(n.rank), f"{n.similarity:.4f}"]
             if outcome.threshold is not None:
                 row.append("[green]match[/green]" if n.match else "[red]no match[/red]")
-            row += [escape(n.label) or "–", escape(n.path) + (" [red](file gone: siamcli index --prune)[/red]" if n.missing else "")]
+            row += [escape(n.label) or "–", escape(n.path) + (" [red](file gone)[/red]" if n.missing else "")]
             table.add_row(*row)
         stdout.print(table)
+    if outcome.prune_hint():
+        warn(outcome.prune_hint())
     if outcome.threshold is not None:
         stdout.print(f"[dim]match: similarity ≥ {outcome.similarity_threshold:.4f} (calibrated by siamcli evaluate)[/dim]")
     if plot:

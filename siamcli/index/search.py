@@ -25,7 +25,9 @@ from siamcli.data.scan import Skipped, describe_skipped, scan_folder
 from siamcli.errors import UserError
 from siamcli.hashing import file_sha256
 from siamcli.index.faiss_index import RECALL_K
+from siamcli.index.hints import command
 from siamcli.index.locate import resolve_index_dir, resolve_model  # (api, serve and cluster import them from here)
+from siamcli.index.manifest import read_manifest
 from siamcli.index.store import LoadedIndex, check_model, load_index, naming_the_rebuild
 from siamcli.models.run_model import check_dimension
 from siamcli.threshold import run_threshold  # (the notebook API imports it from here)
@@ -75,6 +77,18 @@ class QueryOutcome:
 
     def to_json(self) -> list[dict]:
         return [r.to_json() for r in self.results]
+
+    def prune_hint(self) -> str | None:
+        """The commands that drop the answered rows whose files are gone, one per gallery holding
+        them, each with --model and --out so it prunes this index and no other; None if none is gone."""
+        gone = {n.path for r in self.results for n in r.neighbours if n.missing}
+        if not gone:
+            return None
+        galleries = read_manifest(self.index_dir).galleries or []
+        holding = [g for g in galleries if any(Path(path).is_relative_to(g) for path in gone)] or ["GALLERY_DIR"]
+        prune = [command(g, "--model", self.model_path, "--out", self.index_dir, "--prune") for g in holding]
+        many = len(gone) > 1
+        return f"{len(gone)} answered file{'s' if many else ''} gone since indexing; drop {'them' if many else 'it'} with {', then '.join(prune)}"
 
 
 def query_paths(images: Sequence[str]) -> tuple[list[str], list[Skipped]]:
