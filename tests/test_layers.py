@@ -1,6 +1,6 @@
 """The package's layers import downward only, with no cycles, and the engine never imports the CLI's libraries.
 
-    siamcli (the package: its lazy notebook facade), api, cli, serve  →  training, export, pairs, cluster
+    siamcli (the package: its lazy notebook facade), api, cli, serve  →  training, export, pairs, cluster, dedupe
         →  index, evaluation  →  models  →  data  →  top-level helpers
 
 Read from the source (every import, lazy ones inside functions too), so a violation fails here
