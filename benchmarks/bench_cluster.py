@@ -3,6 +3,7 @@
     SIAMCLI_ATT_FACES=DIR nice -n 10 python benchmarks/bench_cluster.py faces  [--work DIR]
     nice -n 10 python benchmarks/bench_cluster.py digits [--work DIR]
     nice -n 10 python benchmarks/bench_cluster.py scale  [--sizes 100000,1000000] [--methods chinese-whispers,components,average]
+    nice -n 10 python benchmarks/bench_cluster.py join   [--sizes 100000]
 
 faces   ORL (read from $SIAMCLI_ATT_FACES only). A model is trained on s1–s20 with the demo's flags
         (`siamcli train … --image-size 64 --weights none --frozen-epochs 5 --finetune-epochs 2
@@ -25,6 +26,10 @@ scale   Synthetic clustered unit vectors (256-d): clusters of 1–60 (geometric,
         a cluster; threshold 0.55. Each size runs in its own process (OMP_NUM_THREADS=2): wall and
         CPU seconds and peak resident memory from the kernel (wait4), the peak including the
         vectors themselves (1 GiB at 10^6), ARI against the generating clusters.
+
+join    The graph's IVF self-join against FAISS's own IVF search on the same synthetic vectors: CPU
+        seconds and recall of the exact top-k neighbours above the threshold (on 1,000 sampled
+        vectors), for each number of lists per vector (self-join) and each nprobe (IVF search).
 
 The work folder (default: a temporary one) keeps the trained runs, so a second run skips training.
 """
@@ -315,13 +320,67 @@ def scale(sizes: list[int], methods: list[str]) -> list[dict]:
     return results
 
 
+def join_against_ivf_search(count: int, per_vector_settings: list[int], nprobe_settings: list[int]) -> list[dict]:
+    """CPU seconds and recall: the graph's self-join at each lists-per-vector, FAISS IVF search at each nprobe."""
+    import resource
+
+    import faiss
+
+    from siamcli.cluster import graph
+    from siamcli.cluster.options import DEFAULT_K
+    from siamcli.index import faiss_index
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    vectors, _ = synthetic(count)
+    k, rng = DEFAULT_K, np.random.default_rng(1)
+    rows = np.sort(rng.choice(count, 1000, replace=False))
+    scores, exact = faiss.knn(vectors[rows], vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    wanted = (scores >= SCALE_THRESHOLD) & (exact != rows[:, None])
+
+    def recall(found: np.ndarray) -> float:
+        return sum(len(set(exact[i][wanted[i]]) & set(found[i])) for i in range(len(rows))) / int(wanted.sum())
+
+    results = []
+    lists = faiss_index.nlist_for(count)
+    used = cpu()
+    ivf = faiss_index.create(faiss_index.IndexPlan("ivf", f"IVF{lists},Flat", "auto"), vectors.shape[1])
+    ivf.train(vectors[np.sort(rng.choice(count, min(count, graph.TRAIN_POINTS_PER_LIST * lists), replace=False))])
+    trained, used = cpu() - used, cpu()
+    nearest = faiss.downcast_index(ivf.quantizer).search(vectors, graph.MAX_LISTS)[1].astype(np.int32)
+    setup = trained + cpu() - used  # training and each vector's nearest lists
+    for per_vector in per_vector_settings:
+        used = cpu()
+        found, _ = graph._join(vectors, nearest, per_vector, lists, k, graph.NO_EVENTS)
+        results.append({"how": f"self-join IVF{lists}", "setting": f"{per_vector} lists a vector", "cpu_s": setup + cpu() - used,
+                        "recall": recall(found[rows])})
+    used = cpu()
+    ivf.add(vectors)
+    setup = trained + cpu() - used  # training and adding
+    for nprobe in nprobe_settings:
+        ivf.nprobe = nprobe
+        used = cpu()
+        found = np.concatenate([ivf.search(vectors[start:start + 8192], k + 1)[1] for start in range(0, count, 8192)])
+        results.append({"how": f"FAISS IVF{lists},Flat search", "setting": f"nprobe {nprobe}", "cpu_s": setup + cpu() - used,
+                        "recall": recall(found[rows])})
+    print(f"\nN = {count:,}, k = {k}, threshold {SCALE_THRESHOLD}: CPU seconds including training and assignment (and adding, for the search)")
+    print("| how | setting | CPU s | recall of above-threshold neighbours |\n|---|---|---|---|")
+    for row in results:
+        print(f"| {row['how']} | {row['setting']} | {row['cpu_s']:.1f} | {row['recall']:.3f} |")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["faces", "digits", "scale", "scale-one"])
+    parser.add_argument("what", choices=["faces", "digits", "scale", "join", "scale-one"])
     parser.add_argument("count", nargs="?", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help="folder for the runs and data (kept; default: a temporary folder)")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--methods", default="chinese-whispers,components,average")
+    parser.add_argument("--lists-per-vector", default="1,2,4,8,16", help="join: the self-join settings")
+    parser.add_argument("--nprobe", default="1,2,4,8,16,32", help="join: the IVF search settings")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     methods = args.methods.split(",")
@@ -330,6 +389,9 @@ def main() -> None:
         return
     if args.what == "scale":
         results = scale([int(s) for s in args.sizes.split(",")], methods)
+    elif args.what == "join":
+        results = [join_against_ivf_search(int(s), [int(m) for m in args.lists_per_vector.split(",")], [int(p) for p in args.nprobe.split(",")])
+                   for s in args.sizes.split(",")]
     else:
         work = args.work or Path(tempfile.mkdtemp(prefix="bench_cluster."))
         results = faces(work) if args.what == "faces" else digits(work)

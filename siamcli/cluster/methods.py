@@ -14,7 +14,7 @@
                       (on scipy.sparse): scikit-learn's AgglomerativeClustering takes a sparse
                       connectivity graph but averages over the pairs it holds only, so one bad
                       edge between two groups is their whole linkage: on unseen ORL faces it
-                      chained as connected components do (ARI 0.00 at k = 10, docs/cluster.md);
+                      chained as connected components do (ARI 0.000 at k = 8 and 10, docs/cluster.md);
                       scipy's linkage needs the N×N distances.
 
 Which one is the default was measured on unseen identities: docs/cluster.md.

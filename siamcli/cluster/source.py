@@ -20,7 +20,7 @@ from siamcli.events import Events
 from siamcli.hashing import file_sha256
 from siamcli.index.build import scan_gallery
 from siamcli.index.changes import copy_vectors
-from siamcli.index.search import resolve_model
+from siamcli.index.locate import resolve_model
 from siamcli.index.store import LoadedIndex, check_model, galleries_of, load_index
 from siamcli.rundir import find_run
 
@@ -100,11 +100,11 @@ class _Rows:
 def _embedded(images: Images, batch_size: int, events: Events) -> np.ndarray:
     events.stage(f"loading model {images.model_path}")  # first: importing TensorFlow is most of it
     from siamcli.models.embed import embed
-    from siamcli.models.embedding import load_embedding_model
+    from siamcli.models.run_model import load_run_model
 
-    model = load_embedding_model(images.model_path)
+    loaded = load_run_model(images.model_path, images.fingerprint)
     events.stage("embedding", len(images.paths))
-    embedded = embed(model, images.paths, batch_size=batch_size, on_progress=events.advance)
+    embedded = embed(loaded.model, images.paths, batch_size=batch_size, image_size=loaded.image_size, on_progress=events.advance)
     images.skipped.extend(embedded.failures)
     if images.skipped:
         events.message(describe_skipped(images.skipped))
