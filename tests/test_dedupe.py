@@ -216,6 +216,32 @@ def test_undo_finishes_a_move_stopped_between_its_link_and_its_unlink(folder, tm
     assert snapshot(root) == before and not Path(half["to"]).exists()
 
 
+def test_a_file_that_does_not_decode_is_skipped_and_named(folder):
+    root, truth = folder
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a JPEG")
+    result = invoke("dedupe", root, "--json")
+    assert result.exit_code == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert [s["path"] for s in answer["skipped"]] == [str(root / "broken.jpg")] and answer["counts"]["skipped"] == 1
+    assert "warning: skipped 1 file(s): " in result.stderr and "broken.jpg" in result.stderr
+    assert sorted(map(sorted, (relative(root, g["paths"]) for g in answer["groups"]))) == sorted(map(sorted, truth))
+
+
+def test_a_file_in_a_linked_folder_moves_by_its_name_under_folder(folder, tmp_path):
+    root, _ = folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copyfile(root / "scene3" / "photo0.jpg", elsewhere / "photo0 again.jpg")
+    (root / "zlinked").symlink_to(elsewhere, target_is_directory=True)  # after scene3 by path: the one that moves
+    answer = dedupe_json(root, "--keep", "first", "--move-to", tmp_path / "dupes")
+    assert {"from": str(root / "zlinked" / "photo0 again.jpg"), "to": str(tmp_path / "dupes" / "zlinked" / "photo0 again.jpg")} \
+        in answer["moved"]
+    assert not (elsewhere / "photo0 again.jpg").exists() and (tmp_path / "dupes" / "zlinked" / "photo0 again.jpg").is_file()
+    undone = invoke("dedupe", "--undo", answer["record"])
+    assert undone.exit_code == 0, undone.stderr
+    assert (elsewhere / "photo0 again.jpg").read_bytes() == (root / "scene3" / "photo0.jpg").read_bytes()
+
+
 def test_imagededup_json_is_imagededups_map(folder, tmp_path):
     root, truth = folder
     target = tmp_path / "map.json"

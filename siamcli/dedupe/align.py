@@ -19,7 +19,7 @@ import numpy as np
 
 # (side, Gauss–Newton steps, the score at that side a pair needs to go on), coarse to fine: most
 # pairs that are not crops stop at 16 px, at an eighth of the cost of the full check.
-LEVELS = ((16, 8, 0.93), (32, 5, 0.96), (64, 3, None))
+LEVELS = ((16, 5, 0.93), (32, 4, 0.96), (64, 3, None))
 MIN_SCALE = 0.8  # the window is at least this share of the other image on each axis
 TRIM = 0.05  # share of gradient values left out of the score: the most different ones
 STEP_LIMIT = 0.05  # largest change of a parameter in one step (unit coordinates)
@@ -38,7 +38,7 @@ def aligned_similarity(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray
     active = np.arange(2 * count)
     for side, steps, go_on in LEVELS:
         needed, position = np.unique(np.concatenate([onto[active], shown[active]]), return_inverse=True)
-        level = _shrink(np.asarray(thumbs[rows[needed]], np.float32), side)
+        level = shrink(np.asarray(thumbs[rows[needed]], np.float32), side)
         a, b = level[position[:len(active)]], level[position[len(active):]]
         standard_b, p = _standardised(b), params[active]
         for _ in range(steps):
@@ -92,7 +92,7 @@ def _sampling(scale: np.ndarray, shift: np.ndarray, side: int) -> np.ndarray:
     return matrix
 
 
-def _shrink(images: np.ndarray, side: int) -> np.ndarray:
+def shrink(images: np.ndarray, side: int) -> np.ndarray:
     """Box-filtered to side × side (one axis at a time: numpy is slow at reducing two strided axes at once)."""
     count, size = len(images), images.shape[-1]
     factor = size // side

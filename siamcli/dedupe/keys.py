@@ -10,19 +10,21 @@ THUMB_SIDE greyscale thumbnail (align.py compares those).
 Images are decoded as every other command sees them: siamcli's decoder (data/decode.py: EXIF
 orientation applied, transparency over black, 16-bit scaled). A JPEG is decoded at the smallest
 scale its DCT allows that still gives THUMB_SIDE pixels a side (Pillow's `draft`: 2–8× faster on
-photos, and a hash of 17×16 pixels needs no more), then handed to the same conversion
-(`decode_pil`); any file that path does not read goes through `decode_image`, whose error names
-what is wrong. A file that does not decode is skipped and named, never fatal.
+photos, and a hash of 17×16 pixels needs no more) and turned upright as the decoder turns it
+(EXIF orientation); any file that path does not read goes through `decode_image`, whose error
+names what is wrong. A file that does not decode is skipped and named, never fatal.
 
-Files are read on `workers` threads (Pillow's decoders, resizing and hashlib release the GIL),
-in order; a small folder on this one. Memory is O(N): under 100 bytes an image, plus its path.
+Files are read by `workers` processes (forked, where that is safe), else threads; a small folder
+here. Memory is O(N): under 100 bytes an image, plus its path.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterable, Sequence
@@ -37,7 +39,8 @@ HASH_SIZE = 16  # imagehash.dhash(image, HASH_SIZE): HASH_SIZE² bits
 HASH_BITS = HASH_SIZE * HASH_SIZE
 HASH_NAME = f"dhash{HASH_SIZE}"
 THUMB_SIDE = 64
-POOL_MIN = 256  # fewer images than this are read on this thread
+POOL_MIN = 256  # fewer images than this are read here, without workers
+CHUNK = 64  # images a worker process reads per task
 
 
 @dataclass
@@ -91,15 +94,23 @@ def read_keys(paths: Sequence[str], perceptual: bool, workers: int = 1, events: 
 
 
 def parallel_map(function: Callable, items: Sequence, workers: int, events: Events) -> Iterable:
-    """function(item) for each item, in order, on `workers` threads (on this one when few)."""
+    """function(item) for each item, in order: on `workers` forked processes where forking is
+    safe (TensorFlow, whose threads a fork would copy mid-flight, is not loaded), else threads;
+    on this thread when there are few items."""
     if workers <= 1 or len(items) < POOL_MIN:
         for item in items:
             result = function(item)
             events.advance(1)
             yield result
         return
-    with ThreadPoolExecutor(workers) as pool:
-        for result in pool.map(function, items):
+    if "fork" in multiprocessing.get_all_start_methods() and "tensorflow" not in sys.modules:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        results = pool.map(function, items, chunksize=CHUNK)
+    else:
+        pool = ThreadPoolExecutor(workers)
+        results = pool.map(function, items)
+    with pool:
+        for result in results:
             events.advance(1)
             yield result
 
@@ -140,9 +151,9 @@ def _grey(path: str, regular: bool):
 
 def _draft_grey(path: str):
     """(greyscale image, full pixel count) of a JPEG decoded at reduced scale; None for any other file or any trouble."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    from siamcli.data.decode import FORMATS, MAX_PIXELS, decode_pil
+    from siamcli.data.decode import FORMATS, MAX_PIXELS
 
     try:
         with Image.open(path, formats=FORMATS) as image:
@@ -150,7 +161,8 @@ def _draft_grey(path: str):
             if image.format != "JPEG" or not 0 < width * height <= MAX_PIXELS:
                 return None
             image.draft("L", (THUMB_SIDE, THUMB_SIDE))
-            return Image.fromarray(decode_pil(image)).convert("L"), width * height
+            # what the decoder does to a JPEG (decode_pil): EXIF orientation; then greyscale
+            return ImageOps.exif_transpose(image).convert("L"), width * height
     except Exception:  # noqa: BLE001 — decode_image reads it again and says what is wrong
         return None
 

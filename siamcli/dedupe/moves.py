@@ -81,8 +81,10 @@ def plan_moves(sources: list[tuple[str, str, int]], folder: Path, move_to: Path)
     """The move of each (path, sha256, bytes) to move_to/<path under folder>; UserError when
     move_to cannot take them all (check_move_to, or a target taken)."""
     check_move_to(folder, move_to)
-    folder, move_to = folder.resolve(), move_to.resolve()
-    moves = [Move(str(Path(path).resolve()), str(move_to / Path(path).resolve().relative_to(folder)), sha, size)
+    move_to = move_to.resolve()
+    # absolute, not resolved: a file reached through a linked folder moves by its name under FOLDER
+    named = os.path.abspath(folder)
+    moves = [Move(os.path.abspath(path), str(move_to / os.path.relpath(os.path.abspath(path), named)), sha, size)
              for path, sha, size in sources]
     taken = [m.target for m in moves if os.path.lexists(m.target)]
     if taken:
@@ -132,7 +134,7 @@ def undo(record: Path, events: Events = NO_EVENTS) -> UndoOutcome:
     notes, todo, back, conflicts = [], [], 0, []
     for move in moves:
         at_source, at_target = os.path.lexists(move.source), os.path.lexists(move.target)
-        if at_target and at_source and not os.path.samefile(move.source, move.target):
+        if at_target and at_source and not _same_file(move.source, move.target):
             conflicts.append(move)
         elif at_target:
             todo.append(move)
@@ -199,6 +201,12 @@ def _relink(source: str, target: str) -> None:
         os.rename(source, target)
         return
     os.unlink(source)
+
+
+def _same_file(first: str, second: str) -> bool:
+    """The two names are links to one file (the names themselves: a symbolic link is not followed)."""
+    a, b = os.lstat(first), os.lstat(second)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _write(record: Path, header: dict, moves: list[Move]) -> None:

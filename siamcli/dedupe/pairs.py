@@ -8,8 +8,9 @@ Near, by the perceptual method (the default; no model):
     every image filed under each; two hashes within 15 bits agree on one substring at least, so
     looking up an image's 16 buckets finds all of them): time ≈ N × the bucket sizes, memory O(N).
   * crop (--crops): each image's LAYOUT_NEIGHBOURS nearest by layout (its 8 × 8 greyscale thumbnail,
-    mean 0 and unit length, cosine: FAISS exact search up to EXACT_MAX images, HNSW above),
-    those not joined already, checked by alignment (align.py): aligned similarity ≥ ALIGNED_MIN.
+    mean 0 and unit length, cosine: FAISS exact search up to EXACT_MAX images, HNSW above) at a
+    cosine ≥ LAYOUT_MIN, those not joined already, checked by alignment (align.py): aligned
+    similarity ≥ ALIGNED_MIN.
 Near, by an embedding (--model RUN, --against INDEX): each image's NEIGHBOURS nearest by cosine
 similarity of the model's embeddings, kept when ≥ EMBEDDING_MIN (or --threshold).
 
@@ -22,14 +23,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamcli.dedupe.align import CHUNK, aligned_similarity
+from siamcli.dedupe.align import CHUNK, aligned_similarity, shrink
 from siamcli.dedupe.keys import HASH_BITS
-from siamcli.dedupe.thresholds import ALIGNED_MIN, HASH_RADIUS
+from siamcli.dedupe.thresholds import ALIGNED_MIN, HASH_RADIUS, LAYOUT_MIN
 from siamcli.events import NO_EVENTS, Events
 
 SUBSTRINGS = 16  # multi-index hashing: complete for radii below SUBSTRINGS
 NEIGHBOURS = 8  # nearest images searched per image by embedding
-LAYOUT_NEIGHBOURS = 5  # … by layout, for the crop check: as many true pairs as 8 found (measured, docs/dedupe.md)
+LAYOUT_NEIGHBOURS = 4  # … by layout, for the crop check: measured against 5 and 8 (docs/dedupe.md)
 EXACT_MAX = 20_000  # exact nearest-neighbour search up to this many images, HNSW above
 HNSW_LINKS, HNSW_EF_SEARCH = 32, 64
 SEARCH_CHUNK = 4096  # queries per FAISS call
@@ -106,7 +107,7 @@ def crop_pairs(thumbs: np.ndarray, rows: np.ndarray, labels: np.ndarray, events:
     `thumbs`: (n, S, S) thumbnails, `labels`: the group of each of its rows so far (pairs inside
     one are not checked)."""
     layout = np.concatenate([layout_vectors(thumbs[rows[start:start + CHUNK]]) for start in range(0, len(rows), CHUNK)])
-    first, second = lifted(nearest_pairs(layout, LAYOUT_NEIGHBOURS)[:2], rows)
+    first, second = lifted(nearest_pairs(layout, LAYOUT_NEIGHBOURS, minimum=LAYOUT_MIN)[:2], rows)
     apart = labels[first] != labels[second]
     first, second = first[apart], second[apart]
     events.stage("checking crops", len(first))
@@ -120,8 +121,7 @@ def crop_pairs(thumbs: np.ndarray, rows: np.ndarray, labels: np.ndarray, events:
 
 def layout_vectors(thumbs: np.ndarray) -> np.ndarray:
     """(n, 64) unit rows: each (n, S, S) thumbnail averaged down to 8 × 8, mean 0."""
-    side = thumbs.shape[-1]
-    small = np.asarray(thumbs, np.float32).reshape(len(thumbs), 8, side // 8, 8, side // 8).mean(axis=(2, 4)).reshape(len(thumbs), 64)
+    small = shrink(np.asarray(thumbs, np.float32), 8).reshape(len(thumbs), 64)
     small = small - small.mean(axis=1, keepdims=True)
     return (small / (np.linalg.norm(small, axis=1, keepdims=True) + 1e-6)).astype(np.float32)
 

@@ -74,11 +74,11 @@ class DedupeResult:
     def imagededup_map(self) -> dict[str, list[str]]:
         """imagededup's find_duplicates answer: every image under the folder, by its path relative
         to the folder → the other files of its group (an indexed file outside the folder: its absolute path)."""
-        root = self.folder.resolve()
+        root = os.path.abspath(self.folder)
 
-        def name(path: str) -> str:
-            absolute = Path(path).resolve()
-            return str(absolute.relative_to(root)) if root in absolute.parents else str(absolute)
+        def name(path: str) -> str:  # absolute, not resolved: a file in a linked folder keeps its name under FOLDER
+            absolute = os.path.abspath(path)
+            return os.path.relpath(absolute, root) if absolute.startswith(os.path.join(root, "")) else absolute
 
         answer = {name(path): [] for path in self.paths}
         for group in self.groups:
