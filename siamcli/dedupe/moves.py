@@ -107,15 +107,13 @@ def move_files(moves: list[Move], folder: Path, move_to: Path, events: Events = 
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     _write(record, header, moves)
     events.stage("moving files", len(moves))
-    last = time.monotonic()
+    checkpoint = _Checkpoints(record, header, moves)
     try:
         for move in moves:
             _relink(move.source, move.target)
             move.state = "moved"
             events.advance(1)
-            if time.monotonic() - last >= CHECKPOINT_SECONDS:
-                _write(record, header, moves)
-                last = time.monotonic()
+            checkpoint.tick()
     except KeyboardInterrupt:
         _write(record, header, moves)
         raise Interrupted(f"interrupted while moving; {_moved(moves)} of {len(moves)} files moved, all listed in {record}: "
@@ -152,7 +150,7 @@ def undo(record: Path, events: Events = NO_EVENTS) -> UndoOutcome:
 
 def _restore(record: Path, header: dict, moves: list[Move], todo: list[Move], notes: list[str], events: Events) -> list[Move]:
     events.stage("restoring files", len(todo))
-    restored, last = [], time.monotonic()
+    restored, checkpoint = [], _Checkpoints(record, header, moves)
     try:
         for move in todo:
             if os.path.lexists(move.source):  # stopped between link and unlink: the source is this very file
@@ -165,9 +163,7 @@ def _restore(record: Path, header: dict, moves: list[Move], todo: list[Move], no
             move.state = "restored"
             restored.append(move)
             events.advance(1)
-            if time.monotonic() - last >= CHECKPOINT_SECONDS:
-                _write(record, header, moves)
-                last = time.monotonic()
+            checkpoint.tick()
     except KeyboardInterrupt:
         _write(record, header, moves)
         raise Interrupted(f"interrupted while restoring; {len(restored)} files restored so far: run {undo_command(record)} again") from None
@@ -207,6 +203,18 @@ def _same_file(first: str, second: str) -> bool:
     """The two names are links to one file (the names themselves: a symbolic link is not followed)."""
     a, b = os.lstat(first), os.lstat(second)
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class _Checkpoints:
+    """Rewrites the record as the moves' states change, at most every CHECKPOINT_SECONDS."""
+
+    def __init__(self, record: Path, header: dict, moves: list[Move]):
+        self.record, self.header, self.moves, self.last = record, header, moves, time.monotonic()
+
+    def tick(self) -> None:
+        if time.monotonic() - self.last >= CHECKPOINT_SECONDS:
+            _write(self.record, self.header, self.moves)
+            self.last = time.monotonic()
 
 
 def _write(record: Path, header: dict, moves: list[Move]) -> None:
