@@ -17,7 +17,8 @@ against the true ones), and on everything ("all"). Pairs: every pair inside one 
 groups (what --move-to acts on); every (key, listed file) of imagededup's map.
 
 Each tool runs in its own process; wall time is that process's, peak memory the largest sum of
-resident memory over it and its children (sampled every 20 ms from /proc). imagededup runs from
+resident memory over it and its children (sampled every 20 ms from /proc). With --repeats N the
+tools run in turn N times and the table shows median wall times (and each one). imagededup runs from
 its own virtual environment (--imagededup-python; `pip install imagededup` there: it pulls torch),
 with every hash method at its default max_distance_threshold (10 of 64 bits); its CNN method
 needs torchvision's ImageNet weights, downloaded on first use, which cannot be fetched offline.
@@ -29,6 +30,7 @@ needs torchvision's ImageNet weights, downloaded on first use, which cannot be f
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -343,6 +345,22 @@ def run_imagededup(python: str, folder: Path, method: str, timeout: float) -> di
     return {"tool": f"imagededup {method}", "found": found, "seconds": wall, "peak_mib": peak}
 
 
+def _repeated(tools: list, repeats: int) -> list[dict]:
+    """Each tool's row, run `repeats` times in turn (tool 1, 2, …, then again: the machine's load
+    weighs on all alike); its wall time and peak memory are the medians, every time listed."""
+    runs = [[tool() for tool in tools] for _ in range(repeats)]
+    rows = []
+    for position in range(len(tools)):
+        tries = [run[position] for run in runs]
+        row = tries[0]
+        if "error" not in row and repeats > 1:
+            row["times"] = [t["seconds"] for t in tries]
+            row["seconds"] = float(np.median(row["times"]))
+            row["peak_mib"] = float(np.median([t["peak_mib"] for t in tries]))
+        rows.append(row)
+    return rows
+
+
 # ---- the tables ----------------------------------------------------------------------------------
 def table(size: int, rows: list[dict], truth: dict) -> str:
     names = ("all", *KINDS, "copy")
@@ -355,8 +373,9 @@ def table(size: int, rows: list[dict], truth: dict) -> str:
             continue
         got = row["scores"]
         cells = " | ".join(f"{got[n]['f1']:.3f}" for n in names)
+        times = f" ({', '.join(f'{t:.1f}' for t in row['times'])})" if "times" in row else ""
         lines.append(f"| {row['tool']} | {cells} | {got['all']['precision']:.3f} | {got['all']['recall']:.3f} | "
-                     f"{row['seconds']:.1f} | {row['peak_mib']:.0f} |")
+                     f"{row['seconds']:.1f}{times} | {row['peak_mib']:.0f} |")
     pairs = scores(set(), truth)
     lines += ["", "true pairs: " + ", ".join(f"{n} {pairs[n]['pairs']}" for n in names)]
     return "\n".join(lines)
@@ -372,6 +391,7 @@ def main() -> None:
     parser.add_argument("--siamcli-runs", nargs="+", default=["", "--no-crops"],
                         help="siamcli dedupe runs, each its extra options as one string (default: the default, and --no-crops)")
     parser.add_argument("--imagededup-methods", nargs="+", default=list(IMAGEDEDUP_METHODS), choices=IMAGEDEDUP_METHODS)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each tool, in turn; the table shows the median wall time, and each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--calibrate", type=int, default=0, metavar="N",
@@ -407,10 +427,12 @@ def main() -> None:
         else:
             shutil.rmtree(folder, ignore_errors=True)
             truth = make_folder(folder, size, att, args.seed)
-        rows = [run_siamcli(folder, options.split()) for options in args.siamcli_runs]
+        tools = [functools.partial(run_siamcli, folder, options.split()) for options in args.siamcli_runs]
         if size <= args.imagededup_max_size:
-            rows += [run_imagededup(args.imagededup_python, folder, method, args.timeout) for method in args.imagededup_methods]
-        else:
+            tools += [functools.partial(run_imagededup, args.imagededup_python, folder, method, args.timeout)
+                      for method in args.imagededup_methods]
+        rows = _repeated(tools, args.repeats)
+        if size > args.imagededup_max_size:
             rows += [{"tool": f"imagededup {m}", "error": f"not run above --imagededup-max-size {args.imagededup_max_size}"}
                      for m in args.imagededup_methods]
         for row in rows:
