@@ -24,7 +24,7 @@ def dedupe(
     against: Annotated[Optional[str], typer.Option("--against", metavar="INDEX", show_default=False, help="Also check the images against this index's gallery (read only), embedded with the index's model.")] = None,
     threshold: Annotated[Optional[float], typer.Option(help=f"With --model or --against: near duplicates have a cosine similarity ≥ this (default {EMBEDDING_MIN}, measured: docs/dedupe.md).", show_default=False)] = None,
     crops: Annotated[Optional[bool], typer.Option("--crops/--no-crops", show_default=False, help="Perceptual method: also find crops, by aligning each image with its nearest by layout (on unless --no-crops; about a quarter more time).")] = None,
-    workers: Annotated[int, typer.Option(help="Threads reading images (default: one per CPU).", show_default=False)] = os.cpu_count() or 1,
+    workers: Annotated[int, typer.Option(help="Processes reading images (default: one per CPU).", show_default=False)] = os.cpu_count() or 1,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (--model, --against).")] = 32,
     imagededup_json: Annotated[Optional[Path], typer.Option("--imagededup-json", metavar="FILE", show_default=False, help="Also write imagededup's map to FILE: every image's path under FOLDER → the other files of its group.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help='Print {"groups": [{"paths", "keep", "kind": "exact"|"near"}], "counts", "threshold", "method", ...} on stdout.')] = False,
